@@ -1,1 +1,292 @@
-//! TODO
+//! Model bundles on disk: `models/<name>/<version>/` holding `model.onnx`,
+//! `manifest.json` and `vocab/<name>.txt`.
+//!
+//! The manifest is everything a consumer needs to feed and read the graph: the feature
+//! spec, the heads and their calibration, the architecture, and golden cases. This module
+//! reads and writes bundles and finds the newest valid version; it knows nothing of tract,
+//! candle or HTTP.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::entities::CandidateKind;
+use crate::features::{FeatureSpec, Vocabularies, Vocabulary};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const MODEL_FILE: &str = "model.onnx";
+pub const VOCAB_DIR: &str = "vocab";
+/// The graph's one output: logits, `[N, heads]`, column `index` of each head.
+pub const OUTPUT_NAME: &str = "logits";
+
+/// The response field a head fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseField {
+    Stream,
+    Click,
+    Like,
+    Follow,
+}
+
+impl ResponseField {
+    pub const ALL: [ResponseField; 4] = [
+        ResponseField::Stream,
+        ResponseField::Click,
+        ResponseField::Like,
+        ResponseField::Follow,
+    ];
+}
+
+/// Platt scaling on the head's logit: `p = sigmoid(slope * logit + intercept)`. Fitted on
+/// natural-distribution validation data, it undoes the base-rate shift that
+/// source-balanced sampling causes. Identity is slope 1, intercept 0.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub method: String,
+    pub slope: f64,
+    pub intercept: f64,
+}
+
+impl Calibration {
+    pub fn identity() -> Calibration {
+        Calibration {
+            method: "platt".into(),
+            slope: 1.0,
+            intercept: 0.0,
+        }
+    }
+
+    pub fn probability(&self, logit: f32) -> f64 {
+        sigmoid(self.slope * f64::from(logit) + self.intercept)
+    }
+}
+
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadSpec {
+    /// `promo_stream`, `ad_stream`, `click`, `like`, `follow`.
+    pub name: String,
+    /// The output tensor and the column of this head in it.
+    pub output: String,
+    pub index: usize,
+    /// Candidate kinds whose `field` this head fills.
+    pub kinds: Vec<CandidateKind>,
+    pub field: ResponseField,
+    pub calibration: Calibration,
+}
+
+/// Shape of the network; weights live in the ONNX file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Architecture {
+    /// Width of every embedding table.
+    pub embedding_dim: usize,
+    /// Shared encoder layer widths; the first is split into request and candidate parts.
+    pub encoder: Vec<usize>,
+    /// Hidden widths of each head's tower (the final 1-wide layer is implied).
+    pub tower: Vec<usize>,
+}
+
+/// Expected outputs of one golden case, per candidate, calibrated as served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoldenScores {
+    pub stream: Option<f64>,
+    pub click: Option<f64>,
+    pub like: Option<f64>,
+    pub follow: Option<f64>,
+}
+
+/// A request in the `/score` JSON format, with every feature inline so that it does not
+/// depend on a feature store, and what the bundle must answer for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoldenCase {
+    pub request: serde_json::Value,
+    pub expected: Vec<GoldenScores>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: u32,
+    pub created_at: String,
+    /// Trainer settings: variant, mask, promotion share, learning rate, seeds, ...
+    pub settings: serde_json::Value,
+    /// What it was trained on: world, rows per source, split days, base rates.
+    pub data_summary: serde_json::Value,
+    /// Training and validation metrics.
+    pub metrics: serde_json::Value,
+    pub architecture: Architecture,
+    pub features: Vec<FeatureSpec>,
+    pub heads: Vec<HeadSpec>,
+    pub golden: Vec<GoldenCase>,
+}
+
+impl Manifest {
+    /// The head that fills `field` for candidates of `kind`, if the bundle has one.
+    pub fn head_for(&self, kind: CandidateKind, field: ResponseField) -> Option<&HeadSpec> {
+        self.heads
+            .iter()
+            .find(|head| head.field == field && head.kinds.contains(&kind))
+    }
+
+    /// Vocabulary names the features refer to.
+    pub fn vocabulary_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .features
+            .iter()
+            .filter_map(|feature| match &feature.transform {
+                crate::features::Transform::Id { vocab }
+                | crate::features::Transform::IdBag { vocab, .. } => Some(vocab.clone()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid manifest: {source}")]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{path}: no bundle found (expected <name>/<version>/manifest.json)")]
+    NotFound { path: PathBuf },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A bundle read from disk: manifest, vocabularies and the ONNX bytes.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub vocabularies: Vocabularies,
+    pub onnx: Vec<u8>,
+}
+
+impl Bundle {
+    pub fn read(dir: &Path) -> Result<Bundle, BundleError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&manifest_path).map_err(io_error(&manifest_path))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|source| BundleError::Manifest {
+                path: manifest_path.clone(),
+                source,
+            })?;
+        let mut vocabularies = Vocabularies::new();
+        for name in manifest.vocabulary_names() {
+            let path = dir.join(VOCAB_DIR).join(format!("{name}.txt"));
+            let vocabulary = Vocabulary::read(&path).map_err(io_error(&path))?;
+            vocabularies.insert(name, vocabulary);
+        }
+        let model_path = dir.join(MODEL_FILE);
+        let onnx = std::fs::read(&model_path).map_err(io_error(&model_path))?;
+        Ok(Bundle {
+            dir: dir.to_path_buf(),
+            manifest,
+            vocabularies,
+            onnx,
+        })
+    }
+
+    /// Writes into `dir`, which must not exist: everything goes to a temporary sibling
+    /// first and is renamed at the end, so a failure leaves nothing half-written.
+    pub fn write(dir: &Path, manifest: &Manifest, vocabularies: &Vocabularies, onnx: &[u8]) -> Result<(), BundleError> {
+        if dir.exists() {
+            return Err(BundleError::Invalid {
+                path: dir.to_path_buf(),
+                reason: "already exists; refusing to overwrite a bundle".into(),
+            });
+        }
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+        let file_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
+        let staging = parent.join(format!(".{file_name}.partial-{}", std::process::id()));
+        let result = (|| {
+            std::fs::create_dir_all(staging.join(VOCAB_DIR)).map_err(io_error(&staging))?;
+            for (name, vocabulary) in vocabularies {
+                let path = staging.join(VOCAB_DIR).join(format!("{name}.txt"));
+                vocabulary.write(&path).map_err(io_error(&path))?;
+            }
+            let model_path = staging.join(MODEL_FILE);
+            std::fs::write(&model_path, onnx).map_err(io_error(&model_path))?;
+            let manifest_path = staging.join(MANIFEST_FILE);
+            let text = serde_json::to_string_pretty(manifest).map_err(|source| BundleError::Manifest {
+                path: manifest_path.clone(),
+                source,
+            })?;
+            std::fs::write(&manifest_path, text).map_err(io_error(&manifest_path))?;
+            std::fs::rename(&staging, dir).map_err(io_error(dir))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        result
+    }
+}
+
+/// One servable bundle directory found under a models root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleLocation {
+    pub name: String,
+    pub version: u32,
+    pub dir: PathBuf,
+}
+
+/// Every `<name>/<version>/` under `root` with an integer version and a manifest, sorted by
+/// name then version. Callers serve the highest version that loads.
+pub fn discover(root: &Path) -> Result<Vec<BundleLocation>, BundleError> {
+    let mut found = Vec::new();
+    let names = std::fs::read_dir(root).map_err(io_error(root))?;
+    for name_entry in names.flatten() {
+        let name_dir = name_entry.path();
+        if !name_dir.is_dir() {
+            continue;
+        }
+        let name = name_entry.file_name().to_string_lossy().into_owned();
+        let Ok(versions) = std::fs::read_dir(&name_dir) else {
+            continue;
+        };
+        for version_entry in versions.flatten() {
+            let Ok(version) = version_entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let dir = version_entry.path();
+            if dir.join(MANIFEST_FILE).is_file() {
+                found.push(BundleLocation {
+                    name: name.clone(),
+                    version,
+                    dir,
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name).then(a.version.cmp(&b.version)));
+    Ok(found)
+}

@@ -1,1 +1,769 @@
-//! TODO
+//! Feature assembly: the one place where raw entity values become model tensors.
+//!
+//! The trainer, the evaluator and the server all call [`Assembler`], so that
+//! training-serving skew is designed out: a feature is described once, by a
+//! [`FeatureSpec`] in the bundle's manifest, and turned into numbers here only.
+//!
+//! Tensors are split by scope. Request-scope features (user, context) fill one row per
+//! request; candidate-scope features (content, creative, candidate kind) one row per
+//! candidate. Each scope has four model inputs, named `{scope}_ids` (int64, one column
+//! per id feature), `{scope}_bag_ids` and `{scope}_bag_mask` (int64 and float32, `max_len`
+//! columns per bag feature), and `{scope}_dense` (float32, `dim` columns per dense
+//! feature, one per numeric). A feature's `slot` is its first column in its input.
+//!
+//! Index 0 of every vocabulary is reserved for unknown or missing ids: the cold-start
+//! path. Assembly never emits an id outside its vocabulary (tract's Gather would panic)
+//! and rejects NaN or infinite numerics by the feature's name.
+//!
+//! This module knows nothing of Parquet, ONNX, HTTP or JSON request formats.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::entities::{CandidateView, RequestView};
+
+/// Which of the paper's four feature groups a feature belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    User,
+    Content,
+    Context,
+    Creative,
+}
+
+/// Request-scope tensors have one row per request, candidate-scope one per candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Request,
+    Candidate,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 2] = [Scope::Request, Scope::Candidate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Request => "request",
+            Scope::Candidate => "candidate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Id,
+    IdBag,
+    Dense,
+    Numeric,
+}
+
+/// The raw field a feature reads. The serialized names (`user.country`, ...) appear in
+/// manifests; the set is closed because each one maps to a field of an entity record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Source {
+    #[serde(rename = "user.country")]
+    UserCountry,
+    #[serde(rename = "user.platform")]
+    UserPlatform,
+    #[serde(rename = "user.age_bucket")]
+    UserAgeBucket,
+    #[serde(rename = "user.history")]
+    UserHistory,
+    #[serde(rename = "user.follows")]
+    UserFollows,
+    #[serde(rename = "user.search_topics")]
+    UserSearchTopics,
+    #[serde(rename = "context.surface")]
+    ContextSurface,
+    #[serde(rename = "context.hour_of_day")]
+    ContextHourOfDay,
+    #[serde(rename = "context.day_of_week")]
+    ContextDayOfWeek,
+    #[serde(rename = "context.session_length_s")]
+    ContextSessionLength,
+    #[serde(rename = "candidate.kind")]
+    CandidateKind,
+    #[serde(rename = "show.id")]
+    ShowId,
+    #[serde(rename = "show.genres")]
+    ShowGenres,
+    #[serde(rename = "show.topics")]
+    ShowTopics,
+    #[serde(rename = "show.embedding")]
+    ShowEmbedding,
+    #[serde(rename = "show.streams_30d")]
+    ShowStreams30d,
+    #[serde(rename = "episode.id")]
+    EpisodeId,
+    #[serde(rename = "episode.topics")]
+    EpisodeTopics,
+    #[serde(rename = "episode.duration_s")]
+    EpisodeDuration,
+    #[serde(rename = "creative.creative_id")]
+    CreativeId,
+    #[serde(rename = "creative.campaign_id")]
+    CampaignId,
+    #[serde(rename = "creative.format")]
+    CreativeFormat,
+    #[serde(rename = "creative.slot")]
+    CreativeSlot,
+    #[serde(rename = "creative.layout")]
+    CreativeLayout,
+}
+
+impl Source {
+    pub fn scope(self) -> Scope {
+        use Source::*;
+        match self {
+            UserCountry | UserPlatform | UserAgeBucket | UserHistory | UserFollows
+            | UserSearchTopics | ContextSurface | ContextHourOfDay | ContextDayOfWeek
+            | ContextSessionLength => Scope::Request,
+            _ => Scope::Candidate,
+        }
+    }
+}
+
+/// How a raw value becomes numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Transform {
+    /// Vocabulary lookup; unknown or missing is index 0.
+    Id { vocab: String },
+    /// Up to `max_len` vocabulary ids, padded with 0 and masked; mean-pooled by the model.
+    IdBag { vocab: String, max_len: usize },
+    /// A vector copied as is; zeros when missing.
+    Dense { dim: usize },
+    /// `((log1p(x) if log1p else x) - mean) / std`; missing becomes `default` before that.
+    Numeric {
+        log1p: bool,
+        mean: f32,
+        std: f32,
+        default: f32,
+    },
+}
+
+/// One model feature, as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    pub name: String,
+    pub group: Group,
+    pub scope: Scope,
+    pub kind: Kind,
+    pub source: Source,
+    /// The ONNX input this feature feeds, e.g. `candidate_ids`.
+    pub input: String,
+    /// First column of this feature in `input`.
+    pub slot: usize,
+    /// Columns taken: 1 for ids and numerics, `max_len` for bags, `dim` for dense.
+    pub width: usize,
+    pub transform: Transform,
+    /// When this id maps to index 0 the candidate is reported as cold-start.
+    #[serde(default)]
+    pub marks_cold_start: bool,
+}
+
+/// A feature before slots are assigned: what the trainer declares.
+#[derive(Debug, Clone)]
+pub struct FeatureDefinition {
+    pub name: &'static str,
+    pub group: Group,
+    pub source: Source,
+    pub transform: Transform,
+    pub marks_cold_start: bool,
+}
+
+/// Assigns inputs and slots in declaration order, the layout every consumer reads back.
+pub fn lay_out(definitions: &[FeatureDefinition]) -> Vec<FeatureSpec> {
+    let mut next_slot: HashMap<String, usize> = HashMap::new();
+    let mut specs = Vec::with_capacity(definitions.len());
+    for definition in definitions {
+        let scope = definition.source.scope();
+        let (kind, input_suffix, width) = match &definition.transform {
+            Transform::Id { .. } => (Kind::Id, "ids", 1),
+            Transform::IdBag { max_len, .. } => (Kind::IdBag, "bag_ids", *max_len),
+            Transform::Dense { dim } => (Kind::Dense, "dense", *dim),
+            Transform::Numeric { .. } => (Kind::Numeric, "dense", 1),
+        };
+        let input = input_name(scope, input_suffix);
+        let slot = next_slot.entry(input.clone()).or_insert(0);
+        specs.push(FeatureSpec {
+            name: definition.name.to_string(),
+            group: definition.group,
+            scope,
+            kind,
+            source: definition.source,
+            input,
+            slot: *slot,
+            width,
+            transform: definition.transform.clone(),
+            marks_cold_start: definition.marks_cold_start,
+        });
+        *slot += width;
+    }
+    specs
+}
+
+/// `request_ids`, `candidate_bag_mask`, ...
+pub fn input_name(scope: Scope, suffix: &str) -> String {
+    format!("{}_{suffix}", scope.as_str())
+}
+
+/// The four input suffixes of a scope, in the order the graph declares them.
+pub const INPUT_SUFFIXES: [&str; 4] = ["ids", "bag_ids", "bag_mask", "dense"];
+
+/// Column counts of one scope's inputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeWidths {
+    pub ids: usize,
+    pub bag: usize,
+    pub dense: usize,
+}
+
+impl ScopeWidths {
+    pub fn of(specs: &[FeatureSpec], scope: Scope) -> ScopeWidths {
+        let mut widths = ScopeWidths::default();
+        for spec in specs.iter().filter(|spec| spec.scope == scope) {
+            let end = spec.slot + spec.width;
+            let column = match spec.kind {
+                Kind::Id => &mut widths.ids,
+                Kind::IdBag => &mut widths.bag,
+                Kind::Dense | Kind::Numeric => &mut widths.dense,
+            };
+            *column = (*column).max(end);
+        }
+        widths
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AssemblyError {
+    #[error("feature `{feature}`: value is not finite (row {row})")]
+    NotFinite { feature: String, row: usize },
+    #[error("feature `{feature}`: expected {expected} values, got {got} (row {row})")]
+    WrongDimension {
+        feature: String,
+        expected: usize,
+        got: usize,
+        row: usize,
+    },
+    #[error("feature `{feature}`: no vocabulary `{vocab}` in the bundle")]
+    MissingVocabulary { feature: String, vocab: String },
+    #[error("feature `{feature}`: {reason}")]
+    BadSpec { feature: String, reason: String },
+}
+
+/// An id vocabulary. Index 0 is reserved for unknown or missing ids, so the table the
+/// model learns has `len()` rows, token `i` of the file being row `i + 1`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Vocabulary {
+    tokens: Vec<String>,
+    index: HashMap<String, i64>,
+}
+
+impl Vocabulary {
+    pub fn from_tokens(tokens: Vec<String>) -> Vocabulary {
+        let index = tokens
+            .iter()
+            .enumerate()
+            .map(|(position, token)| (token.clone(), position as i64 + 1))
+            .collect();
+        Vocabulary { tokens, index }
+    }
+
+    /// Rows of the embedding table, including the reserved row 0.
+    pub fn len(&self) -> usize {
+        self.tokens.len() + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn lookup(&self, token: &str) -> i64 {
+        self.index.get(token).copied().unwrap_or(0)
+    }
+
+    pub fn tokens(&self) -> &[String] {
+        &self.tokens
+    }
+
+    /// One token per line, in index order (line 1 is index 1).
+    pub fn read(path: &Path) -> std::io::Result<Vocabulary> {
+        let text = std::fs::read_to_string(path)?;
+        Ok(Vocabulary::from_tokens(
+            text.lines().map(str::to_string).collect(),
+        ))
+    }
+
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut text = String::with_capacity(self.tokens.len() * 8);
+        for token in &self.tokens {
+            text.push_str(token);
+            text.push('\n');
+        }
+        std::fs::write(path, text)
+    }
+}
+
+/// Vocabularies by name, as a bundle's `vocab/` directory holds them.
+pub type Vocabularies = BTreeMap<String, Vocabulary>;
+
+/// Counts tokens per vocabulary over training data, then keeps those seen at least
+/// `min_count` times. Order is by count, then token, so that vocabularies are
+/// reproducible for the same data.
+#[derive(Debug, Default)]
+pub struct VocabularyBuilder {
+    counts: BTreeMap<String, HashMap<String, u64>>,
+}
+
+impl VocabularyBuilder {
+    pub fn observe_request(&mut self, specs: &[FeatureSpec], view: &RequestView<'_>) {
+        for spec in specs.iter().filter(|spec| spec.scope == Scope::Request) {
+            self.observe(spec, request_value(spec.source, view));
+        }
+    }
+
+    pub fn observe_candidate(&mut self, specs: &[FeatureSpec], view: &CandidateView<'_>) {
+        for spec in specs.iter().filter(|spec| spec.scope == Scope::Candidate) {
+            self.observe(spec, candidate_value(spec.source, view));
+        }
+    }
+
+    fn observe(&mut self, spec: &FeatureSpec, value: RawValue<'_>) {
+        let vocab = match &spec.transform {
+            Transform::Id { vocab } | Transform::IdBag { vocab, .. } => vocab,
+            _ => return,
+        };
+        let counts = self.counts.entry(vocab.clone()).or_default();
+        let mut count = |token: &str| {
+            if let Some(seen) = counts.get_mut(token) {
+                *seen += 1;
+            } else {
+                counts.insert(token.to_string(), 1);
+            }
+        };
+        match value {
+            RawValue::Text(token) => count(token),
+            RawValue::Texts(tokens) => tokens.iter().for_each(|token| count(token)),
+            _ => {}
+        }
+    }
+
+    pub fn build(self, min_count: u64) -> Vocabularies {
+        self.counts
+            .into_iter()
+            .map(|(name, counts)| {
+                let mut kept: Vec<(String, u64)> = counts
+                    .into_iter()
+                    .filter(|(_, count)| *count >= min_count)
+                    .collect();
+                kept.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let tokens = kept.into_iter().map(|(token, _)| token).collect();
+                (name, Vocabulary::from_tokens(tokens))
+            })
+            .collect()
+    }
+}
+
+/// A raw value before transformation.
+#[derive(Debug, Clone, Copy)]
+pub enum RawValue<'a> {
+    Missing,
+    Text(&'a str),
+    Texts(&'a [String]),
+    Number(f64),
+    Vector(&'a [f32]),
+}
+
+const HOURS: [&str; 24] = [
+    "h00", "h01", "h02", "h03", "h04", "h05", "h06", "h07", "h08", "h09", "h10", "h11", "h12",
+    "h13", "h14", "h15", "h16", "h17", "h18", "h19", "h20", "h21", "h22", "h23",
+];
+/// Day 0 of the Unix epoch was a Thursday.
+const WEEKDAYS: [&str; 7] = ["thu", "fri", "sat", "sun", "mon", "tue", "wed"];
+
+fn text(value: Option<&String>) -> RawValue<'_> {
+    value.map_or(RawValue::Missing, |value| RawValue::Text(value))
+}
+
+fn texts(value: Option<&Vec<String>>) -> RawValue<'_> {
+    value.map_or(RawValue::Missing, |value| RawValue::Texts(value))
+}
+
+fn number(value: Option<f64>) -> RawValue<'static> {
+    value.map_or(RawValue::Missing, RawValue::Number)
+}
+
+/// The raw value of a request-scope source.
+pub fn request_value<'a>(source: Source, view: &RequestView<'a>) -> RawValue<'a> {
+    let user = view.user;
+    let context = view.context;
+    match source {
+        Source::UserCountry => user.map_or(RawValue::Missing, |u| text(u.country.as_ref())),
+        Source::UserPlatform => user.map_or(RawValue::Missing, |u| text(u.platform.as_ref())),
+        Source::UserAgeBucket => user.map_or(RawValue::Missing, |u| text(u.age_bucket.as_ref())),
+        Source::UserHistory => user.map_or(RawValue::Missing, |u| texts(u.history.as_ref())),
+        Source::UserFollows => user.map_or(RawValue::Missing, |u| texts(u.follows.as_ref())),
+        Source::UserSearchTopics => {
+            user.map_or(RawValue::Missing, |u| texts(u.search_topics.as_ref()))
+        }
+        Source::ContextSurface => text(context.surface.as_ref()),
+        Source::ContextHourOfDay => context.timestamp.map_or(RawValue::Missing, |seconds| {
+            RawValue::Text(HOURS[seconds.rem_euclid(86_400) as usize / 3_600])
+        }),
+        Source::ContextDayOfWeek => context.timestamp.map_or(RawValue::Missing, |seconds| {
+            RawValue::Text(WEEKDAYS[seconds.div_euclid(86_400).rem_euclid(7) as usize])
+        }),
+        Source::ContextSessionLength => number(context.session_length_s),
+        _ => RawValue::Missing,
+    }
+}
+
+/// The raw value of a candidate-scope source.
+pub fn candidate_value<'a>(source: Source, view: &CandidateView<'a>) -> RawValue<'a> {
+    let show = view.show;
+    let episode = view.episode;
+    let creative = view.creative;
+    match source {
+        Source::CandidateKind => RawValue::Text(view.kind.as_str()),
+        Source::ShowId => view
+            .show_id
+            .or(show.map(|s| s.id.as_str()))
+            .map_or(RawValue::Missing, RawValue::Text),
+        Source::ShowGenres => show.map_or(RawValue::Missing, |s| texts(s.genres.as_ref())),
+        Source::ShowTopics => show.map_or(RawValue::Missing, |s| texts(s.topics.as_ref())),
+        Source::ShowEmbedding => show
+            .and_then(|s| s.embedding.as_deref())
+            .map_or(RawValue::Missing, RawValue::Vector),
+        Source::ShowStreams30d => show.map_or(RawValue::Missing, |s| number(s.streams_30d)),
+        Source::EpisodeId => view
+            .episode_id
+            .or(episode.map(|e| e.id.as_str()))
+            .map_or(RawValue::Missing, RawValue::Text),
+        Source::EpisodeTopics => episode.map_or(RawValue::Missing, |e| texts(e.topics.as_ref())),
+        Source::EpisodeDuration => episode.map_or(RawValue::Missing, |e| number(e.duration_s)),
+        Source::CreativeId => text(creative.creative_id.as_ref()),
+        Source::CampaignId => text(creative.campaign_id.as_ref()),
+        Source::CreativeFormat => text(creative.format.as_ref()),
+        Source::CreativeSlot => text(creative.slot.as_ref()),
+        Source::CreativeLayout => text(creative.layout.as_ref()),
+        _ => RawValue::Missing,
+    }
+}
+
+/// One scope's model inputs for `rows` rows, row-major.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScopeTensors {
+    pub rows: usize,
+    pub widths: ScopeWidths,
+    pub ids: Vec<i64>,
+    pub bag_ids: Vec<i64>,
+    pub bag_mask: Vec<f32>,
+    pub dense: Vec<f32>,
+    /// Per row: some feature marked `marks_cold_start` mapped to the unknown index.
+    pub cold_start: Vec<bool>,
+}
+
+impl ScopeTensors {
+    fn zeroed(rows: usize, widths: ScopeWidths) -> ScopeTensors {
+        ScopeTensors {
+            rows,
+            widths,
+            ids: vec![0; rows * widths.ids],
+            bag_ids: vec![0; rows * widths.bag],
+            bag_mask: vec![0.0; rows * widths.bag],
+            dense: vec![0.0; rows * widths.dense],
+            cold_start: vec![false; rows],
+        }
+    }
+}
+
+/// A feature spec checked against its vocabularies, ready to assemble many times.
+#[derive(Debug)]
+pub struct Assembler<'a> {
+    specs: &'a [FeatureSpec],
+    vocabularies: Vec<Option<&'a Vocabulary>>,
+    widths: [ScopeWidths; 2],
+}
+
+impl<'a> Assembler<'a> {
+    /// Checks that every id feature has its vocabulary and that the slots are sane, so
+    /// that assembly itself cannot fail on the spec, only on values.
+    pub fn new(
+        specs: &'a [FeatureSpec],
+        vocabularies: &'a Vocabularies,
+    ) -> Result<Assembler<'a>, AssemblyError> {
+        let mut resolved = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let bad = |reason: String| AssemblyError::BadSpec {
+                feature: spec.name.clone(),
+                reason,
+            };
+            if spec.scope != spec.source.scope() {
+                return Err(bad(format!(
+                    "scope {:?} does not match its source's scope",
+                    spec.scope
+                )));
+            }
+            let (expected_kind, expected_width) = match &spec.transform {
+                Transform::Id { .. } => (Kind::Id, 1),
+                Transform::IdBag { max_len, .. } => (Kind::IdBag, *max_len),
+                Transform::Dense { dim } => (Kind::Dense, *dim),
+                Transform::Numeric { std, mean, .. } => {
+                    if !(std.is_finite() && *std > 0.0 && mean.is_finite()) {
+                        return Err(bad("numeric std must be finite and positive".into()));
+                    }
+                    (Kind::Numeric, 1)
+                }
+            };
+            if spec.kind != expected_kind || spec.width != expected_width || spec.width == 0 {
+                return Err(bad(format!(
+                    "kind {:?} width {} does not match its transform",
+                    spec.kind, spec.width
+                )));
+            }
+            let vocabulary = match &spec.transform {
+                Transform::Id { vocab } | Transform::IdBag { vocab, .. } => {
+                    Some(vocabularies.get(vocab).ok_or_else(|| {
+                        AssemblyError::MissingVocabulary {
+                            feature: spec.name.clone(),
+                            vocab: vocab.clone(),
+                        }
+                    })?)
+                }
+                _ => None,
+            };
+            resolved.push(vocabulary);
+        }
+        Ok(Assembler {
+            specs,
+            vocabularies: resolved,
+            widths: [
+                ScopeWidths::of(specs, Scope::Request),
+                ScopeWidths::of(specs, Scope::Candidate),
+            ],
+        })
+    }
+
+    pub fn specs(&self) -> &'a [FeatureSpec] {
+        self.specs
+    }
+
+    pub fn widths(&self, scope: Scope) -> ScopeWidths {
+        self.widths[scope as usize]
+    }
+
+    /// Request-scope tensors, one row per view (one for serving, a batch for training).
+    pub fn request(&self, views: &[RequestView<'_>]) -> Result<ScopeTensors, AssemblyError> {
+        self.assemble(Scope::Request, views.len(), |source, row| {
+            request_value(source, &views[row])
+        })
+    }
+
+    /// Candidate-scope tensors, one row per candidate.
+    pub fn candidates(&self, views: &[CandidateView<'_>]) -> Result<ScopeTensors, AssemblyError> {
+        self.assemble(Scope::Candidate, views.len(), |source, row| {
+            candidate_value(source, &views[row])
+        })
+    }
+
+    fn assemble<'v>(
+        &self,
+        scope: Scope,
+        rows: usize,
+        value_of: impl Fn(Source, usize) -> RawValue<'v>,
+    ) -> Result<ScopeTensors, AssemblyError> {
+        let widths = self.widths(scope);
+        let mut out = ScopeTensors::zeroed(rows, widths);
+        for (spec, vocabulary) in self.specs.iter().zip(&self.vocabularies) {
+            if spec.scope != scope {
+                continue;
+            }
+            for row in 0..rows {
+                let value = value_of(spec.source, row);
+                write_feature(spec, *vocabulary, value, row, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn write_feature(
+    spec: &FeatureSpec,
+    vocabulary: Option<&Vocabulary>,
+    value: RawValue<'_>,
+    row: usize,
+    out: &mut ScopeTensors,
+) -> Result<(), AssemblyError> {
+    let widths = out.widths;
+    match &spec.transform {
+        Transform::Id { .. } => {
+            let vocabulary = vocabulary.expect("checked by Assembler::new");
+            let index = match value {
+                RawValue::Text(token) => vocabulary.lookup(token),
+                _ => 0,
+            };
+            if index == 0 && spec.marks_cold_start {
+                out.cold_start[row] = true;
+            }
+            out.ids[row * widths.ids + spec.slot] = index;
+        }
+        Transform::IdBag { max_len, .. } => {
+            let vocabulary = vocabulary.expect("checked by Assembler::new");
+            let tokens: &[String] = match value {
+                RawValue::Texts(tokens) => tokens,
+                _ => &[],
+            };
+            let start = row * widths.bag + spec.slot;
+            // Unknown tokens keep their place with index 0 and mask 1: "an item we have
+            // not seen" is information, and the model learns row 0 for it.
+            for (offset, token) in tokens.iter().take(*max_len).enumerate() {
+                out.bag_ids[start + offset] = vocabulary.lookup(token);
+                out.bag_mask[start + offset] = 1.0;
+            }
+        }
+        Transform::Dense { dim } => {
+            let start = row * widths.dense + spec.slot;
+            match value {
+                RawValue::Vector(values) => {
+                    if values.len() != *dim {
+                        return Err(AssemblyError::WrongDimension {
+                            feature: spec.name.clone(),
+                            expected: *dim,
+                            got: values.len(),
+                            row,
+                        });
+                    }
+                    if values.iter().any(|value| !value.is_finite()) {
+                        return Err(AssemblyError::NotFinite {
+                            feature: spec.name.clone(),
+                            row,
+                        });
+                    }
+                    out.dense[start..start + dim].copy_from_slice(values);
+                }
+                _ => {} // zeros: the missing-vector default
+            }
+        }
+        Transform::Numeric {
+            log1p,
+            mean,
+            std,
+            default,
+        } => {
+            let raw = match value {
+                RawValue::Number(number) => number,
+                _ => f64::from(*default),
+            };
+            if !raw.is_finite() {
+                return Err(AssemblyError::NotFinite {
+                    feature: spec.name.clone(),
+                    row,
+                });
+            }
+            // Negative inputs to log1p are clamped: counts and durations are never below
+            // zero, and a NaN here would poison every head.
+            let shaped = if *log1p { raw.max(0.0).ln_1p() } else { raw };
+            let normalized = ((shaped - f64::from(*mean)) / f64::from(*std)) as f32;
+            out.dense[row * widths.dense + spec.slot] = if normalized.is_finite() {
+                normalized
+            } else {
+                return Err(AssemblyError::NotFinite {
+                    feature: spec.name.clone(),
+                    row,
+                });
+            };
+        }
+    }
+    Ok(())
+}
+
+/// The feature set of podscore's models, in input order: the paper's four groups. The
+/// trainer fills numeric statistics from training data; everyone else reads the result
+/// from the manifest, never from here.
+pub fn default_definitions() -> Vec<FeatureDefinition> {
+    fn id(name: &'static str, group: Group, source: Source, vocab: &str) -> FeatureDefinition {
+        FeatureDefinition {
+            name,
+            group,
+            source,
+            transform: Transform::Id {
+                vocab: vocab.into(),
+            },
+            marks_cold_start: false,
+        }
+    }
+    fn bag(
+        name: &'static str,
+        group: Group,
+        source: Source,
+        vocab: &str,
+        max_len: usize,
+    ) -> FeatureDefinition {
+        FeatureDefinition {
+            name,
+            group,
+            source,
+            transform: Transform::IdBag {
+                vocab: vocab.into(),
+                max_len,
+            },
+            marks_cold_start: false,
+        }
+    }
+    fn numeric(name: &'static str, group: Group, source: Source) -> FeatureDefinition {
+        FeatureDefinition {
+            name,
+            group,
+            source,
+            transform: Transform::Numeric {
+                log1p: true,
+                mean: 0.0,
+                std: 1.0,
+                default: 0.0,
+            },
+            marks_cold_start: false,
+        }
+    }
+    use Group::*;
+    vec![
+        id("user_country", User, Source::UserCountry, "country"),
+        id("user_platform", User, Source::UserPlatform, "platform"),
+        id("user_age_bucket", User, Source::UserAgeBucket, "age_bucket"),
+        bag("user_history", User, Source::UserHistory, "show", 20),
+        bag("user_follows", User, Source::UserFollows, "show", 10),
+        bag("user_search_topics", User, Source::UserSearchTopics, "topic", 8),
+        id("context_surface", Context, Source::ContextSurface, "surface"),
+        id("context_hour", Context, Source::ContextHourOfDay, "hour"),
+        id("context_weekday", Context, Source::ContextDayOfWeek, "weekday"),
+        numeric("context_session_length", Context, Source::ContextSessionLength),
+        id("candidate_kind", Creative, Source::CandidateKind, "kind"),
+        FeatureDefinition {
+            marks_cold_start: true,
+            ..id("show_id", Content, Source::ShowId, "show")
+        },
+        bag("show_genres", Content, Source::ShowGenres, "genre", 3),
+        bag("show_topics", Content, Source::ShowTopics, "topic", 5),
+        FeatureDefinition {
+            name: "show_embedding",
+            group: Content,
+            source: Source::ShowEmbedding,
+            transform: Transform::Dense { dim: 16 },
+            marks_cold_start: false,
+        },
+        numeric("show_streams_30d", Content, Source::ShowStreams30d),
+        id("episode_id", Content, Source::EpisodeId, "episode"),
+        bag("episode_topics", Content, Source::EpisodeTopics, "topic", 5),
+        numeric("episode_duration", Content, Source::EpisodeDuration),
+        id("campaign_id", Creative, Source::CampaignId, "campaign"),
+        id("creative_id", Creative, Source::CreativeId, "creative"),
+        id("creative_format", Creative, Source::CreativeFormat, "format"),
+        id("creative_slot", Creative, Source::CreativeSlot, "slot"),
+        id("creative_layout", Creative, Source::CreativeLayout, "layout"),
+    ]
+}
