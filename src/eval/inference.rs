@@ -1,0 +1,120 @@
+//! Scores the test set with one bundle through the serving path: the shared feature
+//! assembly and the tract runtime, one runtime call per request, calibrated as served.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::bundle::{Bundle, HeadSpec};
+use crate::entities::{CandidateView, RequestView};
+use crate::features::Assembler;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::train;
+
+use super::data::TestSet;
+
+/// Calibrated probabilities of every head for every test row.
+pub struct Scores {
+    pub heads: Vec<HeadSpec>,
+    /// `[rows, heads]`, row-major; column `i` is `heads[i]` (not the graph's order).
+    pub probabilities: Vec<f64>,
+    pub rows: usize,
+    pub seconds: f64,
+    pub runtime_calls: usize,
+}
+
+impl Scores {
+    pub fn column(&self, head: usize) -> impl Iterator<Item = f64> + '_ {
+        let heads = self.heads.len();
+        (0..self.rows).map(move |row| self.probabilities[row * heads + head])
+    }
+
+    pub fn get(&self, row: usize, head: usize) -> f64 {
+        self.probabilities[row * self.heads.len() + head]
+    }
+}
+
+/// Runs `bundle` over every test row. The runtime's request inputs have one row (the
+/// graph computes the request part of the encoder once per call), so rows are grouped
+/// by request, `groups` from [`TestSet::request_groups`], and each group is one call,
+/// spread over the machine's cores: the runtime is shared, each call has its own state.
+pub fn score(label: &str, bundle: &Bundle, test: &TestSet, groups: &[Vec<usize>], quiet: bool) -> Result<Scores> {
+    let started = Instant::now();
+    let manifest = &bundle.manifest;
+    let runtime = Runtime::load(manifest, &bundle.onnx, &RuntimeConfig::default())
+        .with_context(|| format!("bundle {label}: loading {} into tract", bundle.dir.display()))?;
+    let assembler = Assembler::new(&manifest.features, &bundle.vocabularies)
+        .with_context(|| format!("bundle {label}: its feature spec"))?;
+    let heads = manifest.heads.clone();
+    let width = runtime.heads();
+
+    let progress = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(test.rows.len() as u64)
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} rows scored {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    progress.set_message(label.to_string());
+
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let per_thread = groups.len().div_ceil(threads).max(1);
+    let outcomes: Vec<Result<Vec<(usize, Vec<f32>)>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = groups
+            .chunks(per_thread)
+            .map(|chunk| {
+                let (runtime, assembler, progress) = (&runtime, &assembler, &progress);
+                scope.spawn(move || -> Result<Vec<(usize, Vec<f32>)>> {
+                    let mut out = Vec::new();
+                    for group in chunk {
+                        let views: Vec<(RequestView<'_>, CandidateView<'_>)> =
+                            group.iter().map(|index| train::views(&test.snapshot, &test.rows[*index])).collect();
+                        let request = assembler.request(&[views[0].0])?;
+                        let candidates: Vec<CandidateView<'_>> = views.iter().map(|(_, c)| *c).collect();
+                        let candidates = assembler.candidates(&candidates)?;
+                        let logits = runtime.infer(&request, &candidates)?;
+                        for (position, index) in group.iter().enumerate() {
+                            out.push((*index, logits.row(position).to_vec()));
+                        }
+                        progress.inc(group.len() as u64);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a scoring thread panicked"))))
+            .collect()
+    });
+    progress.finish_and_clear();
+
+    let mut probabilities = vec![f64::NAN; test.rows.len() * heads.len()];
+    for outcome in outcomes {
+        for (row, logits) in outcome.with_context(|| format!("bundle {label}: scoring the test set"))? {
+            anyhow::ensure!(logits.len() == width, "bundle {label}: the runtime returned {} logits per row, expected {width}", logits.len());
+            for (column, head) in heads.iter().enumerate() {
+                let logit = *logits
+                    .get(head.index)
+                    .with_context(|| format!("bundle {label}: head `{}` has index {} past the {width} outputs", head.name, head.index))?;
+                probabilities[row * heads.len() + column] = head.calibration.probability(logit);
+            }
+        }
+    }
+    if let Some(position) = probabilities.iter().position(|p| !p.is_finite()) {
+        anyhow::bail!(
+            "bundle {label}: head `{}` gave a non-finite probability for test row {}",
+            heads[position % heads.len()].name,
+            position / heads.len()
+        );
+    }
+    Ok(Scores {
+        heads,
+        probabilities,
+        rows: test.rows.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        runtime_calls: groups.len(),
+    })
+}

@@ -1,0 +1,176 @@
+//! PNG plots of the report, drawn with plotters' bitmap backend.
+//!
+//! Text needs a font, and a fresh machine may have none: the binary carries a 13 KB
+//! subset of DejaVu Sans (printable ASCII and a few symbols; `assets/`, with its
+//! license), registered once as plotters' `sans-serif`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, anyhow};
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+
+use super::TIERS;
+
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
+const FONT_FAMILY: &str = "sans-serif";
+const WIDTH: u32 = 1100;
+const HEIGHT: u32 = 520;
+
+fn ensure_font() -> Result<()> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let registered = *REGISTERED.get_or_init(|| register_font(FONT_FAMILY, FontStyle::Normal, FONT).is_ok());
+    if !registered {
+        return Err(anyhow!("the bundled font assets/DejaVuSans-subset.ttf did not load"));
+    }
+    Ok(())
+}
+
+/// One line of a chart: a label and its points (x, y), with gaps where y is undefined.
+pub struct Line {
+    pub label: String,
+    pub points: Vec<(f64, Option<f64>)>,
+    /// Dashed lines for references (oracle, random, the diagonal).
+    pub reference: bool,
+}
+
+/// A panel of a figure.
+pub struct Panel {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub lines: Vec<Line>,
+    /// Draw the y = x diagonal (reliability diagrams).
+    pub diagonal: bool,
+    /// x axis shows tiers 0..=7 as integers.
+    pub tier_axis: bool,
+}
+
+fn plot_error<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
+    move |error| anyhow!("drawing {}: {error:?}", path.display())
+}
+
+/// Draws `panels` side by side into one PNG at `path`.
+pub fn draw(path: &Path, caption: &str, panels: &[Panel]) -> Result<PathBuf> {
+    ensure_font()?;
+    let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error(path))?;
+    let root = root
+        .titled(caption, (FONT_FAMILY, 22).into_font())
+        .map_err(plot_error(path))?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (area, panel) in areas.iter().zip(panels) {
+        draw_panel(area, panel).map_err(plot_error(path))?;
+    }
+    root.present().map_err(plot_error(path))?;
+    Ok(path.to_path_buf())
+}
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<(), Box<dyn std::error::Error + '_>> {
+    let values = panel
+        .lines
+        .iter()
+        .flat_map(|line| line.points.iter())
+        .filter_map(|(x, y)| y.map(|y| (*x, y)))
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (mut x_max, mut y_max, mut x_min, mut y_min) = (f64::MIN, f64::MIN, f64::MAX, f64::MAX);
+    for (x, y) in values {
+        x_max = x_max.max(x);
+        x_min = x_min.min(x);
+        y_max = y_max.max(y);
+        y_min = y_min.min(y);
+    }
+    if x_max < x_min {
+        (x_min, x_max, y_min, y_max) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if panel.tier_axis {
+        (x_min, x_max) = (-0.3, TIERS as f64 - 0.7);
+    }
+    if panel.diagonal {
+        let top = x_max.max(y_max);
+        (x_min, y_min, x_max, y_max) = (0.0, 0.0, top, top);
+    }
+    // Start at zero for non-negative metrics, so that bar-free line charts do not
+    // exaggerate small differences; leave headroom above.
+    let y_low = if y_min >= 0.0 { 0.0 } else { y_min * 1.1 };
+    let y_high = if y_max > y_low { y_max * 1.08 } else { y_low + 1.0 };
+    let x_pad = if panel.tier_axis { 0.0 } else { (x_max - x_min).abs().max(1e-6) * 0.03 };
+
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, (FONT_FAMILY, 18).into_font())
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d((x_min - x_pad)..(x_max + x_pad), y_low..y_high)?;
+    let tier_axis = panel.tier_axis;
+    chart
+        .configure_mesh()
+        .x_desc(panel.x_label.as_str())
+        .y_desc(panel.y_label.as_str())
+        .x_labels(if tier_axis { TIERS } else { 6 })
+        .x_label_formatter(&|x| if tier_axis { format!("{}", x.round() as i64) } else { format!("{x:.3}") })
+        .y_label_formatter(&|y| format_axis(*y))
+        .label_style((FONT_FAMILY, 13).into_font())
+        .draw()?;
+    if panel.diagonal {
+        chart
+            .draw_series(LineSeries::new([(0.0, 0.0), (x_max, x_max)], BLACK.mix(0.4).stroke_width(1)))?
+            .label("perfect calibration")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.mix(0.4)));
+    }
+    for (index, line) in panel.lines.iter().enumerate() {
+        let color = Palette99::pick(index).to_rgba();
+        let style = if line.reference { color.mix(0.55).stroke_width(2) } else { color.stroke_width(2) };
+        // Split at undefined points so that a tier without data leaves a gap.
+        let mut segment: Vec<(f64, f64)> = Vec::new();
+        let mut segments = Vec::new();
+        for (x, y) in &line.points {
+            match y {
+                Some(y) if y.is_finite() => segment.push((*x, *y)),
+                _ => segments.push(std::mem::take(&mut segment)),
+            }
+        }
+        segments.push(segment);
+        let mut labelled = false;
+        for segment in segments.into_iter().filter(|s| !s.is_empty()) {
+            let series = chart.draw_series(LineSeries::new(segment.clone(), style))?;
+            if !labelled {
+                series
+                    .label(line.label.as_str())
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+                labelled = true;
+            }
+            chart.draw_series(segment.into_iter().map(|point| Circle::new(point, 3, style.filled())))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT_FAMILY, 12).into_font())
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    Ok(())
+}
+
+fn format_axis(value: f64) -> String {
+    let magnitude = value.abs();
+    if magnitude == 0.0 {
+        "0".into()
+    } else if magnitude >= 100.0 {
+        format!("{value:.0}")
+    } else if magnitude >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+/// Whether `path` starts with the PNG signature: what the tests and the report check.
+pub fn is_png(path: &Path) -> Result<bool> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes.starts_with(&[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A]))
+}
