@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde::Serialize;
 use serde_json::json;
 
@@ -392,29 +392,14 @@ fn honesty_notes(candidates: &[Candidate], baseline: usize) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // reproduce
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Preset {
-    /// A few minutes on two cores: the end-to-end test's world and budget.
-    Small,
-    /// At most 30 minutes on two cores: the numbers the README quotes.
-    Default,
-}
+/// The world size of a reproduction, and the training budget that fits its time.
+pub use crate::world::Preset;
 
-impl Preset {
-    fn as_str(self) -> &'static str {
-        match self {
-            Preset::Small => "small",
-            Preset::Default => "default",
-        }
-    }
-
-    /// The training budget every variant gets, `(max_epochs, steps_per_epoch)`.
-    fn training_budget(self) -> (usize, usize) {
-        match self {
-            Preset::Small => (SMALL_MAX_EPOCHS, SMALL_STEPS_PER_EPOCH),
-            Preset::Default => (DEFAULT_MAX_EPOCHS, DEFAULT_STEPS_PER_EPOCH),
-        }
+/// The training budget every variant of a preset gets, `(max_epochs, steps_per_epoch)`.
+fn training_budget(preset: Preset) -> (usize, usize) {
+    match preset {
+        Preset::Small => (SMALL_MAX_EPOCHS, SMALL_STEPS_PER_EPOCH),
+        Preset::Standard => (DEFAULT_MAX_EPOCHS, DEFAULT_STEPS_PER_EPOCH),
     }
 }
 
@@ -479,11 +464,6 @@ struct TrainCommand {
     args: TrainArgs,
 }
 
-#[derive(Parser)]
-struct SimulateCommand {
-    #[command(flatten)]
-    args: crate::world::SimulateArgs,
-}
 
 fn path_text(path: &Path) -> Result<&str> {
     path.to_str().with_context(|| format!("{}: not valid UTF-8", path.display()))
@@ -506,18 +486,13 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
             eprintln!("[{:>6.0}s] {message}", started.elapsed().as_secs_f64());
         }
     };
-    say(format!("simulating the {} world into {}", args.preset.as_str(), world.display()));
+    say(format!("simulating the {} world into {}", args.preset.name(), world.display()));
     let simulate_started = Instant::now();
-    let seed = args.seed.to_string();
-    let mut simulate_flags = vec!["simulate", "--out", path_text(&world)?, "--seed", &seed, "--preset", args.preset.as_str()];
-    if args.quiet {
-        simulate_flags.push("--quiet");
-    }
-    let simulate = SimulateCommand::try_parse_from(&simulate_flags).context("building the simulate settings")?.args;
+    let simulate = crate::world::SimulateArgs::new(world.clone(), args.preset, args.seed);
     crate::world::run(&simulate).context("simulating the world")?;
     let simulate_seconds = simulate_started.elapsed().as_secs_f64();
 
-    let (preset_epochs, preset_steps) = args.preset.training_budget();
+    let (preset_epochs, preset_steps) = training_budget(args.preset);
     let max_epochs = args.max_epochs.unwrap_or(preset_epochs);
     let steps_per_epoch = args.steps_per_epoch.unwrap_or(preset_steps);
     let mut bundles = Vec::new();
@@ -563,7 +538,7 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
     let mut report = evaluate(&eval_args)?;
     let reference = TrainCommand::try_parse_from(["train", "--data", "x", "--out", "y"]).context("building the train settings")?.args;
     report.reproduction = Some(json!({
-        "preset": args.preset,
+        "preset": args.preset.name(),
         "seed": args.seed,
         "training_budget": {
             "max_epochs": max_epochs,

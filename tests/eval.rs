@@ -1,0 +1,302 @@
+//! The offline evaluation end to end: `reproduce --preset small` simulates, trains every
+//! variant and writes a report whose structure and ranges these tests check; `eval`
+//! refuses bad input with one line naming the bundle and what is missing.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use podscore::bundle::{Manifest, ResponseField};
+use podscore::entities::CandidateKind;
+use podscore::eval::{self, EXPERIMENTS, EvalArgs, Preset, ReplayArgs, ReproduceArgs};
+use serde_json::Value;
+
+/// One small reproduction shared by every test of this file (it takes minutes).
+fn reproduction() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        // Each test process gets its own directory; earlier ones are removed first.
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("eval-reproduce-small-") {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let out = root.join(format!("eval-reproduce-small-{}", std::process::id()));
+        let args = ReproduceArgs {
+            out: out.clone(),
+            preset: Preset::Small,
+            seed: 17,
+            max_epochs: None,
+            steps_per_epoch: None,
+            replay: ReplayArgs::default(),
+            quiet: true,
+        };
+        if let Err(error) = eval::reproduce(&args) {
+            panic!("reproduce --preset small failed: {error:#}");
+        }
+        out
+    })
+}
+
+fn report_json() -> Value {
+    let path = reproduction().join("report").join("report.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("report.json is JSON")
+}
+
+fn bundle_dir(label: &str) -> PathBuf {
+    reproduction().join("models").join(label).join("1")
+}
+
+fn eval_args(bundles: Vec<PathBuf>, out: &Path) -> EvalArgs {
+    EvalArgs {
+        data: reproduction().join("world"),
+        bundles,
+        out: out.to_path_buf(),
+        baseline: None,
+        replay: ReplayArgs::default(),
+        quiet: true,
+    }
+}
+
+fn in_unit_range(value: &Value, what: &str) {
+    let x = value.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {value}"));
+    assert!(x.is_finite() && (0.0..=1.0).contains(&x), "{what} = {x} is outside [0, 1]");
+}
+
+/// The small reproduction writes report.md, report.json and valid PNGs, with every
+/// section present and every experiment in each of them.
+#[test]
+fn reproduce_small_writes_a_complete_report() {
+    let report = report_json();
+    for key in ["generator", "data", "baseline", "bundles", "table1", "tier_gains", "replay", "findings", "notes", "plots", "reproduction"] {
+        assert!(report.get(key).is_some(), "report.json lacks `{key}`");
+    }
+    assert_eq!(report["baseline"], "promo-only");
+    let labels = |section: &Value, key: &str| -> Vec<String> {
+        section.as_array().unwrap().iter().map(|item| item[key].as_str().unwrap().to_string()).collect()
+    };
+    let bundles = labels(&report["bundles"], "label");
+    let table = labels(&report["table1"], "bundle");
+    let arms = labels(&report["replay"]["arms"], "label");
+    for experiment in EXPERIMENTS {
+        assert!(bundles.contains(&experiment.label.to_string()), "{} missing from bundles", experiment.label);
+        assert!(table.contains(&experiment.label.to_string()), "{} missing from table1", experiment.label);
+        assert!(arms.contains(&experiment.label.to_string()), "{} missing from the replay", experiment.label);
+    }
+    // Table 1's four setups carry the paper's values and a sign verdict.
+    for setup in ["ads-stream-only", "ads-anc", "mtl"] {
+        let row = report["table1"].as_array().unwrap().iter().find(|r| r["bundle"] == setup).unwrap();
+        assert!(row["paper"]["ads_sign"].is_string(), "{setup}: no sign verdict: {row}");
+    }
+    let markdown = std::fs::read_to_string(reproduction().join("report").join("report.md")).unwrap();
+    for heading in ["## Table 1", "## By popularity tier", "## eCPS replay", "## The paper's claims, checked"] {
+        assert!(markdown.contains(heading), "report.md lacks {heading}");
+    }
+    let plots = report["plots"].as_array().unwrap();
+    assert!(plots.len() >= 2 + EXPERIMENTS.len(), "{plots:?}");
+    for name in ["ap_by_tier.png", "ecps_by_tier.png", "reliability_mtl.png"] {
+        assert!(plots.iter().any(|p| p == name), "{name} not listed");
+    }
+    for plot in plots {
+        let path = reproduction().join("report").join(plot.as_str().unwrap());
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 2_000, "{} is not a drawn PNG", path.display());
+    }
+}
+
+/// Every metric is finite and in its range: AP, AUC, ECE and rates in [0, 1], eCPS > 0.
+#[test]
+fn every_metric_is_finite_and_in_range() {
+    let report = report_json();
+    for bundle in report["bundles"].as_array().unwrap() {
+        let label = bundle["label"].as_str().unwrap();
+        for head in bundle["heads"].as_array().unwrap() {
+            let what = format!("{label} {} on {}", head["head"], head["kind"]);
+            for key in ["ap", "auc"] {
+                if !head[key].is_null() || head["positives"].as_u64().unwrap() > 0 {
+                    in_unit_range(&head[key], &format!("{what} {key}"));
+                }
+            }
+            in_unit_range(&head["ece"], &format!("{what} ece"));
+            in_unit_range(&head["mean_predicted"], &format!("{what} mean_predicted"));
+            assert!(!head["reliability"].as_array().unwrap().is_empty(), "{what}: no reliability bins");
+        }
+        // Both stream heads have an AP on their own kind: the Table 1 cells exist.
+        for tier in bundle["tiers"].as_array().unwrap() {
+            if !tier["ap"].is_null() {
+                in_unit_range(&tier["ap"], &format!("{label} tier AP"));
+            }
+            in_unit_range(&tier["predicted_i2s"], &format!("{label} tier predicted i2s"));
+        }
+    }
+    for row in report["table1"].as_array().unwrap() {
+        in_unit_range(&row["promotions_ap"], "Promotions AP");
+        in_unit_range(&row["ads_ap"], "Ads AP");
+        assert!(row["ads_ap_change"].as_f64().is_some_and(f64::is_finite), "{row}");
+    }
+    for arm in report["replay"]["arms"].as_array().unwrap() {
+        let ecps = &arm["ecps"];
+        for key in ["mean", "low", "high"] {
+            let value = ecps[key].as_f64().unwrap_or_else(|| panic!("{}: eCPS {key} missing", arm["label"]));
+            assert!(value.is_finite(), "{}: eCPS {key} = {value}", arm["label"]);
+        }
+        assert!(ecps["mean"].as_f64().unwrap() > 0.0, "{}: eCPS must be positive", arm["label"]);
+        in_unit_range(&arm["i2s"]["mean"], "i2s");
+        for tier in arm["tiers"].as_array().unwrap() {
+            if let Some(mean) = tier["ecps"]["mean"].as_f64() {
+                assert!(mean.is_finite() && mean > 0.0, "{} tier eCPS {mean}", arm["label"]);
+            }
+        }
+    }
+    assert_eq!(report["replay"]["arms"][0]["ecps_change"]["mean"].as_f64(), Some(0.0), "the baseline's change against itself is 0");
+}
+
+/// A bundle with no head filling `stream` for ads is refused in one line naming it.
+#[test]
+fn eval_refuses_a_bundle_without_an_ad_stream_head() {
+    let scratch = tempfile::tempdir().unwrap();
+    let broken = scratch.path().join("broken").join("1");
+    copy_dir(&bundle_dir("mtl"), &broken);
+    let manifest_path = broken.join("manifest.json");
+    let mut manifest: Manifest = serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest.name = "broken".into();
+    manifest.heads.retain(|head| !(head.field == ResponseField::Stream && head.kinds.contains(&CandidateKind::Ad)));
+    std::fs::write(&manifest_path, serde_json::to_string(&manifest).unwrap()).unwrap();
+
+    let error = eval::run(&eval_args(vec![bundle_dir("promo-only"), broken], &scratch.path().join("report"))).unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("bundle broken") && message.contains("`stream` for ad"), "{message}");
+    assert!(!message.contains('\n'), "not one line: {message}");
+}
+
+/// A baseline that names no bundle is refused, listing the bundles there are.
+#[test]
+fn eval_refuses_an_unknown_baseline() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut args = eval_args(vec![bundle_dir("promo-only"), bundle_dir("mtl")], &scratch.path().join("report"));
+    args.baseline = Some("no-such-bundle".into());
+    let message = format!("{:#}", eval::run(&args).unwrap_err());
+    assert!(message.contains("no-such-bundle") && message.contains("mtl"), "{message}");
+}
+
+/// A world whose test days hold no promotion impressions is an empty test split, said so.
+#[test]
+fn eval_refuses_an_empty_test_split() {
+    let scratch = tempfile::tempdir().unwrap();
+    let world = scratch.path().join("world");
+    copy_dir(&reproduction().join("world"), &world);
+    let promotions = podscore::logs::impressions_path(&world, CandidateKind::Promotion);
+    let days = podscore::train::count_days(&world).unwrap();
+    let test_start = podscore::train::split_days(days).test.start;
+    let rows: Vec<_> = podscore::logs::read_impressions(&promotions)
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.day < test_start)
+        .collect();
+    podscore::logs::write_impressions(&promotions, &rows).unwrap();
+
+    let mut args = eval_args(vec![bundle_dir("promo-only")], &scratch.path().join("report"));
+    args.data = world;
+    let message = format!("{:#}", eval::run(&args).unwrap_err());
+    assert!(message.contains("empty test split") && message.contains("promotion"), "{message}");
+}
+
+/// Evaluating one bundle by itself gives the same AP as in the full reproduction: the
+/// scores do not depend on which other bundles are evaluated beside it.
+#[test]
+fn eval_of_one_bundle_matches_the_reproduction() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("report");
+    eval::run(&eval_args(vec![bundle_dir("ads-anc")], &out)).unwrap();
+    let alone: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let full = report_json();
+    let ads_ap = |report: &Value| {
+        report["table1"].as_array().unwrap().iter().find(|r| r["bundle"] == "ads-anc").unwrap()["ads_ap"].as_f64().unwrap()
+    };
+    assert_eq!(ads_ap(&alone), ads_ap(&full));
+    assert_eq!(alone["baseline"], "ads-anc", "the only bundle is its own baseline");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Per-head metrics compute AP on the kinds a head serves, from served probabilities:
+/// a hand-computed case (descending 0.9+, 0.8-, 0.7+, 0.1-: AP = 0.5 + 0.5 * 2/3).
+#[test]
+fn head_metrics_match_a_hand_computed_ap() {
+    use podscore::bundle::{Calibration, HeadSpec};
+    use podscore::entities::{ContextRecord, CreativeRecord};
+    use podscore::eval::data::TestSet;
+    use podscore::eval::inference::Scores;
+    use podscore::logs::{Impression, Snapshot};
+
+    let row = |id: u64, kind: CandidateKind, stream: bool| Impression {
+        impression_id: id,
+        timestamp: 0,
+        day: 9,
+        user_id: "u".into(),
+        kind,
+        show_id: "s".into(),
+        episode_id: None,
+        show_tier: 3,
+        creative: CreativeRecord::default(),
+        context: ContextRecord::default(),
+        cost: 1.0,
+        stream,
+        click: false,
+        like: false,
+        follow: false,
+        p_stream: 0.5,
+        p_click: 0.0,
+        p_like: 0.0,
+        p_follow: 0.0,
+    };
+    // Four ads and one promotion the ad head does not serve (its score must not count).
+    let rows = vec![
+        row(0, CandidateKind::Ad, false),
+        row(1, CandidateKind::Ad, true),
+        row(2, CandidateKind::Ad, true),
+        row(3, CandidateKind::Ad, false),
+        row(4, CandidateKind::Promotion, false),
+    ];
+    let test = TestSet {
+        data: PathBuf::from("hand-made"),
+        splits: podscore::train::split_days(10),
+        snapshot: Snapshot::default(),
+        rows,
+    };
+    let head = HeadSpec {
+        name: "ad_stream".into(),
+        output: "logits".into(),
+        index: 0,
+        kinds: vec![CandidateKind::Ad],
+        field: ResponseField::Stream,
+        calibration: Calibration::identity(),
+    };
+    let scores = Scores {
+        heads: vec![head],
+        probabilities: vec![0.1, 0.9, 0.7, 0.8, 0.95],
+        rows: 5,
+        seconds: 0.0,
+        runtime_calls: 5,
+    };
+    let metrics = eval::metrics::head_metrics(&scores, &test);
+    assert_eq!(metrics.len(), 1, "one head, one kind");
+    let ad = &metrics[0];
+    assert_eq!((ad.rows, ad.positives), (4, 2));
+    assert!((ad.ap.unwrap() - (0.5 + 1.0 / 3.0)).abs() < 1e-12, "{:?}", ad.ap);
+    assert_eq!(ad.auc, Some(0.75));
+    assert!((ad.mean_predicted - 0.625).abs() < 1e-12);
+}
