@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::bundle::{self, Architecture, Bundle, Calibration, GoldenCase, GoldenScores, HeadSpec, Manifest, ResponseField};
+use crate::bundle::{self, Architecture, Bundle, GoldenCase, GoldenScores, HeadSpec, Manifest, ResponseField};
 use crate::entities::{CandidateKind, CandidateView, ContextRecord, CreativeRecord, RequestView};
 use crate::features::{
     self, Assembler, FeatureDefinition, FeatureSpec, Kind, RawValue, ScopeTensors, Transform,
