@@ -6,6 +6,7 @@ pub mod logs;
 pub mod world;
 pub mod bundle;
 pub mod onnx;
+pub mod model;
 pub mod runtime;
 pub mod store;
 pub mod scoring;
