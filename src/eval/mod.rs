@@ -36,7 +36,7 @@ use crate::entities::CandidateKind;
 use crate::train::{self, MaskMode, TrainArgs, Variant};
 
 use data::{Candidate, DataSummary, TestSet};
-use metrics::{Finding, HeadMetrics, Table1Row, TierGain, TierMetrics};
+use metrics::{Finding, Table1Row, TierGain};
 use replay::{Arm, Chooser, ReplayPolicy, ReplayReport, ReplaySettings};
 use report::{BundleReport, Report};
 

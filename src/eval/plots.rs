@@ -61,15 +61,20 @@ pub fn draw(path: &Path, caption: &str, panels: &[Panel]) -> Result<PathBuf> {
         .map_err(plot_error(path))?;
     let areas = root.split_evenly((1, panels.len().max(1)));
     for (area, panel) in areas.iter().zip(panels) {
-        draw_panel(area, panel).map_err(plot_error(path))?;
+        draw_panel(area, panel).with_context(|| format!("drawing {}", path.display()))?;
     }
     root.present().map_err(plot_error(path))?;
     Ok(path.to_path_buf())
 }
 
+/// Plotters' errors carry the backend's error type; the report only needs their text.
+fn failed<E: std::fmt::Debug>(error: E) -> anyhow::Error {
+    anyhow!("{error:?}")
+}
+
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
-fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<(), Box<dyn std::error::Error + '_>> {
+fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
     let values = panel
         .lines
         .iter()
@@ -104,7 +109,8 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<(), Box<dyn std::error::
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(64)
-        .build_cartesian_2d((x_min - x_pad)..(x_max + x_pad), y_low..y_high)?;
+        .build_cartesian_2d((x_min - x_pad)..(x_max + x_pad), y_low..y_high)
+        .map_err(failed)?;
     let tier_axis = panel.tier_axis;
     chart
         .configure_mesh()
@@ -114,10 +120,12 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<(), Box<dyn std::error::
         .x_label_formatter(&|x| if tier_axis { format!("{}", x.round() as i64) } else { format!("{x:.3}") })
         .y_label_formatter(&|y| format_axis(*y))
         .label_style((FONT_FAMILY, 13).into_font())
-        .draw()?;
+        .draw()
+        .map_err(failed)?;
     if panel.diagonal {
         chart
-            .draw_series(LineSeries::new([(0.0, 0.0), (x_max, x_max)], BLACK.mix(0.4).stroke_width(1)))?
+            .draw_series(LineSeries::new([(0.0, 0.0), (x_max, x_max)], BLACK.mix(0.4).stroke_width(1)))
+            .map_err(failed)?
             .label("perfect calibration")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.mix(0.4)));
     }
@@ -136,14 +144,16 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<(), Box<dyn std::error::
         segments.push(segment);
         let mut labelled = false;
         for segment in segments.into_iter().filter(|s| !s.is_empty()) {
-            let series = chart.draw_series(LineSeries::new(segment.clone(), style))?;
+            let series = chart.draw_series(LineSeries::new(segment.clone(), style)).map_err(failed)?;
             if !labelled {
                 series
                     .label(line.label.as_str())
                     .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
                 labelled = true;
             }
-            chart.draw_series(segment.into_iter().map(|point| Circle::new(point, 3, style.filled())))?;
+            chart
+                .draw_series(segment.into_iter().map(|point| Circle::new(point, 3, style.filled())))
+                .map_err(failed)?;
         }
     }
     chart
@@ -152,7 +162,8 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<(), Box<dyn std::error::
         .label_font((FONT_FAMILY, 12).into_font())
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
-        .draw()?;
+        .draw()
+        .map_err(failed)?;
     Ok(())
 }
 
