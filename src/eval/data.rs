@@ -29,24 +29,40 @@ impl TestSet {
     pub fn read(data: &Path) -> Result<TestSet> {
         let snapshot = logs::read_snapshot(data)
             .with_context(|| format!("reading the snapshot in {}", data.display()))?;
-        let days = train::count_days(data)?;
-        let splits = train::split_days(days);
+        // One pass over the logs instead of `train::count_days` and a second pass: the
+        // test split's first day only grows with the last day seen, so a row before the
+        // current first test day can never be a test row and is dropped at once. The
+        // split is then exactly the trainer's: `split_days(last day + 1)`.
+        let mut last_day: Option<u32> = None;
         let mut rows = Vec::new();
         for kind in [CandidateKind::Promotion, CandidateKind::Ad] {
             let path = logs::impressions_path(data, kind);
-            let before = rows.len();
             let reader = logs::open_impressions(&path)
                 .with_context(|| format!("opening {}", path.display()))?;
             for group in reader {
                 let group = group.with_context(|| format!("reading {}", path.display()))?;
-                rows.extend(group.into_iter().filter(|row| splits.test.contains(&row.day)));
+                for row in group {
+                    last_day = Some(last_day.map_or(row.day, |day| day.max(row.day)));
+                    let first_test_day = train::split_days(last_day.unwrap_or(0) + 1).test.start;
+                    if row.day >= first_test_day {
+                        rows.push(row);
+                    }
+                }
             }
-            if rows.len() == before {
+        }
+        let last_day = last_day.context("empty world: no impressions in either log")?;
+        if last_day < 2 {
+            bail!("the logs of {} span {} days; at least 3 are needed for a time split", data.display(), last_day + 1);
+        }
+        let splits = train::split_days(last_day + 1);
+        rows.retain(|row| splits.test.contains(&row.day));
+        for kind in [CandidateKind::Promotion, CandidateKind::Ad] {
+            if !rows.iter().any(|row| row.kind == kind) {
                 bail!(
                     "empty test split: no {} impressions in the test days {:?} of {} ({} days in all)",
                     kind.as_str(),
                     splits.test,
-                    path.display(),
+                    logs::impressions_path(data, kind).display(),
                     splits.days
                 );
             }

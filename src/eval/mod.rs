@@ -145,7 +145,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 /// except the plots, which [`report::write`] draws.
 pub fn evaluate(args: &EvalArgs) -> Result<Report> {
     let settings = args.replay.settings()?;
+    let started = Instant::now();
     let test = TestSet::read(&args.data)?;
+    if !args.quiet {
+        eprintln!("read {} test impressions in {:.1}s", test.rows.len(), started.elapsed().as_secs_f64());
+    }
     let candidates = data::read_bundles(&args.bundles)?;
     let baseline = data::baseline_index(&candidates, args.baseline.as_deref())?;
     for candidate in &candidates {
@@ -205,7 +209,11 @@ pub fn evaluate(args: &EvalArgs) -> Result<Report> {
         reference: true,
         chooser: Chooser::Random,
     });
+    let replay_started = Instant::now();
     let replay = replay::replay(&test.rows, &auctions, &arms, baseline, &settings);
+    if !args.quiet {
+        eprintln!("replayed {} auctions x {} seeds in {:.1}s", auctions.groups.len(), settings.seeds, replay_started.elapsed().as_secs_f64());
+    }
     let findings = findings(&candidates, &table1, &tier_gains, &replay, baseline);
     notes.extend(honesty_notes(&candidates, baseline));
 
@@ -407,8 +415,8 @@ fn training_budget(preset: Preset) -> (usize, usize) {
 // tuning"); sized so that the whole command fits its preset's time on two cores.
 const SMALL_MAX_EPOCHS: usize = 2;
 const SMALL_STEPS_PER_EPOCH: usize = 40;
-const DEFAULT_MAX_EPOCHS: usize = 4;
-const DEFAULT_STEPS_PER_EPOCH: usize = 300;
+const DEFAULT_MAX_EPOCHS: usize = 2;
+const DEFAULT_STEPS_PER_EPOCH: usize = 250;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReproduceArgs {
