@@ -18,7 +18,11 @@ fn reproduction() -> &'static Path {
         // Each test process gets its own directory; earlier ones are removed first.
         if let Ok(entries) = std::fs::read_dir(&root) {
             for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with("eval-reproduce-small-") {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("eval-reproduce-small-")
+                {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
@@ -62,8 +66,13 @@ fn eval_args(bundles: Vec<PathBuf>, out: &Path) -> EvalArgs {
 }
 
 fn in_unit_range(value: &Value, what: &str) {
-    let x = value.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {value}"));
-    assert!(x.is_finite() && (0.0..=1.0).contains(&x), "{what} = {x} is outside [0, 1]");
+    let x = value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {value}"));
+    assert!(
+        x.is_finite() && (0.0..=1.0).contains(&x),
+        "{what} = {x} is outside [0, 1]"
+    );
 }
 
 /// The small reproduction writes report.md, report.json and valid PNGs, with every
@@ -71,28 +80,71 @@ fn in_unit_range(value: &Value, what: &str) {
 #[test]
 fn reproduce_small_writes_a_complete_report() {
     let report = report_json();
-    for key in ["generator", "data", "baseline", "bundles", "table1", "tier_gains", "replay", "findings", "notes", "plots", "reproduction"] {
+    for key in [
+        "generator",
+        "data",
+        "baseline",
+        "bundles",
+        "table1",
+        "tier_gains",
+        "replay",
+        "findings",
+        "notes",
+        "plots",
+        "reproduction",
+    ] {
         assert!(report.get(key).is_some(), "report.json lacks `{key}`");
     }
     assert_eq!(report["baseline"], "promo-only");
     let labels = |section: &Value, key: &str| -> Vec<String> {
-        section.as_array().unwrap().iter().map(|item| item[key].as_str().unwrap().to_string()).collect()
+        section
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item[key].as_str().unwrap().to_string())
+            .collect()
     };
     let bundles = labels(&report["bundles"], "label");
     let table = labels(&report["table1"], "bundle");
     let arms = labels(&report["replay"]["arms"], "label");
     for experiment in EXPERIMENTS {
-        assert!(bundles.contains(&experiment.label.to_string()), "{} missing from bundles", experiment.label);
-        assert!(table.contains(&experiment.label.to_string()), "{} missing from table1", experiment.label);
-        assert!(arms.contains(&experiment.label.to_string()), "{} missing from the replay", experiment.label);
+        assert!(
+            bundles.contains(&experiment.label.to_string()),
+            "{} missing from bundles",
+            experiment.label
+        );
+        assert!(
+            table.contains(&experiment.label.to_string()),
+            "{} missing from table1",
+            experiment.label
+        );
+        assert!(
+            arms.contains(&experiment.label.to_string()),
+            "{} missing from the replay",
+            experiment.label
+        );
     }
     // Table 1's four setups carry the paper's values and a sign verdict.
     for setup in ["ads-stream-only", "ads-anc", "mtl"] {
-        let row = report["table1"].as_array().unwrap().iter().find(|r| r["bundle"] == setup).unwrap();
-        assert!(row["paper"]["ads_sign"].is_string(), "{setup}: no sign verdict: {row}");
+        let row = report["table1"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["bundle"] == setup)
+            .unwrap();
+        assert!(
+            row["paper"]["ads_sign"].is_string(),
+            "{setup}: no sign verdict: {row}"
+        );
     }
-    let markdown = std::fs::read_to_string(reproduction().join("report").join("report.md")).unwrap();
-    for heading in ["## Table 1", "## By popularity tier", "## eCPS replay", "## The paper's claims, checked"] {
+    let markdown =
+        std::fs::read_to_string(reproduction().join("report").join("report.md")).unwrap();
+    for heading in [
+        "## Table 1",
+        "## By popularity tier",
+        "## eCPS replay",
+        "## The paper's claims, checked",
+    ] {
         assert!(markdown.contains(heading), "report.md lacks {heading}");
     }
     let plots = report["plots"].as_array().unwrap();
@@ -103,7 +155,11 @@ fn reproduce_small_writes_a_complete_report() {
     for plot in plots {
         let path = reproduction().join("report").join(plot.as_str().unwrap());
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 2_000, "{} is not a drawn PNG", path.display());
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 2_000,
+            "{} is not a drawn PNG",
+            path.display()
+        );
     }
 }
 
@@ -122,36 +178,59 @@ fn every_metric_is_finite_and_in_range() {
             }
             in_unit_range(&head["ece"], &format!("{what} ece"));
             in_unit_range(&head["mean_predicted"], &format!("{what} mean_predicted"));
-            assert!(!head["reliability"].as_array().unwrap().is_empty(), "{what}: no reliability bins");
+            assert!(
+                !head["reliability"].as_array().unwrap().is_empty(),
+                "{what}: no reliability bins"
+            );
         }
         // Both stream heads have an AP on their own kind: the Table 1 cells exist.
         for tier in bundle["tiers"].as_array().unwrap() {
             if !tier["ap"].is_null() {
                 in_unit_range(&tier["ap"], &format!("{label} tier AP"));
             }
-            in_unit_range(&tier["predicted_i2s"], &format!("{label} tier predicted i2s"));
+            in_unit_range(
+                &tier["predicted_i2s"],
+                &format!("{label} tier predicted i2s"),
+            );
         }
     }
     for row in report["table1"].as_array().unwrap() {
         in_unit_range(&row["promotions_ap"], "Promotions AP");
         in_unit_range(&row["ads_ap"], "Ads AP");
-        assert!(row["ads_ap_change"].as_f64().is_some_and(f64::is_finite), "{row}");
+        assert!(
+            row["ads_ap_change"].as_f64().is_some_and(f64::is_finite),
+            "{row}"
+        );
     }
     for arm in report["replay"]["arms"].as_array().unwrap() {
         let ecps = &arm["ecps"];
         for key in ["mean", "low", "high"] {
-            let value = ecps[key].as_f64().unwrap_or_else(|| panic!("{}: eCPS {key} missing", arm["label"]));
+            let value = ecps[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{}: eCPS {key} missing", arm["label"]));
             assert!(value.is_finite(), "{}: eCPS {key} = {value}", arm["label"]);
         }
-        assert!(ecps["mean"].as_f64().unwrap() > 0.0, "{}: eCPS must be positive", arm["label"]);
+        assert!(
+            ecps["mean"].as_f64().unwrap() > 0.0,
+            "{}: eCPS must be positive",
+            arm["label"]
+        );
         in_unit_range(&arm["i2s"]["mean"], "i2s");
         for tier in arm["tiers"].as_array().unwrap() {
             if let Some(mean) = tier["ecps"]["mean"].as_f64() {
-                assert!(mean.is_finite() && mean > 0.0, "{} tier eCPS {mean}", arm["label"]);
+                assert!(
+                    mean.is_finite() && mean > 0.0,
+                    "{} tier eCPS {mean}",
+                    arm["label"]
+                );
             }
         }
     }
-    assert_eq!(report["replay"]["arms"][0]["ecps_change"]["mean"].as_f64(), Some(0.0), "the baseline's change against itself is 0");
+    assert_eq!(
+        report["replay"]["arms"][0]["ecps_change"]["mean"].as_f64(),
+        Some(0.0),
+        "the baseline's change against itself is 0"
+    );
 }
 
 /// A bundle with no head filling `stream` for ads is refused in one line naming it.
@@ -161,14 +240,24 @@ fn eval_refuses_a_bundle_without_an_ad_stream_head() {
     let broken = scratch.path().join("broken").join("1");
     copy_dir(&bundle_dir("mtl"), &broken);
     let manifest_path = broken.join("manifest.json");
-    let mut manifest: Manifest = serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    let mut manifest: Manifest =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
     manifest.name = "broken".into();
-    manifest.heads.retain(|head| !(head.field == ResponseField::Stream && head.kinds.contains(&CandidateKind::Ad)));
+    manifest.heads.retain(|head| {
+        !(head.field == ResponseField::Stream && head.kinds.contains(&CandidateKind::Ad))
+    });
     std::fs::write(&manifest_path, serde_json::to_string(&manifest).unwrap()).unwrap();
 
-    let error = eval::run(&eval_args(vec![bundle_dir("promo-only"), broken], &scratch.path().join("report"))).unwrap_err();
+    let error = eval::run(&eval_args(
+        vec![bundle_dir("promo-only"), broken],
+        &scratch.path().join("report"),
+    ))
+    .unwrap_err();
     let message = format!("{error:#}");
-    assert!(message.contains("bundle broken") && message.contains("`stream` for ad"), "{message}");
+    assert!(
+        message.contains("bundle broken") && message.contains("`stream` for ad"),
+        "{message}"
+    );
     assert!(!message.contains('\n'), "not one line: {message}");
 }
 
@@ -176,10 +265,16 @@ fn eval_refuses_a_bundle_without_an_ad_stream_head() {
 #[test]
 fn eval_refuses_an_unknown_baseline() {
     let scratch = tempfile::tempdir().unwrap();
-    let mut args = eval_args(vec![bundle_dir("promo-only"), bundle_dir("mtl")], &scratch.path().join("report"));
+    let mut args = eval_args(
+        vec![bundle_dir("promo-only"), bundle_dir("mtl")],
+        &scratch.path().join("report"),
+    );
     args.baseline = Some("no-such-bundle".into());
     let message = format!("{:#}", eval::run(&args).unwrap_err());
-    assert!(message.contains("no-such-bundle") && message.contains("mtl"), "{message}");
+    assert!(
+        message.contains("no-such-bundle") && message.contains("mtl"),
+        "{message}"
+    );
 }
 
 /// A world whose test days hold no promotion impressions is an empty test split, said so.
@@ -198,10 +293,16 @@ fn eval_refuses_an_empty_test_split() {
         .collect();
     podscore::logs::write_impressions(&promotions, &rows).unwrap();
 
-    let mut args = eval_args(vec![bundle_dir("promo-only")], &scratch.path().join("report"));
+    let mut args = eval_args(
+        vec![bundle_dir("promo-only")],
+        &scratch.path().join("report"),
+    );
     args.data = world;
     let message = format!("{:#}", eval::run(&args).unwrap_err());
-    assert!(message.contains("empty test split") && message.contains("promotion"), "{message}");
+    assert!(
+        message.contains("empty test split") && message.contains("promotion"),
+        "{message}"
+    );
 }
 
 /// Evaluating one bundle by itself gives the same AP as in the full reproduction: the
@@ -211,13 +312,24 @@ fn eval_of_one_bundle_matches_the_reproduction() {
     let scratch = tempfile::tempdir().unwrap();
     let out = scratch.path().join("report");
     eval::run(&eval_args(vec![bundle_dir("ads-anc")], &out)).unwrap();
-    let alone: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let alone: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let full = report_json();
     let ads_ap = |report: &Value| {
-        report["table1"].as_array().unwrap().iter().find(|r| r["bundle"] == "ads-anc").unwrap()["ads_ap"].as_f64().unwrap()
+        report["table1"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["bundle"] == "ads-anc")
+            .unwrap()["ads_ap"]
+            .as_f64()
+            .unwrap()
     };
     assert_eq!(ads_ap(&alone), ads_ap(&full));
-    assert_eq!(alone["baseline"], "ads-anc", "the only bundle is its own baseline");
+    assert_eq!(
+        alone["baseline"], "ads-anc",
+        "the only bundle is its own baseline"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -296,7 +408,11 @@ fn head_metrics_match_a_hand_computed_ap() {
     assert_eq!(metrics.len(), 1, "one head, one kind");
     let ad = &metrics[0];
     assert_eq!((ad.rows, ad.positives), (4, 2));
-    assert!((ad.ap.unwrap() - (0.5 + 1.0 / 3.0)).abs() < 1e-12, "{:?}", ad.ap);
+    assert!(
+        (ad.ap.unwrap() - (0.5 + 1.0 / 3.0)).abs() < 1e-12,
+        "{:?}",
+        ad.ap
+    );
     assert_eq!(ad.auc, Some(0.75));
     assert!((ad.mean_predicted - 0.625).abs() < 1e-12);
 }

@@ -52,7 +52,11 @@ impl TestSet {
         }
         let last_day = last_day.context("empty world: no impressions in either log")?;
         if last_day < 2 {
-            bail!("the logs of {} span {} days; at least 3 are needed for a time split", data.display(), last_day + 1);
+            bail!(
+                "the logs of {} span {} days; at least 3 are needed for a time split",
+                data.display(),
+                last_day + 1
+            );
         }
         let splits = train::split_days(last_day + 1);
         rows.retain(|row| splits.test.contains(&row.day));
@@ -130,10 +134,13 @@ pub fn read_bundles(dirs: &[PathBuf]) -> Result<Vec<Candidate>> {
     }
     let mut bundles = Vec::with_capacity(dirs.len());
     for dir in dirs {
-        let bundle = Bundle::read(dir).with_context(|| format!("bundle {}: reading", dir.display()))?;
+        let bundle =
+            Bundle::read(dir).with_context(|| format!("bundle {}: reading", dir.display()))?;
         bundles.push(bundle);
     }
-    let count = |f: &dyn Fn(&Bundle) -> String, value: &str| bundles.iter().filter(|b| f(b) == value).count();
+    let count = |f: &dyn Fn(&Bundle) -> String, value: &str| {
+        bundles.iter().filter(|b| f(b) == value).count()
+    };
     let by_name = |b: &Bundle| b.manifest.name.clone();
     let by_version = |b: &Bundle| format!("{}/v{}", b.manifest.name, b.manifest.version);
     let labels: Vec<String> = bundles
@@ -166,8 +173,13 @@ pub fn baseline_index(candidates: &[Candidate], requested: Option<&str>) -> Resu
                 c.label == wanted
                     || c.bundle.manifest.name == wanted
                     || c.bundle.dir == wanted_path
-                    || (c.bundle.dir.canonicalize().ok().zip(wanted_path.canonicalize().ok()))
-                        .is_some_and(|(a, b)| a == b)
+                    || (c
+                        .bundle
+                        .dir
+                        .canonicalize()
+                        .ok()
+                        .zip(wanted_path.canonicalize().ok()))
+                    .is_some_and(|(a, b)| a == b)
             })
             .with_context(|| {
                 let labels: Vec<&str> = candidates.iter().map(|c| c.label.as_str()).collect();
@@ -199,9 +211,11 @@ pub fn check_feedable(candidate: &Candidate, test: &TestSet) -> Result<()> {
     }
     for spec in &manifest.features {
         let learned = match &spec.transform {
-            Transform::Id { vocab } | Transform::IdBag { vocab, .. } => {
-                candidate.bundle.vocabularies.get(vocab).is_some_and(|v| !v.is_empty())
-            }
+            Transform::Id { vocab } | Transform::IdBag { vocab, .. } => candidate
+                .bundle
+                .vocabularies
+                .get(vocab)
+                .is_some_and(|v| !v.is_empty()),
             _ => false,
         };
         if learned && !any_row_provides(spec, test) {
@@ -264,7 +278,10 @@ pub fn describe_spec_difference(first: &Manifest, second: &Manifest) -> Option<S
     }
     let only_first: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).collect();
     let only_second: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).collect();
-    let changed: Vec<&String> = a.keys().filter(|k| b.get(*k).is_some_and(|v| v != &a[*k])).collect();
+    let changed: Vec<&String> = a
+        .keys()
+        .filter(|k| b.get(*k).is_some_and(|v| v != &a[*k]))
+        .collect();
     Some(format!(
         "only in the first: {only_first:?}; only in the second: {only_second:?}; defined differently: {changed:?}"
     ))
@@ -296,7 +313,10 @@ impl DataSummary {
                 }
             }
             test_rows.insert(kind.as_str().to_string(), rows.len());
-            test_stream_rate.insert(kind.as_str().to_string(), streams as f64 / rows.len().max(1) as f64);
+            test_stream_rate.insert(
+                kind.as_str().to_string(),
+                streams as f64 / rows.len().max(1) as f64,
+            );
             test_rows_by_tier.insert(kind.as_str().to_string(), tiers);
         }
         DataSummary {

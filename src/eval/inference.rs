@@ -38,11 +38,22 @@ impl Scores {
 /// graph computes the request part of the encoder once per call), so rows are grouped
 /// by request, `groups` from [`TestSet::request_groups`], and each group is one call,
 /// spread over the machine's cores: the runtime is shared, each call has its own state.
-pub fn score(label: &str, bundle: &Bundle, test: &TestSet, groups: &[Vec<usize>], quiet: bool) -> Result<Scores> {
+pub fn score(
+    label: &str,
+    bundle: &Bundle,
+    test: &TestSet,
+    groups: &[Vec<usize>],
+    quiet: bool,
+) -> Result<Scores> {
     let started = Instant::now();
     let manifest = &bundle.manifest;
-    let runtime = Runtime::load(manifest, &bundle.onnx, &RuntimeConfig::default())
-        .with_context(|| format!("bundle {label}: loading {} into tract", bundle.dir.display()))?;
+    let runtime =
+        Runtime::load(manifest, &bundle.onnx, &RuntimeConfig::default()).with_context(|| {
+            format!(
+                "bundle {label}: loading {} into tract",
+                bundle.dir.display()
+            )
+        })?;
     let assembler = Assembler::new(&manifest.features, &bundle.vocabularies)
         .with_context(|| format!("bundle {label}: its feature spec"))?;
     let heads = manifest.heads.clone();
@@ -54,12 +65,16 @@ pub fn score(label: &str, bundle: &Bundle, test: &TestSet, groups: &[Vec<usize>]
         indicatif::ProgressBar::new(test.rows.len() as u64)
     };
     progress.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} rows scored {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} rows scored {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     progress.set_message(label.to_string());
 
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
     let per_thread = groups.len().div_ceil(threads).max(1);
     let outcomes: Vec<Result<Vec<(usize, Vec<f32>)>>> = std::thread::scope(|scope| {
         let workers: Vec<_> = groups
@@ -69,10 +84,13 @@ pub fn score(label: &str, bundle: &Bundle, test: &TestSet, groups: &[Vec<usize>]
                 scope.spawn(move || -> Result<Vec<(usize, Vec<f32>)>> {
                     let mut out = Vec::new();
                     for group in chunk {
-                        let views: Vec<(RequestView<'_>, CandidateView<'_>)> =
-                            group.iter().map(|index| train::views(&test.snapshot, &test.rows[*index])).collect();
+                        let views: Vec<(RequestView<'_>, CandidateView<'_>)> = group
+                            .iter()
+                            .map(|index| train::views(&test.snapshot, &test.rows[*index]))
+                            .collect();
                         let request = assembler.request(&[views[0].0])?;
-                        let candidates: Vec<CandidateView<'_>> = views.iter().map(|(_, c)| *c).collect();
+                        let candidates: Vec<CandidateView<'_>> =
+                            views.iter().map(|(_, c)| *c).collect();
                         let candidates = assembler.candidates(&candidates)?;
                         let logits = runtime.infer(&request, &candidates)?;
                         for (position, index) in group.iter().enumerate() {
@@ -86,19 +104,32 @@ pub fn score(label: &str, bundle: &Bundle, test: &TestSet, groups: &[Vec<usize>]
             .collect();
         workers
             .into_iter()
-            .map(|worker| worker.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a scoring thread panicked"))))
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a scoring thread panicked")))
+            })
             .collect()
     });
     progress.finish_and_clear();
 
     let mut probabilities = vec![f64::NAN; test.rows.len() * heads.len()];
     for outcome in outcomes {
-        for (row, logits) in outcome.with_context(|| format!("bundle {label}: scoring the test set"))? {
-            anyhow::ensure!(logits.len() == width, "bundle {label}: the runtime returned {} logits per row, expected {width}", logits.len());
+        for (row, logits) in
+            outcome.with_context(|| format!("bundle {label}: scoring the test set"))?
+        {
+            anyhow::ensure!(
+                logits.len() == width,
+                "bundle {label}: the runtime returned {} logits per row, expected {width}",
+                logits.len()
+            );
             for (column, head) in heads.iter().enumerate() {
-                let logit = *logits
-                    .get(head.index)
-                    .with_context(|| format!("bundle {label}: head `{}` has index {} past the {width} outputs", head.name, head.index))?;
+                let logit = *logits.get(head.index).with_context(|| {
+                    format!(
+                        "bundle {label}: head `{}` has index {} past the {width} outputs",
+                        head.name, head.index
+                    )
+                })?;
                 probabilities[row * heads.len() + column] = head.calibration.probability(logit);
             }
         }

@@ -47,7 +47,10 @@ pub struct HeadMetrics {
 pub fn head_metrics(scores: &Scores, test: &TestSet) -> Vec<HeadMetrics> {
     let mut result = Vec::new();
     for (column, head) in scores.heads.iter().enumerate() {
-        for kind in CandidateKind::ALL.into_iter().filter(|kind| head.kinds.contains(kind)) {
+        for kind in CandidateKind::ALL
+            .into_iter()
+            .filter(|kind| head.kinds.contains(kind))
+        {
             let (predicted, labels): (Vec<f64>, Vec<bool>) = test
                 .rows
                 .iter()
@@ -61,7 +64,12 @@ pub fn head_metrics(scores: &Scores, test: &TestSet) -> Vec<HeadMetrics> {
     result
 }
 
-fn summarize(head: &HeadSpec, kind: CandidateKind, predicted: &[f64], labels: &[bool]) -> HeadMetrics {
+fn summarize(
+    head: &HeadSpec,
+    kind: CandidateKind,
+    predicted: &[f64],
+    labels: &[bool],
+) -> HeadMetrics {
     let rows = labels.len();
     let positives = labels.iter().filter(|l| **l).count();
     let (reliability, ece) = quality::reliability(predicted, labels, RELIABILITY_BINS);
@@ -109,10 +117,18 @@ pub fn tier_metrics(manifest: &Manifest, scores: &Scores, test: &TestSet) -> Vec
         };
         for tier in 0..TIERS as u8 {
             let members: Vec<usize> = (0..test.rows.len())
-                .filter(|index| test.rows[*index].kind == kind && test.rows[*index].show_tier == tier)
+                .filter(|index| {
+                    test.rows[*index].kind == kind && test.rows[*index].show_tier == tier
+                })
                 .collect();
-            let predicted: Vec<f64> = members.iter().map(|index| scores.get(*index, column)).collect();
-            let labels: Vec<bool> = members.iter().map(|index| test.rows[*index].stream).collect();
+            let predicted: Vec<f64> = members
+                .iter()
+                .map(|index| scores.get(*index, column))
+                .collect();
+            let labels: Vec<bool> = members
+                .iter()
+                .map(|index| test.rows[*index].stream)
+                .collect();
             let positives = labels.iter().filter(|l| **l).count();
             result.push(TierMetrics {
                 kind,
@@ -138,7 +154,10 @@ pub fn stream_column(manifest: &Manifest, scores: &Scores, kind: CandidateKind) 
 /// AP of the stream head serving `kind` on impressions of `kind`: the paper's metric.
 pub fn stream_ap(heads: &[HeadMetrics], manifest: &Manifest, kind: CandidateKind) -> Option<f64> {
     let head = manifest.head_for(kind, ResponseField::Stream)?;
-    heads.iter().find(|m| m.head == head.name && m.kind == kind)?.ap
+    heads
+        .iter()
+        .find(|m| m.head == head.name && m.kind == kind)?
+        .ap
 }
 
 /// Relative change `value / baseline - 1`; `None` when either is missing or the
@@ -190,7 +209,10 @@ pub const PAPER_TABLE_1: [PaperRow; 4] = [
 ];
 
 pub fn paper_row(variant: Option<&str>) -> Option<PaperRow> {
-    PAPER_TABLE_1.iter().copied().find(|row| Some(row.variant) == variant)
+    PAPER_TABLE_1
+        .iter()
+        .copied()
+        .find(|row| Some(row.variant) == variant)
 }
 
 /// The paper's change of `row` re-expressed against `baseline`'s row, so that it compares
@@ -255,9 +277,21 @@ pub struct TierGain {
     pub low_stream_tiers_3_5: Option<f64>,
 }
 
-pub fn tier_gain(bundle: &str, kind: CandidateKind, tiers: &[TierMetrics], baseline: &[TierMetrics]) -> TierGain {
-    let ap = |metrics: &[TierMetrics], tier: u8| metrics.iter().find(|m| m.kind == kind && m.tier == tier).and_then(|m| m.ap);
-    let per_tier: Vec<Option<f64>> = (0..TIERS as u8).map(|tier| relative_change(ap(tiers, tier), ap(baseline, tier))).collect();
+pub fn tier_gain(
+    bundle: &str,
+    kind: CandidateKind,
+    tiers: &[TierMetrics],
+    baseline: &[TierMetrics],
+) -> TierGain {
+    let ap = |metrics: &[TierMetrics], tier: u8| {
+        metrics
+            .iter()
+            .find(|m| m.kind == kind && m.tier == tier)
+            .and_then(|m| m.ap)
+    };
+    let per_tier: Vec<Option<f64>> = (0..TIERS as u8)
+        .map(|tier| relative_change(ap(tiers, tier), ap(baseline, tier)))
+        .collect();
     let average = |range: std::ops::Range<usize>| {
         let values: Vec<f64> = per_tier[range].iter().flatten().copied().collect();
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
@@ -286,7 +320,10 @@ impl Finding {
         let (measured, verdict) = match measured {
             Some((text, true)) => (text, "agrees"),
             Some((text, false)) => (text, "disagrees"),
-            None => ("the bundles needed for it were not evaluated".to_string(), "not measured"),
+            None => (
+                "the bundles needed for it were not evaluated".to_string(),
+                "not measured",
+            ),
         };
         Finding {
             claim: claim.to_string(),

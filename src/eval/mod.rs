@@ -68,7 +68,12 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = DEFAULT_BUDGET_SHARE, env = "PODSCORE_BUDGET_SHARE")]
     pub budget_share: f64,
     /// How an arm picks within an auction.
-    #[arg(long, value_enum, default_value = "per-cost", env = "PODSCORE_REPLAY_POLICY")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "per-cost",
+        env = "PODSCORE_REPLAY_POLICY"
+    )]
     pub replay_policy: ReplayPolicy,
     /// First seed of the replay (auction order, stream draws).
     #[arg(long, default_value_t = 17, env = "PODSCORE_REPLAY_SEED")]
@@ -91,13 +96,22 @@ impl ReplayArgs {
     fn settings(&self) -> Result<ReplaySettings> {
         let mut problems = Vec::new();
         if !(2..=64).contains(&self.auction_size) {
-            problems.push(format!("--auction-size must be in 2..=64, got {}", self.auction_size));
+            problems.push(format!(
+                "--auction-size must be in 2..=64, got {}",
+                self.auction_size
+            ));
         }
         if !(2..=1000).contains(&self.replay_seeds) {
-            problems.push(format!("--replay-seeds must be in 2..=1000, got {}", self.replay_seeds));
+            problems.push(format!(
+                "--replay-seeds must be in 2..=1000, got {}",
+                self.replay_seeds
+            ));
         }
         if !(self.budget_share > 0.0 && self.budget_share <= 1.0) {
-            problems.push(format!("--budget-share must be in (0, 1], got {}", self.budget_share));
+            problems.push(format!(
+                "--budget-share must be in (0, 1], got {}",
+                self.budget_share
+            ));
         }
         if !problems.is_empty() {
             bail!("{}", problems.join("; "));
@@ -148,7 +162,11 @@ pub fn evaluate(args: &EvalArgs) -> Result<Report> {
     let started = Instant::now();
     let test = TestSet::read(&args.data)?;
     if !args.quiet {
-        eprintln!("read {} test impressions in {:.1}s", test.rows.len(), started.elapsed().as_secs_f64());
+        eprintln!(
+            "read {} test impressions in {:.1}s",
+            test.rows.len(),
+            started.elapsed().as_secs_f64()
+        );
     }
     let candidates = data::read_bundles(&args.bundles)?;
     let baseline = data::baseline_index(&candidates, args.baseline.as_deref())?;
@@ -157,7 +175,10 @@ pub fn evaluate(args: &EvalArgs) -> Result<Report> {
     }
     let mut notes = Vec::new();
     for candidate in &candidates[1..] {
-        if let Some(difference) = data::describe_spec_difference(&candidates[0].bundle.manifest, &candidate.bundle.manifest) {
+        if let Some(difference) = data::describe_spec_difference(
+            &candidates[0].bundle.manifest,
+            &candidate.bundle.manifest,
+        ) {
             notes.push(format!(
                 "Bundles {} and {} have different feature specs ({difference}); each is evaluated with its own spec and vocabularies.",
                 candidates[0].label, candidate.label
@@ -168,7 +189,13 @@ pub fn evaluate(args: &EvalArgs) -> Result<Report> {
     let mut bundle_reports = Vec::with_capacity(candidates.len());
     let mut ad_stream_scores = Vec::with_capacity(candidates.len());
     for candidate in &candidates {
-        let scores = inference::score(&candidate.label, &candidate.bundle, &test, &groups, args.quiet)?;
+        let scores = inference::score(
+            &candidate.label,
+            &candidate.bundle,
+            &test,
+            &groups,
+            args.quiet,
+        )?;
         if !args.quiet {
             eprintln!(
                 "scored {} test rows with {} in {:.1}s ({} runtime calls)",
@@ -212,7 +239,12 @@ pub fn evaluate(args: &EvalArgs) -> Result<Report> {
     let replay_started = Instant::now();
     let replay = replay::replay(&test.rows, &auctions, &arms, baseline, &settings);
     if !args.quiet {
-        eprintln!("replayed {} auctions x {} seeds in {:.1}s", auctions.groups.len(), settings.seeds, replay_started.elapsed().as_secs_f64());
+        eprintln!(
+            "replayed {} auctions x {} seeds in {:.1}s",
+            auctions.groups.len(),
+            settings.seeds,
+            replay_started.elapsed().as_secs_f64()
+        );
     }
     let findings = findings(&candidates, &table1, &tier_gains, &replay, baseline);
     notes.extend(honesty_notes(&candidates, baseline));
@@ -243,22 +275,30 @@ fn table_1(candidates: &[Candidate], reports: &[BundleReport], baseline: usize) 
         .zip(reports)
         .enumerate()
         .map(|(index, (candidate, report))| {
-            let promotions_change = metrics::relative_change(promotions_ap(report), promotions_ap(base));
+            let promotions_change =
+                metrics::relative_change(promotions_ap(report), promotions_ap(base));
             let ads_change = metrics::relative_change(ads_ap(report), ads_ap(base));
-            let paper = base_paper.zip(metrics::paper_row(paper_setup(candidate))).map(|(base_row, row)| {
-                let promotions = metrics::rebase(row.promotions_ap_change, base_row.promotions_ap_change);
-                let ads = metrics::rebase(row.ads_ap_change, base_row.ads_ap_change);
-                let is_baseline = index == baseline;
-                metrics::PaperComparison {
-                    setup: row.setup,
-                    promotions_ap_change_printed: row.promotions_ap_change,
-                    ads_ap_change_printed: row.ads_ap_change,
-                    promotions_ap_change: promotions,
-                    ads_ap_change: ads,
-                    promotions_sign: promotions_change.filter(|_| !is_baseline).map(|m| metrics::sign_agreement(m, promotions)),
-                    ads_sign: ads_change.filter(|_| !is_baseline).map(|m| metrics::sign_agreement(m, ads)),
-                }
-            });
+            let paper = base_paper
+                .zip(metrics::paper_row(paper_setup(candidate)))
+                .map(|(base_row, row)| {
+                    let promotions =
+                        metrics::rebase(row.promotions_ap_change, base_row.promotions_ap_change);
+                    let ads = metrics::rebase(row.ads_ap_change, base_row.ads_ap_change);
+                    let is_baseline = index == baseline;
+                    metrics::PaperComparison {
+                        setup: row.setup,
+                        promotions_ap_change_printed: row.promotions_ap_change,
+                        ads_ap_change_printed: row.ads_ap_change,
+                        promotions_ap_change: promotions,
+                        ads_ap_change: ads,
+                        promotions_sign: promotions_change
+                            .filter(|_| !is_baseline)
+                            .map(|m| metrics::sign_agreement(m, promotions)),
+                        ads_sign: ads_change
+                            .filter(|_| !is_baseline)
+                            .map(|m| metrics::sign_agreement(m, ads)),
+                    }
+                });
             Table1Row {
                 bundle: candidate.label.clone(),
                 variant: candidate.variant().map(str::to_string),
@@ -279,8 +319,14 @@ fn table_1(candidates: &[Candidate], reports: &[BundleReport], baseline: usize) 
 fn paper_setup(candidate: &Candidate) -> Option<&str> {
     let variant = candidate.variant()?;
     if variant == "mtl" {
-        let mask = candidate.setting("mask").and_then(|m| m.as_str()).unwrap_or("directional");
-        let share = candidate.setting("promo_share").and_then(|s| s.as_f64()).unwrap_or(0.5);
+        let mask = candidate
+            .setting("mask")
+            .and_then(|m| m.as_str())
+            .unwrap_or("directional");
+        let share = candidate
+            .setting("promo_share")
+            .and_then(|s| s.as_f64())
+            .unwrap_or(0.5);
         if mask != "directional" || (share - 0.5).abs() > 1e-9 {
             return None;
         }
@@ -288,14 +334,23 @@ fn paper_setup(candidate: &Candidate) -> Option<&str> {
     Some(variant)
 }
 
-fn tier_gains(candidates: &[Candidate], reports: &[BundleReport], baseline: usize) -> Vec<TierGain> {
+fn tier_gains(
+    candidates: &[Candidate],
+    reports: &[BundleReport],
+    baseline: usize,
+) -> Vec<TierGain> {
     let mut gains = Vec::new();
     for (index, (candidate, report)) in candidates.iter().zip(reports).enumerate() {
         if index == baseline {
             continue;
         }
         for kind in [CandidateKind::Promotion, CandidateKind::Ad] {
-            gains.push(metrics::tier_gain(&candidate.label, kind, &report.tiers, &reports[baseline].tiers));
+            gains.push(metrics::tier_gain(
+                &candidate.label,
+                kind,
+                &report.tiers,
+                &reports[baseline].tiers,
+            ));
         }
     }
     gains
@@ -314,7 +369,13 @@ fn percent(value: f64) -> String {
     format!("{:+.1}%", value * 100.0)
 }
 
-fn findings(candidates: &[Candidate], table: &[Table1Row], gains: &[TierGain], replay: &ReplayReport, baseline: usize) -> Vec<Finding> {
+fn findings(
+    candidates: &[Candidate],
+    table: &[Table1Row],
+    gains: &[TierGain],
+    replay: &ReplayReport,
+    baseline: usize,
+) -> Vec<Finding> {
     let baseline_is_promo = candidates[baseline].variant() == Some("promo-only");
     let joint = joint_model(candidates).filter(|_| baseline_is_promo);
     let mut findings = Vec::new();
@@ -327,21 +388,41 @@ fn findings(candidates: &[Candidate], table: &[Table1Row], gains: &[TierGain], r
         .iter()
         .filter(|row| matches!(row.variant.as_deref(), Some("ads-stream-only" | "ads-anc")))
         .collect();
-    let hurt = (baseline_is_promo && !ads_only.is_empty() && ads_only.iter().all(|row| row.promotions_ap_change.is_some())).then(|| {
+    let hurt = (baseline_is_promo
+        && !ads_only.is_empty()
+        && ads_only
+            .iter()
+            .all(|row| row.promotions_ap_change.is_some()))
+    .then(|| {
         let text = ads_only
             .iter()
-            .map(|row| format!("{}: {}", row.bundle, percent(row.promotions_ap_change.unwrap_or(0.0))))
+            .map(|row| {
+                format!(
+                    "{}: {}",
+                    row.bundle,
+                    percent(row.promotions_ap_change.unwrap_or(0.0))
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
-        (text, ads_only.iter().all(|row| row.promotions_ap_change.unwrap_or(0.0) <= -0.10))
+        (
+            text,
+            ads_only
+                .iter()
+                .all(|row| row.promotions_ap_change.unwrap_or(0.0) <= -0.10),
+        )
     });
     findings.push(Finding::new(
         "Training on ads only badly hurts Promotions AP (taken here as at least -10%)",
         "-65.2% (ads stream head only), -64.8% (with ancillary heads)",
         hurt,
     ));
-    let anc = table.iter().find(|row| row.variant.as_deref() == Some("ads-anc"));
-    let stream_only = table.iter().find(|row| row.variant.as_deref() == Some("ads-stream-only"));
+    let anc = table
+        .iter()
+        .find(|row| row.variant.as_deref() == Some("ads-anc"));
+    let stream_only = table
+        .iter()
+        .find(|row| row.variant.as_deref() == Some("ads-stream-only"));
     let joint_row = joint.map(|j| &table[j]);
     findings.push(Finding::new(
         "Ancillary heads help Ads AP but are not enough without promotion data: ads-stream-only < ads-anc < MTL on Ads AP",
@@ -355,7 +436,11 @@ fn findings(candidates: &[Candidate], table: &[Table1Row], gains: &[TierGain], r
         },
     ));
     for kind in [CandidateKind::Ad, CandidateKind::Promotion] {
-        let gain = joint.and_then(|j| gains.iter().find(|g| g.bundle == candidates[j].label && g.kind == kind));
+        let gain = joint.and_then(|j| {
+            gains
+                .iter()
+                .find(|g| g.bundle == candidates[j].label && g.kind == kind)
+        });
         findings.push(Finding::new(
             &format!(
                 "The joint model's {} AP gain is larger for low-stream tiers 3-5 than for high-stream tiers 0-2",
@@ -423,6 +508,8 @@ pub struct ReproduceArgs {
     /// Directory for the world, the bundles and the report; must not exist or be empty.
     #[arg(long, env = "PODSCORE_REPRODUCE_OUT")]
     pub out: PathBuf,
+    /// World size and training budget: `small` (minutes; the tests) or `default` (at
+    /// most 30 minutes on two cores; the README's numbers).
     #[arg(long, value_enum, default_value = "default", env = "PODSCORE_PRESET")]
     pub preset: Preset,
     /// Seed of the world and of every variant's training.
@@ -454,14 +541,62 @@ pub struct Experiment {
 /// Table 1's four setups, then the mask and promotion-share experiments on the joint
 /// model (its directional mask and 0.5 share are the `mtl` row itself).
 pub const EXPERIMENTS: [Experiment; 8] = [
-    Experiment { label: "promo-only", variant: Variant::PromoOnly, mask: MaskMode::Directional, promo_share: 0.5, purpose: "Table 1 baseline: promotion data, promotion stream head" },
-    Experiment { label: "ads-stream-only", variant: Variant::AdsStreamOnly, mask: MaskMode::Directional, promo_share: 0.5, purpose: "Table 1: ad data, ad stream head" },
-    Experiment { label: "ads-anc", variant: Variant::AdsAnc, mask: MaskMode::Directional, promo_share: 0.5, purpose: "Table 1: ad data, ad stream and ancillary heads" },
-    Experiment { label: "mtl", variant: Variant::Mtl, mask: MaskMode::Directional, promo_share: 0.5, purpose: "Table 1: the 5-task model (directional mask, share 0.5)" },
-    Experiment { label: "mtl-bidirectional", variant: Variant::Mtl, mask: MaskMode::Bidirectional, promo_share: 0.5, purpose: "mask off: ad impressions also train promo_stream" },
-    Experiment { label: "mtl-siloed", variant: Variant::Mtl, mask: MaskMode::Siloed, promo_share: 0.5, purpose: "no transfer: each source trains its own stream head only" },
-    Experiment { label: "mtl-share-0.25", variant: Variant::Mtl, mask: MaskMode::Directional, promo_share: 0.25, purpose: "promotion share 0.25" },
-    Experiment { label: "mtl-share-0.75", variant: Variant::Mtl, mask: MaskMode::Directional, promo_share: 0.75, purpose: "promotion share 0.75" },
+    Experiment {
+        label: "promo-only",
+        variant: Variant::PromoOnly,
+        mask: MaskMode::Directional,
+        promo_share: 0.5,
+        purpose: "Table 1 baseline: promotion data, promotion stream head",
+    },
+    Experiment {
+        label: "ads-stream-only",
+        variant: Variant::AdsStreamOnly,
+        mask: MaskMode::Directional,
+        promo_share: 0.5,
+        purpose: "Table 1: ad data, ad stream head",
+    },
+    Experiment {
+        label: "ads-anc",
+        variant: Variant::AdsAnc,
+        mask: MaskMode::Directional,
+        promo_share: 0.5,
+        purpose: "Table 1: ad data, ad stream and ancillary heads",
+    },
+    Experiment {
+        label: "mtl",
+        variant: Variant::Mtl,
+        mask: MaskMode::Directional,
+        promo_share: 0.5,
+        purpose: "Table 1: the 5-task model (directional mask, share 0.5)",
+    },
+    Experiment {
+        label: "mtl-bidirectional",
+        variant: Variant::Mtl,
+        mask: MaskMode::Bidirectional,
+        promo_share: 0.5,
+        purpose: "mask off: ad impressions also train promo_stream",
+    },
+    Experiment {
+        label: "mtl-siloed",
+        variant: Variant::Mtl,
+        mask: MaskMode::Siloed,
+        promo_share: 0.5,
+        purpose: "no transfer: each source trains its own stream head only",
+    },
+    Experiment {
+        label: "mtl-share-0.25",
+        variant: Variant::Mtl,
+        mask: MaskMode::Directional,
+        promo_share: 0.25,
+        purpose: "promotion share 0.25",
+    },
+    Experiment {
+        label: "mtl-share-0.75",
+        variant: Variant::Mtl,
+        mask: MaskMode::Directional,
+        promo_share: 0.75,
+        purpose: "promotion share 0.75",
+    },
 ];
 
 /// Parses a subcommand's flags into its args struct, so that every field not named here
@@ -472,29 +607,43 @@ struct TrainCommand {
     args: TrainArgs,
 }
 
-
 fn path_text(path: &Path) -> Result<&str> {
-    path.to_str().with_context(|| format!("{}: not valid UTF-8", path.display()))
+    path.to_str()
+        .with_context(|| format!("{}: not valid UTF-8", path.display()))
 }
 
 pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
     let started = Instant::now();
     let replay_settings = args.replay.settings()?;
-    if args.out.exists() && std::fs::read_dir(&args.out).with_context(|| format!("reading {}", args.out.display()))?.next().is_some() {
-        bail!("{}: not empty; reproduce writes a fresh world, bundles and report, choose a new --out", args.out.display());
+    if args.out.exists()
+        && std::fs::read_dir(&args.out)
+            .with_context(|| format!("reading {}", args.out.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "{}: not empty; reproduce writes a fresh world, bundles and report, choose a new --out",
+            args.out.display()
+        );
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let world = args.out.join("world");
     let models = args.out.join("models");
     let train_logs = args.out.join("train-logs");
-    std::fs::create_dir_all(&train_logs).with_context(|| format!("creating {}", train_logs.display()))?;
+    std::fs::create_dir_all(&train_logs)
+        .with_context(|| format!("creating {}", train_logs.display()))?;
 
     let say = |message: String| {
         if !args.quiet {
             eprintln!("[{:>6.0}s] {message}", started.elapsed().as_secs_f64());
         }
     };
-    say(format!("simulating the {} world into {}", args.preset.name(), world.display()));
+    say(format!(
+        "simulating the {} world into {}",
+        args.preset.name(),
+        world.display()
+    ));
     let simulate_started = Instant::now();
     let simulate = crate::world::SimulateArgs::new(world.clone(), args.preset, args.seed);
     crate::world::run(&simulate).context("simulating the world")?;
@@ -507,9 +656,15 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
     let mut trained = Vec::new();
     for (index, experiment) in EXPERIMENTS.iter().enumerate() {
         let out = models.join(experiment.label).join("1");
-        let mut train_args = TrainCommand::try_parse_from(["train", "--data", path_text(&world)?, "--out", path_text(&out)?])
-            .context("building the train settings")?
-            .args;
+        let mut train_args = TrainCommand::try_parse_from([
+            "train",
+            "--data",
+            path_text(&world)?,
+            "--out",
+            path_text(&out)?,
+        ])
+        .context("building the train settings")?
+        .args;
         train_args.variant = experiment.variant;
         train_args.mask = experiment.mask;
         train_args.promo_share = experiment.promo_share;
@@ -519,7 +674,13 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
         train_args.steps_per_epoch = steps_per_epoch;
         train_args.log = Some(train_logs.join(format!("{}.jsonl", experiment.label)));
         train_args.quiet = true;
-        say(format!("training {}/{}: {} ({})", index + 1, EXPERIMENTS.len(), experiment.label, experiment.purpose));
+        say(format!(
+            "training {}/{}: {} ({})",
+            index + 1,
+            EXPERIMENTS.len(),
+            experiment.label,
+            experiment.purpose
+        ));
         let train_started = Instant::now();
         train::run(&train_args).with_context(|| format!("training {}", experiment.label))?;
         trained.push(json!({
@@ -544,7 +705,9 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
     };
     let eval_started = Instant::now();
     let mut report = evaluate(&eval_args)?;
-    let reference = TrainCommand::try_parse_from(["train", "--data", "x", "--out", "y"]).context("building the train settings")?.args;
+    let reference = TrainCommand::try_parse_from(["train", "--data", "x", "--out", "y"])
+        .context("building the train settings")?
+        .args;
     report.reproduction = Some(json!({
         "preset": args.preset.name(),
         "seed": args.seed,
@@ -567,6 +730,10 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
         "total_seconds": started.elapsed().as_secs_f64(),
     }));
     report::write(&mut report, &eval_args.out)?;
-    say(format!("wrote {} in {:.0}s", eval_args.out.join(report::MARKDOWN_FILE).display(), started.elapsed().as_secs_f64()));
+    say(format!(
+        "wrote {} in {:.0}s",
+        eval_args.out.join(report::MARKDOWN_FILE).display(),
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
 }

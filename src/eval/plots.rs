@@ -20,9 +20,12 @@ const HEIGHT: u32 = 520;
 
 fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let registered = *REGISTERED.get_or_init(|| register_font(FONT_FAMILY, FontStyle::Normal, FONT).is_ok());
+    let registered =
+        *REGISTERED.get_or_init(|| register_font(FONT_FAMILY, FontStyle::Normal, FONT).is_ok());
     if !registered {
-        return Err(anyhow!("the bundled font assets/DejaVuSans-subset.ttf did not load"));
+        return Err(anyhow!(
+            "the bundled font assets/DejaVuSans-subset.ttf did not load"
+        ));
     }
     Ok(())
 }
@@ -101,8 +104,16 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
     // Start at zero for non-negative metrics, so that bar-free line charts do not
     // exaggerate small differences; leave headroom above.
     let y_low = if y_min >= 0.0 { 0.0 } else { y_min * 1.1 };
-    let y_high = if y_max > y_low { y_max * 1.08 } else { y_low + 1.0 };
-    let x_pad = if panel.tier_axis { 0.0 } else { (x_max - x_min).abs().max(1e-6) * 0.03 };
+    let y_high = if y_max > y_low {
+        y_max * 1.08
+    } else {
+        y_low + 1.0
+    };
+    let x_pad = if panel.tier_axis {
+        0.0
+    } else {
+        (x_max - x_min).abs().max(1e-6) * 0.03
+    };
 
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (FONT_FAMILY, 18).into_font())
@@ -117,21 +128,34 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
         .x_desc(panel.x_label.as_str())
         .y_desc(panel.y_label.as_str())
         .x_labels(if tier_axis { TIERS } else { 6 })
-        .x_label_formatter(&|x| if tier_axis { format!("{}", x.round() as i64) } else { format!("{x:.3}") })
+        .x_label_formatter(&|x| {
+            if tier_axis {
+                format!("{}", x.round() as i64)
+            } else {
+                format!("{x:.3}")
+            }
+        })
         .y_label_formatter(&|y| format_axis(*y))
         .label_style((FONT_FAMILY, 13).into_font())
         .draw()
         .map_err(failed)?;
     if panel.diagonal {
         chart
-            .draw_series(LineSeries::new([(0.0, 0.0), (x_max, x_max)], BLACK.mix(0.4).stroke_width(1)))
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (x_max, x_max)],
+                BLACK.mix(0.4).stroke_width(1),
+            ))
             .map_err(failed)?
             .label("perfect calibration")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.mix(0.4)));
     }
     for (index, line) in panel.lines.iter().enumerate() {
         let color = Palette99::pick(index).to_rgba();
-        let style = if line.reference { color.mix(0.55).stroke_width(2) } else { color.stroke_width(2) };
+        let style = if line.reference {
+            color.mix(0.55).stroke_width(2)
+        } else {
+            color.stroke_width(2)
+        };
         // Split at undefined points so that a tier without data leaves a gap.
         let mut segment: Vec<(f64, f64)> = Vec::new();
         let mut segments = Vec::new();
@@ -144,7 +168,9 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
         segments.push(segment);
         let mut labelled = false;
         for segment in segments.into_iter().filter(|s| !s.is_empty()) {
-            let series = chart.draw_series(LineSeries::new(segment.clone(), style)).map_err(failed)?;
+            let series = chart
+                .draw_series(LineSeries::new(segment.clone(), style))
+                .map_err(failed)?;
             if !labelled {
                 series
                     .label(line.label.as_str())
@@ -152,13 +178,22 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
                 labelled = true;
             }
             chart
-                .draw_series(segment.into_iter().map(|point| Circle::new(point, 3, style.filled())))
+                .draw_series(
+                    segment
+                        .into_iter()
+                        .map(|point| Circle::new(point, 3, style.filled())),
+                )
                 .map_err(failed)?;
         }
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        // Reliability curves climb to the upper right; keep the legend off them.
+        .position(if panel.diagonal {
+            SeriesLabelPosition::UpperLeft
+        } else {
+            SeriesLabelPosition::UpperRight
+        })
         .label_font((FONT_FAMILY, 12).into_font())
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))

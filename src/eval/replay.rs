@@ -62,18 +62,29 @@ pub struct Auctions {
 /// impressions, falls back to impressions adjacent in time, whoever saw them.
 pub fn build_auctions(rows: &[Impression], size: usize) -> Auctions {
     let size = size.max(2);
-    let ads: Vec<usize> = (0..rows.len()).filter(|i| rows[*i].kind == CandidateKind::Ad).collect();
+    let ads: Vec<usize> = (0..rows.len())
+        .filter(|i| rows[*i].kind == CandidateKind::Ad)
+        .collect();
     let mut by_user = ads.clone();
     by_user.sort_by(|a, b| {
         let (x, y) = (&rows[*a], &rows[*b]);
-        (x.user_id.as_str(), x.day, x.timestamp, x.impression_id).cmp(&(y.user_id.as_str(), y.day, y.timestamp, y.impression_id))
+        (x.user_id.as_str(), x.day, x.timestamp, x.impression_id).cmp(&(
+            y.user_id.as_str(),
+            y.day,
+            y.timestamp,
+            y.impression_id,
+        ))
     });
     let mut groups = Vec::new();
     let mut start = 0;
     while start < by_user.len() {
         let first = &rows[by_user[start]];
         let mut end = start;
-        while end < by_user.len() && end - start < size && rows[by_user[end]].user_id == first.user_id && rows[by_user[end]].day == first.day {
+        while end < by_user.len()
+            && end - start < size
+            && rows[by_user[end]].user_id == first.user_id
+            && rows[by_user[end]].day == first.day
+        {
             end += 1;
         }
         if end - start >= 2 {
@@ -90,7 +101,11 @@ pub fn build_auctions(rows: &[Impression], size: usize) -> Auctions {
     }
     let mut by_time = ads;
     by_time.sort_by_key(|i| (rows[*i].timestamp, rows[*i].impression_id));
-    let groups = by_time.chunks(size).filter(|chunk| chunk.len() >= 2).map(<[usize]>::to_vec).collect();
+    let groups = by_time
+        .chunks(size)
+        .filter(|chunk| chunk.len() >= 2)
+        .map(<[usize]>::to_vec)
+        .collect();
     Auctions {
         grouping: format!(
             "{size} ad impressions adjacent in time (same-user grouping covered only {covered} of {} ad impressions)",
@@ -220,7 +235,13 @@ fn uniform(seed: u64, impression_id: u64) -> f64 {
 /// Cost floor for the per-cost policy, so that a free impression cannot divide by zero.
 const MINIMUM_COST: f64 = 1e-9;
 
-fn choose(chooser: &Chooser<'_>, policy: ReplayPolicy, rows: &[Impression], auction: &[usize], rng: &mut ChaCha8Rng) -> usize {
+fn choose(
+    chooser: &Chooser<'_>,
+    policy: ReplayPolicy,
+    rows: &[Impression],
+    auction: &[usize],
+    rng: &mut ChaCha8Rng,
+) -> usize {
     let value = |index: usize| {
         let probability = match chooser {
             Chooser::Model(scores) => scores[index],
@@ -248,14 +269,28 @@ fn choose(chooser: &Chooser<'_>, policy: ReplayPolicy, rows: &[Impression], auct
     best
 }
 
-fn replay_one(arm: &Arm<'_>, settings: &ReplaySettings, rows: &[Impression], order: &[usize], auctions: &Auctions, budget: f64, seed: u64) -> Outcome {
+fn replay_one(
+    arm: &Arm<'_>,
+    settings: &ReplaySettings,
+    rows: &[Impression],
+    order: &[usize],
+    auctions: &Auctions,
+    budget: f64,
+    seed: u64,
+) -> Outcome {
     let mut outcome = Outcome {
         tiers: vec![(0.0, 0.0, 0.0); TIERS],
         ..Outcome::default()
     };
     let mut picks = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_C401CE);
     for &auction in order {
-        let winner = choose(&arm.chooser, settings.policy, rows, &auctions.groups[auction], &mut picks);
+        let winner = choose(
+            &arm.chooser,
+            settings.policy,
+            rows,
+            &auctions.groups[auction],
+            &mut picks,
+        );
         let row = &rows[winner];
         if outcome.spend + row.cost > budget {
             break;
@@ -275,7 +310,13 @@ fn replay_one(arm: &Arm<'_>, settings: &ReplaySettings, rows: &[Impression], ord
 }
 
 /// Runs every arm over `settings.seeds` seeds; changes are against `arms[baseline]`.
-pub fn replay(rows: &[Impression], auctions: &Auctions, arms: &[Arm<'_>], baseline: usize, settings: &ReplaySettings) -> ReplayReport {
+pub fn replay(
+    rows: &[Impression],
+    auctions: &Auctions,
+    arms: &[Arm<'_>],
+    baseline: usize,
+    settings: &ReplaySettings,
+) -> ReplayReport {
     let budget = settings.budget_share
         * auctions
             .groups
@@ -285,11 +326,16 @@ pub fn replay(rows: &[Impression], auctions: &Auctions, arms: &[Arm<'_>], baseli
     // outcomes[arm][seed]
     let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::with_capacity(settings.seeds); arms.len()];
     for seed_index in 0..settings.seeds {
-        let seed = settings.seed.wrapping_add(seed_index as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let seed = settings
+            .seed
+            .wrapping_add(seed_index as u64)
+            .wrapping_mul(0x2545_F491_4F6C_DD1D);
         let mut order: Vec<usize> = (0..auctions.groups.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         for (arm_index, arm) in arms.iter().enumerate() {
-            outcomes[arm_index].push(replay_one(arm, settings, rows, &order, auctions, budget, seed));
+            outcomes[arm_index].push(replay_one(
+                arm, settings, rows, &order, auctions, budget, seed,
+            ));
         }
     }
     let base = &outcomes[baseline];
@@ -310,7 +356,11 @@ pub fn replay(rows: &[Impression], auctions: &Auctions, arms: &[Arm<'_>], baseli
 }
 
 /// Per seed `metric(arm) / metric(baseline) - 1` where both are defined.
-fn paired_change(runs: &[Outcome], base: &[Outcome], metric: impl Fn(&Outcome) -> Option<f64>) -> Option<Interval> {
+fn paired_change(
+    runs: &[Outcome],
+    base: &[Outcome],
+    metric: impl Fn(&Outcome) -> Option<f64>,
+) -> Option<Interval> {
     let changes: Vec<f64> = runs
         .iter()
         .zip(base)
@@ -323,8 +373,11 @@ fn paired_change(runs: &[Outcome], base: &[Outcome], metric: impl Fn(&Outcome) -
 }
 
 fn summarize_arm(arm: &Arm<'_>, runs: &[Outcome], base: &[Outcome]) -> ArmResult {
-    let mean_of = |f: &dyn Fn(&Outcome) -> f64| runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64;
-    let defined = |f: &dyn Fn(&Outcome) -> Option<f64>| Interval::of(&runs.iter().filter_map(f).collect::<Vec<_>>());
+    let mean_of =
+        |f: &dyn Fn(&Outcome) -> f64| runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64;
+    let defined = |f: &dyn Fn(&Outcome) -> Option<f64>| {
+        Interval::of(&runs.iter().filter_map(f).collect::<Vec<_>>())
+    };
     let overall_ecps = |o: &Outcome| Outcome::ecps(o.spend, o.streams);
     let overall_i2s = |o: &Outcome| Outcome::i2s(o.streams, o.impressions);
     let tiers = (0..TIERS)
@@ -433,7 +486,12 @@ mod tests {
         let rows = world();
         let auctions = build_auctions(&rows, 4);
         assert_eq!(auctions.groups.len(), 2_000);
-        assert!(auctions.groups.iter().all(|g| g.len() == 2 && rows[g[0]].user_id == rows[g[1]].user_id));
+        assert!(
+            auctions
+                .groups
+                .iter()
+                .all(|g| g.len() == 2 && rows[g[0]].user_id == rows[g[1]].user_id)
+        );
         assert!(auctions.grouping.contains("same user"));
     }
 
@@ -446,9 +504,21 @@ mod tests {
         let auctions = build_auctions(&rows, 2);
         let backwards: Vec<f64> = rows.iter().map(|r| 1.0 - r.p_stream).collect();
         let arms = [
-            Arm { label: "random".into(), reference: true, chooser: Chooser::Random },
-            Arm { label: "oracle".into(), reference: true, chooser: Chooser::Oracle },
-            Arm { label: "backwards".into(), reference: false, chooser: Chooser::Model(&backwards) },
+            Arm {
+                label: "random".into(),
+                reference: true,
+                chooser: Chooser::Random,
+            },
+            Arm {
+                label: "oracle".into(),
+                reference: true,
+                chooser: Chooser::Oracle,
+            },
+            Arm {
+                label: "backwards".into(),
+                reference: false,
+                chooser: Chooser::Model(&backwards),
+            },
         ];
         let report = replay(&rows, &auctions, &arms, 0, &settings(ReplayPolicy::PerCost));
         assert!((report.budget - 1_000.0).abs() < 1e-9, "{}", report.budget);
@@ -460,7 +530,11 @@ mod tests {
         assert!(change.high < 0.0, "{change:?}");
         // Every arm spends the same budget, to within one impression.
         for arm in &report.arms {
-            assert!(arm.spend <= report.budget && arm.spend > report.budget - 1.0, "{}", arm.spend);
+            assert!(
+                arm.spend <= report.budget && arm.spend > report.budget - 1.0,
+                "{}",
+                arm.spend
+            );
         }
         // The oracle buys tier-1 impressions only.
         assert_eq!(report.arms[1].tiers[4].impressions, 0.0);
@@ -472,7 +546,10 @@ mod tests {
     #[test]
     fn interval_of_constant_samples() {
         let interval = Interval::of(&[2.0, 2.0, 2.0]).unwrap();
-        assert_eq!((interval.mean, interval.low, interval.high), (2.0, 2.0, 2.0));
+        assert_eq!(
+            (interval.mean, interval.low, interval.high),
+            (2.0, 2.0, 2.0)
+        );
         assert_eq!(Interval::of(&[]), None);
     }
 }

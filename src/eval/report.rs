@@ -55,9 +55,19 @@ pub struct BundleReport {
 }
 
 impl BundleReport {
-    pub fn new(candidate: &Candidate, heads: Vec<HeadMetrics>, tiers: Vec<TierMetrics>, scores: &Scores) -> BundleReport {
+    pub fn new(
+        candidate: &Candidate,
+        heads: Vec<HeadMetrics>,
+        tiers: Vec<TierMetrics>,
+        scores: &Scores,
+    ) -> BundleReport {
         let manifest = &candidate.bundle.manifest;
-        let text = |key: &str| candidate.setting(key).and_then(|v| v.as_str()).map(str::to_string);
+        let text = |key: &str| {
+            candidate
+                .setting(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
         BundleReport {
             label: candidate.label.clone(),
             dir: candidate.bundle.dir.display().to_string(),
@@ -96,7 +106,8 @@ pub fn write(report: &mut Report, out: &Path) -> Result<()> {
     json.push('\n');
     std::fs::write(&json_path, json).with_context(|| format!("writing {}", json_path.display()))?;
     let markdown_path = out.join(MARKDOWN_FILE);
-    std::fs::write(&markdown_path, markdown(report)).with_context(|| format!("writing {}", markdown_path.display()))?;
+    std::fs::write(&markdown_path, markdown(report))
+        .with_context(|| format!("writing {}", markdown_path.display()))?;
     Ok(())
 }
 
@@ -104,7 +115,13 @@ pub fn write(report: &mut Report, out: &Path) -> Result<()> {
 pub fn file_stem(label: &str) -> String {
     label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -131,7 +148,12 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
                 .iter()
                 .map(|bundle| Line {
                     label: bundle.label.clone(),
-                    points: bundle.tiers.iter().filter(|t| t.kind == kind).map(|t| (tiers_x(t.tier), t.ap)).collect(),
+                    points: bundle
+                        .tiers
+                        .iter()
+                        .filter(|t| t.kind == kind)
+                        .map(|t| (tiers_x(t.tier), t.ap))
+                        .collect(),
                     reference: false,
                 })
                 .collect(),
@@ -139,7 +161,11 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
             tier_axis: true,
         })
         .collect();
-    written.push(plots::draw(&out.join("ap_by_tier.png"), "AP of the stream head by show popularity tier", &ap_panels)?);
+    written.push(plots::draw(
+        &out.join("ap_by_tier.png"),
+        "AP of the stream head by show popularity tier",
+        &ap_panels,
+    )?);
 
     // Reliability diagrams, one file per bundle, one panel per kind.
     for bundle in &report.bundles {
@@ -155,7 +181,11 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
                     .filter(|h| h.kind == kind)
                     .map(|h| Line {
                         label: format!("{} (ECE {:.4})", h.head, h.ece),
-                        points: h.reliability.iter().map(|bin| (bin.mean_predicted, Some(bin.observed_rate))).collect(),
+                        points: h
+                            .reliability
+                            .iter()
+                            .map(|bin| (bin.mean_predicted, Some(bin.observed_rate)))
+                            .collect(),
                         reference: false,
                     })
                     .collect(),
@@ -164,32 +194,45 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
             })
             .collect();
         let path = out.join(format!("reliability_{}.png", file_stem(&bundle.label)));
-        written.push(plots::draw(&path, &format!("Reliability of {} (calibrated, as served)", bundle.label), &panels)?);
+        written.push(plots::draw(
+            &path,
+            &format!("Reliability of {} (calibrated, as served)", bundle.label),
+            &panels,
+        )?);
     }
 
     // eCPS and i2s by tier in the replay.
-    let replay_panel = |title: &str, y_label: &str, metric: &dyn Fn(&super::replay::TierReplay) -> Option<Interval>| Panel {
-        title: title.into(),
-        x_label: "popularity tier of the chosen ad's show".into(),
-        y_label: y_label.into(),
-        lines: report
-            .replay
-            .arms
-            .iter()
-            .map(|arm| Line {
-                label: arm.label.clone(),
-                points: arm.tiers.iter().map(|t| (f64::from(t.tier), metric(t).map(|i| i.mean))).collect(),
-                reference: arm.reference,
-            })
-            .collect(),
-        diagonal: false,
-        tier_axis: true,
-    };
+    let replay_panel =
+        |title: &str,
+         y_label: &str,
+         metric: &dyn Fn(&super::replay::TierReplay) -> Option<Interval>| Panel {
+            title: title.into(),
+            x_label: "popularity tier of the chosen ad's show".into(),
+            y_label: y_label.into(),
+            lines: report
+                .replay
+                .arms
+                .iter()
+                .map(|arm| Line {
+                    label: arm.label.clone(),
+                    points: arm
+                        .tiers
+                        .iter()
+                        .map(|t| (f64::from(t.tier), metric(t).map(|i| i.mean)))
+                        .collect(),
+                    reference: arm.reference,
+                })
+                .collect(),
+            diagonal: false,
+            tier_axis: true,
+        };
     written.push(plots::draw(
         &out.join("ecps_by_tier.png"),
         "eCPS replay: same budget per arm, streams drawn from the true probabilities",
         &[
-            replay_panel("eCPS (spend / streams), lower is better", "eCPS", &|t| t.ecps),
+            replay_panel("eCPS (spend / streams), lower is better", "eCPS", &|t| {
+                t.ecps
+            }),
             replay_panel("i2s (streams / impressions)", "i2s", &|t| t.i2s),
         ],
     )?);
@@ -210,14 +253,27 @@ fn change(value: Option<f64>) -> String {
 fn interval(value: Option<Interval>, digits: usize) -> String {
     value.map_or_else(
         || "n/a".to_string(),
-        |i| format!("{:.digits$} ± {:.digits$}", i.mean, (i.high - i.mean).max(0.0)),
+        |i| {
+            format!(
+                "{:.digits$} ± {:.digits$}",
+                i.mean,
+                (i.high - i.mean).max(0.0)
+            )
+        },
     )
 }
 
 fn interval_change(value: Option<Interval>) -> String {
     value.map_or_else(
         || "n/a".to_string(),
-        |i| format!("{:+.1}% [{:+.1}%, {:+.1}%]", i.mean * 100.0, i.low * 100.0, i.high * 100.0),
+        |i| {
+            format!(
+                "{:+.1}% [{:+.1}%, {:+.1}%]",
+                i.mean * 100.0,
+                i.low * 100.0,
+                i.high * 100.0
+            )
+        },
     )
 }
 
@@ -242,7 +298,10 @@ pub fn markdown(report: &Report) -> String {
         data.test_days[1],
         data.days,
         data.test_rows.get("promotion").copied().unwrap_or(0),
-        data.test_stream_rate.get("promotion").copied().unwrap_or(0.0),
+        data.test_stream_rate
+            .get("promotion")
+            .copied()
+            .unwrap_or(0.0),
         data.test_rows.get("ad").copied().unwrap_or(0),
         data.test_stream_rate.get("ad").copied().unwrap_or(0.0),
         report.baseline,
@@ -285,7 +344,10 @@ pub fn markdown(report: &Report) -> String {
     }
 
     let _ = writeln!(md, "## Bundles\n");
-    let _ = writeln!(md, "| bundle | variant | mask | promo share | best epoch | steps | scoring s | runtime calls | dir |\n|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| bundle | variant | mask | promo share | best epoch | steps | scoring s | runtime calls | dir |\n|---|---|---|---|---|---|---|---|---|"
+    );
     for b in &report.bundles {
         let _ = writeln!(
             md,
@@ -307,17 +369,35 @@ pub fn markdown(report: &Report) -> String {
         md,
         "Promotions AP: the stream head serving promotions, on promotion impressions. Ads AP: the stream head serving ads, on ad impressions. Paper columns: the paper's change rebased onto the baseline's setup (printed value in parentheses); \"sign\" says whether ours has the paper's sign.\n"
     );
-    let _ = writeln!(md, "| bundle | Promotions AP | change | paper | sign | Ads AP | change | paper | sign |\n|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| bundle | Promotions AP | change | paper | sign | Ads AP | change | paper | sign |\n|---|---|---|---|---|---|---|---|---|"
+    );
     for row in &report.table1 {
-        let paper = |rebased: f64, printed: f64| format!("{:+.1}% ({:+.1}%)", rebased * 100.0, printed * 100.0);
+        let paper = |rebased: f64, printed: f64| {
+            format!("{:+.1}% ({:+.1}%)", rebased * 100.0, printed * 100.0)
+        };
         let (promotions_paper, promotions_sign, ads_paper, ads_sign) = match &row.paper {
             Some(p) => (
                 paper(p.promotions_ap_change, p.promotions_ap_change_printed),
-                if row.is_baseline { "baseline" } else { agreement(p.promotions_sign) },
+                if row.is_baseline {
+                    "baseline"
+                } else {
+                    agreement(p.promotions_sign)
+                },
                 paper(p.ads_ap_change, p.ads_ap_change_printed),
-                if row.is_baseline { "baseline" } else { agreement(p.ads_sign) },
+                if row.is_baseline {
+                    "baseline"
+                } else {
+                    agreement(p.ads_sign)
+                },
             ),
-            None => ("no Table 1 row".into(), "n/a", "no Table 1 row".into(), "n/a"),
+            None => (
+                "no Table 1 row".into(),
+                "n/a",
+                "no Table 1 row".into(),
+                "n/a",
+            ),
         };
         let _ = writeln!(
             md,
@@ -336,15 +416,33 @@ pub fn markdown(report: &Report) -> String {
     }
 
     let _ = writeln!(md, "\n## The paper's claims, checked\n");
-    let _ = writeln!(md, "| claim | paper | measured | verdict |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| claim | paper | measured | verdict |\n|---|---|---|---|"
+    );
     for finding in &report.findings {
-        let verdict = if finding.verdict == "disagrees" { "**disagrees**".to_string() } else { finding.verdict.clone() };
-        let _ = writeln!(md, "| {} | {} | {} | {} |", finding.claim, finding.paper, finding.measured, verdict);
+        let verdict = if finding.verdict == "disagrees" {
+            "**disagrees**".to_string()
+        } else {
+            finding.verdict.clone()
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            finding.claim, finding.paper, finding.measured, verdict
+        );
     }
 
     let _ = writeln!(md, "\n## Every head\n");
-    let _ = writeln!(md, "Calibrated probabilities as served; ECE over {} equal-mass bins.\n", super::metrics::RELIABILITY_BINS);
-    let _ = writeln!(md, "| bundle | head | on | rows | positives | AP | ROC AUC | ECE | mean predicted | observed |\n|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "Calibrated probabilities as served; ECE over {} equal-mass bins.\n",
+        super::metrics::RELIABILITY_BINS
+    );
+    let _ = writeln!(
+        md,
+        "| bundle | head | on | rows | positives | AP | ROC AUC | ECE | mean predicted | observed |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
     for b in &report.bundles {
         for h in &b.heads {
             let _ = writeln!(
@@ -365,10 +463,16 @@ pub fn markdown(report: &Report) -> String {
     }
 
     let _ = writeln!(md, "\n## By popularity tier\n");
-    let tier_header = (0..TIERS).map(|t| format!(" tier {t} |")).collect::<String>();
+    let tier_header = (0..TIERS)
+        .map(|t| format!(" tier {t} |"))
+        .collect::<String>();
     let tier_rule = "---|".repeat(TIERS);
     for kind in [CandidateKind::Promotion, CandidateKind::Ad] {
-        let counts = data.test_rows_by_tier.get(kind.as_str()).cloned().unwrap_or_default();
+        let counts = data
+            .test_rows_by_tier
+            .get(kind.as_str())
+            .cloned()
+            .unwrap_or_default();
         let _ = writeln!(
             md,
             "### Stream AP on {} (test rows per tier: {:?})\n",
@@ -377,13 +481,29 @@ pub fn markdown(report: &Report) -> String {
         );
         let _ = writeln!(md, "| bundle |{tier_header}\n|---|{tier_rule}");
         for b in &report.bundles {
-            let cells: String = b.tiers.iter().filter(|t| t.kind == kind).map(|t| format!(" {} |", optional(t.ap, 4))).collect();
+            let cells: String = b
+                .tiers
+                .iter()
+                .filter(|t| t.kind == kind)
+                .map(|t| format!(" {} |", optional(t.ap, 4)))
+                .collect();
             let _ = writeln!(md, "| {} |{cells}", b.label);
         }
-        let _ = writeln!(md, "\nRelative AP change against {} per tier, and the paper's grouping (0-2 high-stream, 3-5 low-stream):\n", report.baseline);
-        let _ = writeln!(md, "| bundle |{tier_header} tiers 0-2 | tiers 3-5 |\n|---|{tier_rule}---|---|");
+        let _ = writeln!(
+            md,
+            "\nRelative AP change against {} per tier, and the paper's grouping (0-2 high-stream, 3-5 low-stream):\n",
+            report.baseline
+        );
+        let _ = writeln!(
+            md,
+            "| bundle |{tier_header} tiers 0-2 | tiers 3-5 |\n|---|{tier_rule}---|---|"
+        );
         for gain in report.tier_gains.iter().filter(|g| g.kind == kind) {
-            let cells: String = gain.per_tier.iter().map(|c| format!(" {} |", change(*c))).collect();
+            let cells: String = gain
+                .per_tier
+                .iter()
+                .map(|c| format!(" {} |", change(*c)))
+                .collect();
             let _ = writeln!(
                 md,
                 "| {} |{cells} {} | {} |",
@@ -392,14 +512,22 @@ pub fn markdown(report: &Report) -> String {
                 change(gain.low_stream_tiers_3_5)
             );
         }
-        let _ = writeln!(md, "\nImpression-to-stream rate per tier, predicted (mean served probability) / observed (logged) / true (mean `p_stream`):\n");
+        let _ = writeln!(
+            md,
+            "\nImpression-to-stream rate per tier, predicted (mean served probability) / observed (logged) / true (mean `p_stream`):\n"
+        );
         let _ = writeln!(md, "| bundle |{tier_header}\n|---|{tier_rule}");
         for b in &report.bundles {
             let cells: String = b
                 .tiers
                 .iter()
                 .filter(|t| t.kind == kind)
-                .map(|t| format!(" {:.4} / {:.4} / {:.4} |", t.predicted_i2s, t.observed_i2s, t.true_i2s))
+                .map(|t| {
+                    format!(
+                        " {:.4} / {:.4} / {:.4} |",
+                        t.predicted_i2s, t.observed_i2s, t.true_i2s
+                    )
+                })
                 .collect();
             let _ = writeln!(md, "| {} |{cells}", b.label);
         }
@@ -422,7 +550,10 @@ pub fn markdown(report: &Report) -> String {
         replay.settings.seeds,
         replay.baseline
     );
-    let _ = writeln!(md, "| arm | impressions | streams | spend | eCPS | eCPS change | i2s | i2s change |\n|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| arm | impressions | streams | spend | eCPS | eCPS change | i2s | i2s change |\n|---|---|---|---|---|---|---|---|"
+    );
     for arm in &replay.arms {
         let _ = writeln!(
             md,
@@ -438,19 +569,36 @@ pub fn markdown(report: &Report) -> String {
             interval_change(arm.i2s_change)
         );
     }
-    let _ = writeln!(md, "\neCPS per tier of the chosen ad's show (n/a: no stream bought in that tier):\n");
+    let _ = writeln!(
+        md,
+        "\neCPS per tier of the chosen ad's show (n/a: no stream bought in that tier):\n"
+    );
     let _ = writeln!(md, "| arm |{tier_header}\n|---|{tier_rule}");
     for arm in &replay.arms {
-        let cells: String = arm.tiers.iter().map(|t| format!(" {} |", interval(t.ecps, 2))).collect();
+        let cells: String = arm
+            .tiers
+            .iter()
+            .map(|t| format!(" {} |", interval(t.ecps, 2)))
+            .collect();
         let _ = writeln!(md, "| {} |{cells}", arm.label);
     }
-    let _ = writeln!(md, "\neCPS and i2s change per tier against {} (paper, online, MTL against production: tier 3 CPS -20% / i2s +27%, tier 4 -24% / +33%, tier 5 -38% / +60%):\n", replay.baseline);
+    let _ = writeln!(
+        md,
+        "\neCPS and i2s change per tier against {} (paper, online, MTL against production: tier 3 CPS -20% / i2s +27%, tier 4 -24% / +33%, tier 5 -38% / +60%):\n",
+        replay.baseline
+    );
     let _ = writeln!(md, "| arm |{tier_header}\n|---|{tier_rule}");
     for arm in replay.arms.iter().filter(|a| !a.reference) {
         let cells: String = arm
             .tiers
             .iter()
-            .map(|t| format!(" {} / {} |", change(t.ecps_change.map(|i| i.mean)), change(t.i2s_change.map(|i| i.mean))))
+            .map(|t| {
+                format!(
+                    " {} / {} |",
+                    change(t.ecps_change.map(|i| i.mean)),
+                    change(t.i2s_change.map(|i| i.mean))
+                )
+            })
             .collect();
         let _ = writeln!(md, "| {} |{cells}", arm.label);
     }
