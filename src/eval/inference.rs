@@ -34,6 +34,9 @@ impl Scores {
     }
 }
 
+/// A test row's index and its logits, in the graph's column order.
+type RowLogits = (usize, Vec<f32>);
+
 /// Runs `bundle` over every test row. The runtime's request inputs have one row (the
 /// graph computes the request part of the encoder once per call), so rows are grouped
 /// by request, `groups` from [`TestSet::request_groups`], and each group is one call,
@@ -76,12 +79,12 @@ pub fn score(
         .map_or(1, |n| n.get())
         .clamp(1, 8);
     let per_thread = groups.len().div_ceil(threads).max(1);
-    let outcomes: Vec<Result<Vec<(usize, Vec<f32>)>>> = std::thread::scope(|scope| {
+    let outcomes: Vec<Result<Vec<RowLogits>>> = std::thread::scope(|scope| {
         let workers: Vec<_> = groups
             .chunks(per_thread)
             .map(|chunk| {
                 let (runtime, assembler, progress) = (&runtime, &assembler, &progress);
-                scope.spawn(move || -> Result<Vec<(usize, Vec<f32>)>> {
+                scope.spawn(move || -> Result<Vec<RowLogits>> {
                     let mut out = Vec::new();
                     for group in chunk {
                         let views: Vec<(RequestView<'_>, CandidateView<'_>)> = group

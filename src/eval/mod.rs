@@ -429,7 +429,10 @@ fn findings(
         "+27.0% < +46.5% < +50.2%",
         match (stream_only, anc, joint_row) {
             (Some(a), Some(b), Some(c)) => match (a.ads_ap, b.ads_ap, c.ads_ap) {
-                (Some(x), Some(y), Some(z)) => Some((format!("Ads AP {x:.4} < {y:.4} < {z:.4}?"), x < y && y < z)),
+                (Some(x), Some(y), Some(z)) => Some((
+                    format!("Ads AP: {} {x:.4}, {} {y:.4}, {} {z:.4}", a.bundle, b.bundle, c.bundle),
+                    x < y && y < z,
+                )),
                 _ => None,
             },
             _ => None,

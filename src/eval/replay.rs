@@ -282,7 +282,7 @@ fn replay_one(
         tiers: vec![(0.0, 0.0, 0.0); TIERS],
         ..Outcome::default()
     };
-    let mut picks = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_C401CE);
+    let mut picks = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0FC4_01CE);
     for &auction in order {
         let winner = choose(
             &arm.chooser,
