@@ -15,19 +15,30 @@ fn reproduction() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        // Each test process gets its own directory; earlier ones are removed first.
+        // Each test process gets its own directory. Those of earlier runs are removed
+        // once they are an hour old, so that a run in another checkout sharing this
+        // target directory keeps its own.
         if let Ok(entries) = std::fs::read_dir(&root) {
             for entry in entries.flatten() {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("eval-reproduce-small-")
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > 3_600);
+                if stale
+                    && entry
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("eval-reproduce-small-")
                 {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
         }
         let out = root.join(format!("eval-reproduce-small-{}", std::process::id()));
+        // A reused process id may have left one behind; it is ours now.
+        let _ = std::fs::remove_dir_all(&out);
         let args = ReproduceArgs {
             out: out.clone(),
             preset: Preset::Small,
