@@ -384,3 +384,28 @@ pub fn read_snapshot(dir: &Path) -> Result<Snapshot, LogError> {
         })?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids come out in natural order whatever the hash map's order: `u2` before `u10`.
+    #[test]
+    fn ids_sort_naturally() {
+        let users: HashMap<String, UserRecord> = ["u10", "u2", "u1", "u100", "u20"]
+            .into_iter()
+            .map(|id| {
+                let user = UserRecord {
+                    id: id.to_string(),
+                    ..UserRecord::default()
+                };
+                (id.to_string(), user)
+            })
+            .collect();
+        let ids: Vec<String> = sorted_by_id(&users)
+            .into_iter()
+            .map(|user| user.id)
+            .collect();
+        assert_eq!(ids, ["u1", "u2", "u10", "u20", "u100"]);
+    }
+}

@@ -428,6 +428,12 @@ impl Row {
     }
 }
 
+/// Summary figures are rounded to 8 decimals: plenty for a rate, and short decimals
+/// parse back to exactly the same `f64`, so `world.json` round-trips exactly.
+fn rounded(value: f64) -> f64 {
+    (value * 1e8).round() / 1e8
+}
+
 #[derive(Default)]
 struct ChannelTotals {
     impressions: u64,
@@ -482,20 +488,20 @@ pub(crate) fn summarize(
         let entry = &totals[channel];
         let count = entry.impressions.max(1) as f64;
         let rates = |values: [f64; 4]| LabelRates {
-            stream: values[0] / count,
-            click: values[1] / count,
-            like: values[2] / count,
-            follow: values[3] / count,
+            stream: rounded(values[0] / count),
+            click: rounded(values[1] / count),
+            like: rounded(values[2] / count),
+            follow: rounded(values[3] / count),
         };
         channels.insert(
             kind.as_str().to_string(),
             ChannelSummary {
                 impressions: entry.impressions,
-                share: entry.impressions as f64 / all,
+                share: rounded(entry.impressions as f64 / all),
                 observed: rates(entry.observed.map(|value| value as f64)),
                 expected: rates(entry.expected),
                 campaigns: campaigns as u64,
-                mean_cost: entry.cost / count,
+                mean_cost: rounded(entry.cost / count),
                 brand_new_impressions: entry.brand_new,
             },
         );
@@ -522,7 +528,7 @@ pub(crate) fn summarize(
                 shows: streams.len() as u64,
                 min_streams_30d: if streams.is_empty() { 0.0 } else { min },
                 max_streams_30d: max,
-                streams_share: streams.iter().sum::<f64>() / established_streams.max(1.0),
+                streams_share: rounded(streams.iter().sum::<f64>() / established_streams.max(1.0)),
                 promotion_impressions: tier_impressions[usize::from(tier)][0],
                 ad_impressions: tier_impressions[usize::from(tier)][1],
             }
