@@ -499,3 +499,31 @@ fn onnx_runtime_matches_reference_and_checker_passes() {
         "the checker ran: {stdout}"
     );
 }
+
+/// The exporter refuses manifests it cannot lay out: a head column used twice, or an
+/// input column no feature owns (it would reach a Gather unchecked).
+#[test]
+fn export_rejects_inconsistent_manifests() {
+    let (bundle, _) = bundle();
+    let mut repeated_head = bundle.manifest.clone();
+    repeated_head.heads[1].index = 0;
+    let error = onnx::export(&repeated_head, &bundle.weights)
+        .expect_err("a repeated head index is refused");
+    assert!(
+        matches!(error, ExportError::InvalidArchitecture { .. }),
+        "{error}"
+    );
+
+    let mut gap = bundle.manifest.clone();
+    let last_id = gap
+        .features
+        .iter_mut()
+        .rfind(|spec| spec.input == "candidate_ids")
+        .expect("candidate id features exist");
+    last_id.slot += 1;
+    let error = onnx::export(&gap, &bundle.weights).expect_err("an unowned column is refused");
+    assert!(
+        error.to_string().contains("belongs to no feature"),
+        "{error}"
+    );
+}
