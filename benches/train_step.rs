@@ -10,9 +10,9 @@ use candle_core::Tensor;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use podscore::bundle::Architecture;
 use podscore::features::{self, Kind, ScopeTensors, ScopeWidths, Transform, Vocabulary};
+use podscore::train::ALL_HEADS;
 use podscore::train::adam::{Adam, TouchedRows};
 use podscore::train::network::{Network, masked_bce_with_logits};
-use podscore::train::ALL_HEADS;
 use rand::{Rng, SeedableRng};
 
 const BATCH: usize = 1024;
@@ -28,7 +28,11 @@ fn vocabulary_size(name: &str) -> usize {
     }
 }
 
-fn random_scope(specs: &[features::FeatureSpec], scope: features::Scope, rng: &mut impl Rng) -> ScopeTensors {
+fn random_scope(
+    specs: &[features::FeatureSpec],
+    scope: features::Scope,
+    rng: &mut impl Rng,
+) -> ScopeTensors {
     let widths = ScopeWidths::of(specs, scope);
     let mut tensors = ScopeTensors {
         rows: BATCH,
@@ -36,12 +40,16 @@ fn random_scope(specs: &[features::FeatureSpec], scope: features::Scope, rng: &m
         ids: vec![0; BATCH * widths.ids],
         bag_ids: vec![0; BATCH * widths.bag],
         bag_mask: vec![0.0; BATCH * widths.bag],
-        dense: (0..BATCH * widths.dense).map(|_| rng.random_range(-1.0..1.0)).collect(),
+        dense: (0..BATCH * widths.dense)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect(),
         cold_start: vec![false; BATCH],
     };
     for spec in specs.iter().filter(|s| s.scope == scope) {
         let vocab = match &spec.transform {
-            Transform::Id { vocab } | Transform::IdBag { vocab, .. } => vocabulary_size(vocab) as i64,
+            Transform::Id { vocab } | Transform::IdBag { vocab, .. } => {
+                vocabulary_size(vocab) as i64
+            }
             _ => continue,
         };
         for row in 0..BATCH {
@@ -66,7 +74,9 @@ fn train_step(c: &mut Criterion) {
     let mut vocabularies = BTreeMap::new();
     for spec in &specs {
         if let Transform::Id { vocab } | Transform::IdBag { vocab, .. } = &spec.transform {
-            let tokens = (1..vocabulary_size(vocab)).map(|i| format!("{vocab}{i}")).collect();
+            let tokens = (1..vocabulary_size(vocab))
+                .map(|i| format!("{vocab}{i}"))
+                .collect();
             vocabularies.insert(vocab.clone(), Vocabulary::from_tokens(tokens));
         }
     }
@@ -76,12 +86,15 @@ fn train_step(c: &mut Criterion) {
         tower: vec![64],
     };
     let heads: Vec<String> = ALL_HEADS.iter().map(|h| h.to_string()).collect();
-    let mut network = Network::new(&architecture, &specs, &vocabularies, &heads, 1).expect("network");
+    let mut network =
+        Network::new(&architecture, &specs, &vocabularies, &heads, 1).expect("network");
     eprintln!("parameters: {}", network.parameter_count());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let request = random_scope(&specs, features::Scope::Request, &mut rng);
     let candidates = random_scope(&specs, features::Scope::Candidate, &mut rng);
-    let labels: Vec<f32> = (0..BATCH * heads.len()).map(|_| f32::from(rng.random_bool(0.05))).collect();
+    let labels: Vec<f32> = (0..BATCH * heads.len())
+        .map(|_| f32::from(rng.random_bool(0.05)))
+        .collect();
     let mask = vec![1.0f32; BATCH * heads.len()];
     let device = network.device().clone();
     let labels = Tensor::from_vec(labels, (BATCH, heads.len()), &device).expect("labels");
@@ -94,10 +107,14 @@ fn train_step(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("batch_1024", |b| {
         b.iter(|| {
-            let logits = network.forward(&request, &candidates, true).expect("forward");
+            let logits = network
+                .forward(&request, &candidates, true)
+                .expect("forward");
             let loss = masked_bce_with_logits(&logits, &labels, &mask).expect("loss");
             let gradients = loss.backward().expect("backward");
-            optimizer.step(&network.parameters, &gradients, &touched).expect("step");
+            optimizer
+                .step(&network.parameters, &gradients, &touched)
+                .expect("step");
         })
     });
     group.finish();

@@ -2,7 +2,7 @@
 //! expected calibration error, and Platt scaling. Pure functions over scores and labels,
 //! shared by the trainer (early stopping, calibration) and the evaluator.
 
-use crate::bundle::{sigmoid, Calibration};
+use crate::bundle::{Calibration, sigmoid};
 
 /// Average precision as scikit-learn computes it: the sum over positives, in descending
 /// score order, of precision at that threshold times the recall step. Tied scores are
@@ -129,7 +129,11 @@ pub fn fit_platt(logits: &[f32], labels: &[bool]) -> Calibration {
         let (mut h_ss, mut h_si, mut h_ii) = (1e-9, 0.0, 1e-9);
         for (logit, label) in logits.iter().zip(labels) {
             let x = f64::from(*logit);
-            let target = if *label { target_positive } else { target_negative };
+            let target = if *label {
+                target_positive
+            } else {
+                target_negative
+            };
             let p = sigmoid(slope * x + intercept);
             let residual = p - target;
             g_slope += residual * x;
