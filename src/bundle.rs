@@ -41,7 +41,7 @@ impl ResponseField {
 /// Platt scaling on the head's logit: `p = sigmoid(slope * logit + intercept)`. Fitted on
 /// natural-distribution validation data, it undoes the base-rate shift that
 /// source-balanced sampling causes. Identity is slope 1, intercept 0.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
     pub method: String,
     pub slope: f64,
