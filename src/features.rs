@@ -737,11 +737,31 @@ pub fn default_definitions() -> Vec<FeatureDefinition> {
         id("user_age_bucket", User, Source::UserAgeBucket, "age_bucket"),
         bag("user_history", User, Source::UserHistory, "show", 20),
         bag("user_follows", User, Source::UserFollows, "show", 10),
-        bag("user_search_topics", User, Source::UserSearchTopics, "topic", 8),
-        id("context_surface", Context, Source::ContextSurface, "surface"),
+        bag(
+            "user_search_topics",
+            User,
+            Source::UserSearchTopics,
+            "topic",
+            8,
+        ),
+        id(
+            "context_surface",
+            Context,
+            Source::ContextSurface,
+            "surface",
+        ),
         id("context_hour", Context, Source::ContextHourOfDay, "hour"),
-        id("context_weekday", Context, Source::ContextDayOfWeek, "weekday"),
-        numeric("context_session_length", Context, Source::ContextSessionLength),
+        id(
+            "context_weekday",
+            Context,
+            Source::ContextDayOfWeek,
+            "weekday",
+        ),
+        numeric(
+            "context_session_length",
+            Context,
+            Source::ContextSessionLength,
+        ),
         id("candidate_kind", Creative, Source::CandidateKind, "kind"),
         FeatureDefinition {
             marks_cold_start: true,
@@ -762,8 +782,18 @@ pub fn default_definitions() -> Vec<FeatureDefinition> {
         numeric("episode_duration", Content, Source::EpisodeDuration),
         id("campaign_id", Creative, Source::CampaignId, "campaign"),
         id("creative_id", Creative, Source::CreativeId, "creative"),
-        id("creative_format", Creative, Source::CreativeFormat, "format"),
+        id(
+            "creative_format",
+            Creative,
+            Source::CreativeFormat,
+            "format",
+        ),
         id("creative_slot", Creative, Source::CreativeSlot, "slot"),
-        id("creative_layout", Creative, Source::CreativeLayout, "layout"),
+        id(
+            "creative_layout",
+            Creative,
+            Source::CreativeLayout,
+            "layout",
+        ),
     ]
 }

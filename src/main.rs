@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "podscore", version, about = "Multi-task scoring of podcast ads and promotions")]
+#[command(
+    name = "podscore",
+    version,
+    about = "Multi-task scoring of podcast ads and promotions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
