@@ -1,18 +1,19 @@
 //! podscore: multi-task scoring of podcast ads and promotions (TODO: architecture overview)
 
-pub mod api;
-pub mod bundle;
 pub mod entities;
-#[cfg(feature = "train")]
-pub mod eval;
 pub mod features;
 pub mod logs;
-pub mod metrics;
+pub mod world;
+pub mod bundle;
 pub mod onnx;
+pub mod model;
 pub mod runtime;
-pub mod scoring;
-pub mod serve;
 pub mod store;
+pub mod scoring;
+pub mod metrics;
+pub mod api;
+pub mod serve;
 #[cfg(feature = "train")]
 pub mod train;
-pub mod world;
+#[cfg(feature = "train")]
+pub mod eval;

@@ -1,1 +1,701 @@
-//! TODO
+//! The ONNX exporter: trained weights and a manifest in, `model.onnx` bytes out.
+//!
+//! The graph is written with the protobuf structs that `tract_onnx::pb` makes public and
+//! encoded with `prost`, so that the file tract reads is the file we wrote, field for
+//! field. Its shape is the contract of `DESIGN.md`:
+//!
+//! - inputs `{scope}_ids`, `{scope}_bag_ids`, `{scope}_bag_mask`, `{scope}_dense` per
+//!   scope, in that order, request scope first; an input with no columns is left out.
+//!   Request-scope inputs have leading dimension 1, candidate-scope ones the symbolic `N`;
+//! - per scope, a feature vector: the concatenation, in spec order, of an embedding per
+//!   id feature, a masked mean of embeddings per bag, and the raw columns of dense and
+//!   numeric features;
+//! - the first encoder layer split by scope, so that the request-scope half (and the
+//!   bias) is computed once per request and broadcast over the `N` candidates;
+//! - the rest of the encoder, the folded batch norm, and one tower per head, written as
+//!   one fused tower (see [`export`]) whose output is `logits`, `[N, heads]`.
+//!
+//! [`Weights`] is the hand-over format between the trainer and this module: plain
+//! row-major `f32` tensors by name. This module knows protobuf and the ONNX operator set;
+//! it knows nothing of candle, tract's runtime or HTTP.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::Message;
+use tract_onnx::pb;
+use tract_onnx::pb::tensor_proto::DataType;
+
+use crate::bundle::{Manifest, OUTPUT_NAME};
+use crate::features::{FeatureSpec, INPUT_SUFFIXES, Kind, Scope, ScopeWidths, Transform, Vocabularies};
+
+/// ONNX operator set the graph is written against. 13 is the first with `ReduceSum` and
+/// `Unsqueeze` taking their axes as inputs, which tract, ONNX Runtime and the checker
+/// all read the same way.
+pub const OPSET_VERSION: i64 = 13;
+/// IR version 8 (ONNX 1.10) is read by every runtime we test against and allows opset 13.
+pub const IR_VERSION: i64 = 8;
+/// The symbolic leading dimension of candidate-scope inputs and of the output.
+pub const CANDIDATES_DIM: &str = "N";
+pub const PRODUCER_NAME: &str = "podscore";
+
+/// One weight tensor, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl WeightTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> WeightTensor {
+        WeightTensor { shape, data }
+    }
+
+    pub fn zeros(shape: Vec<usize>) -> WeightTensor {
+        let len = shape.iter().product();
+        WeightTensor {
+            shape,
+            data: vec![0.0; len],
+        }
+    }
+}
+
+/// Trained parameters by name; the names are those [`weight_shapes`] lists.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Weights {
+    pub tensors: BTreeMap<String, WeightTensor>,
+}
+
+impl Weights {
+    /// The tensor called `name`, or [`ExportError::MissingWeight`].
+    pub fn get(&self, name: &str) -> Result<&WeightTensor, ExportError> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| ExportError::MissingWeight { name: name.into() })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ExportError {
+    #[error("weight `{name}` is missing")]
+    MissingWeight { name: String },
+    #[error("weight `{name}` has shape {got:?}, the manifest's architecture needs {expected}")]
+    WrongShape {
+        name: String,
+        expected: String,
+        got: Vec<usize>,
+    },
+    #[error("weight `{name}` has shape {shape:?} ({expected} values) but holds {got} values")]
+    WrongLength {
+        name: String,
+        shape: Vec<usize>,
+        expected: usize,
+        got: usize,
+    },
+    #[error("weight `{name}` holds a NaN or infinite value")]
+    NotFinite { name: String },
+    #[error("weight `{name}` has no place in the manifest's architecture")]
+    UnexpectedWeight { name: String },
+    #[error("invalid architecture: {reason}")]
+    InvalidArchitecture { reason: String },
+    #[error("feature `{feature}`: no vocabulary `{vocab}`")]
+    MissingVocabulary { feature: String, vocab: String },
+}
+
+/// `embedding.<feature>`: the table of an id or bag feature, `[vocabulary rows, E]`.
+pub fn embedding_weight_name(feature: &str) -> String {
+    format!("embedding.{feature}")
+}
+
+/// Columns a feature adds to its scope's feature vector.
+pub fn feature_vector_columns(spec: &FeatureSpec, embedding_dim: usize) -> usize {
+    match spec.kind {
+        Kind::Id | Kind::IdBag => embedding_dim,
+        Kind::Dense | Kind::Numeric => spec.width,
+    }
+}
+
+/// Width of a scope's feature vector: the rows of the first encoder layer's matrix for
+/// that scope.
+pub fn feature_vector_width(manifest: &Manifest, scope: Scope) -> usize {
+    manifest
+        .features
+        .iter()
+        .filter(|spec| spec.scope == scope)
+        .map(|spec| feature_vector_columns(spec, manifest.architecture.embedding_dim))
+        .sum()
+}
+
+/// Heads sorted by their output column, checked to fill columns `0..heads` exactly once.
+pub fn heads_by_column(manifest: &Manifest) -> Result<Vec<&crate::bundle::HeadSpec>, ExportError> {
+    let mut heads: Vec<_> = manifest.heads.iter().collect();
+    heads.sort_by_key(|head| head.index);
+    if heads.is_empty() {
+        return Err(invalid("the manifest has no heads"));
+    }
+    for (column, head) in heads.iter().enumerate() {
+        if head.index != column {
+            return Err(invalid(format!(
+                "head indices must be 0..{} without gaps or repeats; `{}` has {}",
+                heads.len(),
+                head.name,
+                head.index
+            )));
+        }
+        if head.output != OUTPUT_NAME {
+            return Err(invalid(format!(
+                "head `{}` reads output `{}`, the graph has only `{OUTPUT_NAME}`",
+                head.name, head.output
+            )));
+        }
+    }
+    Ok(heads)
+}
+
+fn invalid(reason: impl Into<String>) -> ExportError {
+    ExportError::InvalidArchitecture {
+        reason: reason.into(),
+    }
+}
+
+/// What a weight's shape must be. Embedding rows come from the vocabulary, which the
+/// manifest does not carry, so the exporter accepts any positive row count there.
+#[derive(Debug, Clone, PartialEq)]
+enum ShapeRule {
+    Exact(Vec<usize>),
+    EmbeddingTable { width: usize },
+}
+
+impl ShapeRule {
+    fn accepts(&self, shape: &[usize]) -> bool {
+        match self {
+            ShapeRule::Exact(expected) => expected == shape,
+            ShapeRule::EmbeddingTable { width } => {
+                shape.len() == 2 && shape[0] >= 1 && shape[1] == *width
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ShapeRule::Exact(expected) => format!("{expected:?}"),
+            ShapeRule::EmbeddingTable { width } => format!("[vocabulary rows, {width}]"),
+        }
+    }
+}
+
+/// Every weight the architecture needs, in a stable order, with its shape rule.
+fn shape_rules(manifest: &Manifest) -> Result<Vec<(String, ShapeRule)>, ExportError> {
+    let architecture = &manifest.architecture;
+    let embedding_dim = architecture.embedding_dim;
+    if embedding_dim == 0 {
+        return Err(invalid("embedding_dim is 0"));
+    }
+    if architecture.encoder.is_empty() {
+        return Err(invalid("the encoder needs at least one layer (the split first layer)"));
+    }
+    if let Some(zero) = architecture.encoder.iter().chain(&architecture.tower).find(|w| **w == 0) {
+        return Err(invalid(format!("a layer width is {zero}")));
+    }
+    if feature_vector_width(manifest, Scope::Candidate) == 0 {
+        return Err(invalid("the candidate scope has no features, so N would be undefined"));
+    }
+    let mut rules = Vec::new();
+    for spec in &manifest.features {
+        if matches!(spec.kind, Kind::Id | Kind::IdBag) {
+            rules.push((
+                embedding_weight_name(&spec.name),
+                ShapeRule::EmbeddingTable {
+                    width: embedding_dim,
+                },
+            ));
+        }
+    }
+    let first = architecture.encoder[0];
+    let request_width = feature_vector_width(manifest, Scope::Request);
+    if request_width > 0 {
+        rules.push((
+            "encoder.0.request_weight".into(),
+            ShapeRule::Exact(vec![request_width, first]),
+        ));
+    }
+    rules.push((
+        "encoder.0.candidate_weight".into(),
+        ShapeRule::Exact(vec![feature_vector_width(manifest, Scope::Candidate), first]),
+    ));
+    rules.push(("encoder.0.bias".into(), ShapeRule::Exact(vec![first])));
+    for (layer, pair) in architecture.encoder.windows(2).enumerate() {
+        let layer = layer + 1;
+        rules.push((format!("encoder.{layer}.weight"), ShapeRule::Exact(vec![pair[0], pair[1]])));
+        rules.push((format!("encoder.{layer}.bias"), ShapeRule::Exact(vec![pair[1]])));
+    }
+    let last = *architecture.encoder.last().expect("checked non-empty above");
+    rules.push(("batch_norm.scale".into(), ShapeRule::Exact(vec![last])));
+    rules.push(("batch_norm.shift".into(), ShapeRule::Exact(vec![last])));
+    let tower_widths: Vec<usize> = std::iter::once(last)
+        .chain(architecture.tower.iter().copied())
+        .chain(std::iter::once(1))
+        .collect();
+    for head in &manifest.heads {
+        for (layer, pair) in tower_widths.windows(2).enumerate() {
+            let prefix = format!("tower.{}.{layer}", head.name);
+            rules.push((format!("{prefix}.weight"), ShapeRule::Exact(vec![pair[0], pair[1]])));
+            rules.push((format!("{prefix}.bias"), ShapeRule::Exact(vec![pair[1]])));
+        }
+    }
+    Ok(rules)
+}
+
+/// Every weight the manifest's architecture needs and its exact shape, embedding rows
+/// taken from `vocabularies`: what a trainer creates and [`export`] checks.
+pub fn weight_shapes(
+    manifest: &Manifest,
+    vocabularies: &Vocabularies,
+) -> Result<BTreeMap<String, Vec<usize>>, ExportError> {
+    let rows_of: BTreeMap<String, usize> = manifest
+        .features
+        .iter()
+        .filter_map(|spec| match &spec.transform {
+            Transform::Id { vocab } | Transform::IdBag { vocab, .. } => {
+                Some((spec, vocab))
+            }
+            _ => None,
+        })
+        .map(|(spec, vocab)| {
+            vocabularies
+                .get(vocab)
+                .map(|vocabulary| (embedding_weight_name(&spec.name), vocabulary.len()))
+                .ok_or_else(|| ExportError::MissingVocabulary {
+                    feature: spec.name.clone(),
+                    vocab: vocab.clone(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    shape_rules(manifest)?
+        .into_iter()
+        .map(|(name, rule)| {
+            let shape = match rule {
+                ShapeRule::Exact(shape) => shape,
+                ShapeRule::EmbeddingTable { width } => vec![rows_of[&name], width],
+            };
+            Ok((name, shape))
+        })
+        .collect()
+}
+
+/// Checks every weight against the architecture: present, shaped as needed, as many
+/// values as its shape says, all finite, and nothing extra (an extra weight means the
+/// trainer and the exporter disagree about the model, which must not pass silently).
+fn validate(manifest: &Manifest, weights: &Weights) -> Result<(), ExportError> {
+    heads_by_column(manifest)?;
+    let rules = shape_rules(manifest)?;
+    let expected: BTreeSet<&str> = rules.iter().map(|(name, _)| name.as_str()).collect();
+    for (name, rule) in &rules {
+        let tensor = weights.get(name)?;
+        if !rule.accepts(&tensor.shape) {
+            return Err(ExportError::WrongShape {
+                name: name.clone(),
+                expected: rule.describe(),
+                got: tensor.shape.clone(),
+            });
+        }
+        let length: usize = tensor.shape.iter().product();
+        if tensor.data.len() != length {
+            return Err(ExportError::WrongLength {
+                name: name.clone(),
+                shape: tensor.shape.clone(),
+                expected: length,
+                got: tensor.data.len(),
+            });
+        }
+        if tensor.data.iter().any(|value| !value.is_finite()) {
+            return Err(ExportError::NotFinite { name: name.clone() });
+        }
+    }
+    if let Some(extra) = weights.tensors.keys().find(|name| !expected.contains(name.as_str())) {
+        return Err(ExportError::UnexpectedWeight {
+            name: extra.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// One graph input: its name, scope, element type and column count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphInput {
+    pub name: String,
+    pub scope: Scope,
+    /// `ids`, `bag_ids`, `bag_mask` or `dense`.
+    pub suffix: &'static str,
+    pub columns: usize,
+}
+
+impl GraphInput {
+    pub fn is_integer(&self) -> bool {
+        matches!(self.suffix, "ids" | "bag_ids")
+    }
+}
+
+/// The graph's inputs in declaration order: request scope then candidate scope, each in
+/// [`INPUT_SUFFIXES`] order, leaving out inputs with no columns (ONNX Runtime rejects
+/// zero-sized dimensions in some kernels, and there is nothing to feed).
+pub fn graph_inputs(manifest: &Manifest) -> Vec<GraphInput> {
+    let mut inputs = Vec::new();
+    for scope in Scope::ALL {
+        let widths = ScopeWidths::of(&manifest.features, scope);
+        for suffix in INPUT_SUFFIXES {
+            let columns = match suffix {
+                "ids" => widths.ids,
+                "bag_ids" | "bag_mask" => widths.bag,
+                _ => widths.dense,
+            };
+            if columns > 0 {
+                inputs.push(GraphInput {
+                    name: crate::features::input_name(scope, suffix),
+                    scope,
+                    suffix,
+                    columns,
+                });
+            }
+        }
+    }
+    inputs
+}
+
+/// Builds `model.onnx` from a manifest and trained weights.
+///
+/// The towers are written fused: the heads' first tower layers become one matrix
+/// (their weights side by side), and each later layer one block-diagonal matrix, so
+/// that all heads cost two or three matrix products instead of a dozen small ones and
+/// a concatenation. The zeros off the blocks add nothing, so the logits are those of
+/// separate towers, and the last layer's columns come out in head `index` order.
+pub fn export(manifest: &Manifest, weights: &Weights) -> Result<Vec<u8>, ExportError> {
+    validate(manifest, weights)?;
+    let architecture = &manifest.architecture;
+    let mut graph = GraphBuilder::default();
+    let inputs = graph_inputs(manifest);
+    let mut value_infos = Vec::new();
+    for input in &inputs {
+        let rows = match input.scope {
+            Scope::Request => Dimension::Fixed(1),
+            Scope::Candidate => Dimension::Symbolic(CANDIDATES_DIM),
+        };
+        let element = if input.is_integer() {
+            DataType::Int64
+        } else {
+            DataType::Float
+        };
+        value_infos.push(value_info(&input.name, element, &[rows, Dimension::Fixed(input.columns)]));
+    }
+
+    let candidate_vector = graph.feature_vector(manifest, weights, Scope::Candidate)?;
+    let candidate_weight = graph.weight(weights, "encoder.0.candidate_weight")?;
+    let candidate_part = graph.node(
+        "MatMul",
+        &[&candidate_vector, &candidate_weight],
+        vec![],
+        "encoder.0.candidate_matmul",
+    );
+    // The bias joins the request-scope half, so the [N, H0] tensor sees one broadcast add.
+    let bias = graph.weight(weights, "encoder.0.bias")?;
+    let shared_part = if feature_vector_width(manifest, Scope::Request) > 0 {
+        let request_vector = graph.feature_vector(manifest, weights, Scope::Request)?;
+        let request_weight = graph.weight(weights, "encoder.0.request_weight")?;
+        let request_part = graph.node(
+            "MatMul",
+            &[&request_vector, &request_weight],
+            vec![],
+            "encoder.0.request_matmul",
+        );
+        graph.node("Add", &[&request_part, &bias], vec![], "encoder.0.request_plus_bias")
+    } else {
+        bias
+    };
+    let summed = graph.node("Add", &[&candidate_part, &shared_part], vec![], "encoder.0.sum");
+    let mut hidden = graph.node("Relu", &[&summed], vec![], "encoder.0.relu");
+    for layer in 1..architecture.encoder.len() {
+        hidden = graph.dense_relu_layer(weights, &hidden, &format!("encoder.{layer}"))?;
+    }
+    let scale = graph.weight(weights, "batch_norm.scale")?;
+    let shift = graph.weight(weights, "batch_norm.shift")?;
+    let scaled = graph.node("Mul", &[&hidden, &scale], vec![], "batch_norm.scaled");
+    hidden = graph.node("Add", &[&scaled, &shift], vec![], "batch_norm.shifted");
+
+    let heads = heads_by_column(manifest)?;
+    let layers = architecture.tower.len() + 1;
+    for layer in 0..layers {
+        let (matrix, bias) = fused_tower_layer(weights, &heads, layer)?;
+        let prefix = format!("towers.{layer}");
+        let matrix = graph.initializer_f32(&format!("{prefix}.weight"), &matrix.shape, &matrix.data);
+        let bias = graph.initializer_f32(&format!("{prefix}.bias"), &bias.shape, &bias.data);
+        let product = graph.node("MatMul", &[&hidden, &matrix], vec![], &format!("{prefix}.matmul"));
+        if layer + 1 < layers {
+            let biased = graph.node("Add", &[&product, &bias], vec![], &format!("{prefix}.add"));
+            hidden = graph.node("Relu", &[&biased], vec![], &format!("{prefix}.relu"));
+        } else {
+            hidden = graph.node_named("Add", &[&product, &bias], vec![], OUTPUT_NAME);
+        }
+    }
+    let output = value_info(
+        OUTPUT_NAME,
+        DataType::Float,
+        &[Dimension::Symbolic(CANDIDATES_DIM), Dimension::Fixed(heads.len())],
+    );
+
+    let model = pb::ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET_VERSION,
+        }],
+        producer_name: PRODUCER_NAME.into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        model_version: i64::from(manifest.version),
+        doc_string: format!("podscore model `{}` version {}", manifest.name, manifest.version),
+        graph: Some(pb::GraphProto {
+            name: manifest.name.clone(),
+            node: graph.nodes,
+            initializer: graph.initializers,
+            input: value_infos,
+            output: vec![output],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(model.encode_to_vec())
+}
+
+/// Layer `layer` of every head's tower as one matrix and bias, heads in column order.
+/// Layer 0 reads the shared hidden vector, so its blocks sit side by side; later layers
+/// read their own head's slice, so their blocks sit on the diagonal.
+fn fused_tower_layer(
+    weights: &Weights,
+    heads: &[&crate::bundle::HeadSpec],
+    layer: usize,
+) -> Result<(WeightTensor, WeightTensor), ExportError> {
+    let blocks: Vec<(&WeightTensor, &WeightTensor)> = heads
+        .iter()
+        .map(|head| {
+            let prefix = format!("tower.{}.{layer}", head.name);
+            Ok((weights.get(&format!("{prefix}.weight"))?, weights.get(&format!("{prefix}.bias"))?))
+        })
+        .collect::<Result<_, ExportError>>()?;
+    let (block_rows, block_columns) = (blocks[0].0.shape[0], blocks[0].0.shape[1]);
+    let columns = block_columns * blocks.len();
+    let rows = if layer == 0 {
+        block_rows
+    } else {
+        block_rows * blocks.len()
+    };
+    let mut matrix = WeightTensor::zeros(vec![rows, columns]);
+    let mut bias = WeightTensor::zeros(vec![columns]);
+    for (block, (weight, block_bias)) in blocks.iter().enumerate() {
+        let row_offset = if layer == 0 { 0 } else { block * block_rows };
+        let column_offset = block * block_columns;
+        for row in 0..block_rows {
+            let source = &weight.data[row * block_columns..(row + 1) * block_columns];
+            let start = (row_offset + row) * columns + column_offset;
+            matrix.data[start..start + block_columns].copy_from_slice(source);
+        }
+        bias.data[column_offset..column_offset + block_columns].copy_from_slice(&block_bias.data);
+    }
+    Ok((matrix, bias))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Dimension {
+    Fixed(usize),
+    Symbolic(&'static str),
+}
+
+fn value_info(name: &str, element: DataType, dims: &[Dimension]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{Dimension as PbDimension, dimension::Value};
+    let dim = dims
+        .iter()
+        .map(|dimension| PbDimension {
+            denotation: String::new(),
+            value: Some(match dimension {
+                Dimension::Fixed(size) => Value::DimValue(*size as i64),
+                Dimension::Symbolic(name) => Value::DimParam((*name).to_string()),
+            }),
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: element as i32,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+fn attribute_int(name: &str, value: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: value,
+        ..Default::default()
+    }
+}
+
+/// Accumulates nodes and initializers; every value gets a unique, readable name.
+#[derive(Default)]
+struct GraphBuilder {
+    nodes: Vec<pb::NodeProto>,
+    initializers: Vec<pb::TensorProto>,
+    names: BTreeSet<String>,
+    /// Weights already added as initializers, so a name is never added twice.
+    added_weights: BTreeSet<String>,
+}
+
+impl GraphBuilder {
+    fn unique(&mut self, hint: &str) -> String {
+        let mut name = hint.to_string();
+        let mut counter = 1;
+        while self.names.contains(&name) {
+            counter += 1;
+            name = format!("{hint}_{counter}");
+        }
+        self.names.insert(name.clone());
+        name
+    }
+
+    fn node(&mut self, op: &str, inputs: &[&str], attributes: Vec<pb::AttributeProto>, hint: &str) -> String {
+        let output = self.unique(hint);
+        self.push_node(op, inputs, attributes, output)
+    }
+
+    /// A node whose output must carry exactly `name` (the graph output).
+    fn node_named(&mut self, op: &str, inputs: &[&str], attributes: Vec<pb::AttributeProto>, name: &str) -> String {
+        self.names.insert(name.to_string());
+        self.push_node(op, inputs, attributes, name.to_string())
+    }
+
+    fn push_node(&mut self, op: &str, inputs: &[&str], attribute: Vec<pb::AttributeProto>, output: String) -> String {
+        self.nodes.push(pb::NodeProto {
+            input: inputs.iter().map(|input| input.to_string()).collect(),
+            output: vec![output.clone()],
+            name: format!("{output}.node"),
+            op_type: op.into(),
+            attribute,
+            ..Default::default()
+        });
+        output
+    }
+
+    fn initializer_f32(&mut self, hint: &str, shape: &[usize], data: &[f32]) -> String {
+        let name = self.unique(hint);
+        self.initializers.push(pb::TensorProto {
+            dims: shape.iter().map(|dim| *dim as i64).collect(),
+            data_type: DataType::Float as i32,
+            name: name.clone(),
+            raw_data: data.iter().flat_map(|value| value.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
+    fn initializer_i64(&mut self, hint: &str, shape: &[usize], data: &[i64]) -> String {
+        let name = self.unique(hint);
+        self.initializers.push(pb::TensorProto {
+            dims: shape.iter().map(|dim| *dim as i64).collect(),
+            data_type: DataType::Int64 as i32,
+            name: name.clone(),
+            raw_data: data.iter().flat_map(|value| value.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
+    /// The initializer holding weight `name`, under that same name.
+    fn weight(&mut self, weights: &Weights, name: &str) -> Result<String, ExportError> {
+        let tensor = weights.get(name)?;
+        if self.added_weights.insert(name.to_string()) {
+            let added = self.initializer_f32(name, &tensor.shape, &tensor.data);
+            debug_assert_eq!(added, name);
+        }
+        Ok(name.to_string())
+    }
+
+    /// `input[:, start..end]`.
+    fn slice_columns(&mut self, input: &str, start: usize, end: usize, hint: &str) -> String {
+        let starts = self.initializer_i64(&format!("{hint}.starts"), &[1], &[start as i64]);
+        let ends = self.initializer_i64(&format!("{hint}.ends"), &[1], &[end as i64]);
+        let axes = self.initializer_i64(&format!("{hint}.axes"), &[1], &[1]);
+        self.node("Slice", &[input, &starts, &ends, &axes], vec![], hint)
+    }
+
+    /// A scope's feature vector, `[rows, feature_vector_width]`.
+    fn feature_vector(&mut self, manifest: &Manifest, weights: &Weights, scope: Scope) -> Result<String, ExportError> {
+        let ids = crate::features::input_name(scope, "ids");
+        let bag_ids = crate::features::input_name(scope, "bag_ids");
+        let bag_mask = crate::features::input_name(scope, "bag_mask");
+        let dense = crate::features::input_name(scope, "dense");
+        let mut pieces: Vec<String> = Vec::new();
+        // Adjacent dense features with adjacent columns become one slice.
+        let mut pending_dense: Option<(usize, usize)> = None;
+        for spec in manifest.features.iter().filter(|spec| spec.scope == scope) {
+            if matches!(spec.kind, Kind::Dense | Kind::Numeric) {
+                pending_dense = match pending_dense {
+                    Some((start, end)) if end == spec.slot => Some((start, end + spec.width)),
+                    Some((start, end)) => {
+                        pieces.push(self.slice_columns(&dense, start, end, &format!("{}.dense_{start}_{end}", scope.as_str())));
+                        Some((spec.slot, spec.slot + spec.width))
+                    }
+                    None => Some((spec.slot, spec.slot + spec.width)),
+                };
+                continue;
+            }
+            if let Some((start, end)) = pending_dense.take() {
+                pieces.push(self.slice_columns(&dense, start, end, &format!("{}.dense_{start}_{end}", scope.as_str())));
+            }
+            let table = self.weight(weights, &embedding_weight_name(&spec.name))?;
+            let prefix = format!("{}.{}", scope.as_str(), spec.name);
+            match spec.kind {
+                Kind::Id => {
+                    let column = self.initializer_i64(&format!("{prefix}.column"), &[], &[spec.slot as i64]);
+                    let index = self.node("Gather", &[&ids, &column], vec![attribute_int("axis", 1)], &format!("{prefix}.index"));
+                    pieces.push(self.node("Gather", &[&table, &index], vec![attribute_int("axis", 0)], &format!("{prefix}.embedding")));
+                }
+                Kind::IdBag => {
+                    let end = spec.slot + spec.width;
+                    let indices = self.slice_columns(&bag_ids, spec.slot, end, &format!("{prefix}.indices"));
+                    let mask = self.slice_columns(&bag_mask, spec.slot, end, &format!("{prefix}.mask"));
+                    // [rows, len, E] embeddings weighted by [rows, len, 1] mask, summed over len.
+                    let embedded = self.node("Gather", &[&table, &indices], vec![attribute_int("axis", 0)], &format!("{prefix}.embedded"));
+                    let last_axis = self.initializer_i64(&format!("{prefix}.unsqueeze_axes"), &[1], &[2]);
+                    let mask3 = self.node("Unsqueeze", &[&mask, &last_axis], vec![], &format!("{prefix}.mask3"));
+                    let weighted = self.node("Mul", &[&embedded, &mask3], vec![], &format!("{prefix}.weighted"));
+                    let bag_axis = self.initializer_i64(&format!("{prefix}.sum_axes"), &[1], &[1]);
+                    let summed = self.node("ReduceSum", &[&weighted, &bag_axis], vec![attribute_int("keepdims", 0)], &format!("{prefix}.sum"));
+                    let count = self.node("ReduceSum", &[&mask, &bag_axis], vec![attribute_int("keepdims", 1)], &format!("{prefix}.count"));
+                    // An empty bag divides by 1, not 0: its mean is the zero vector.
+                    let one = self.initializer_f32(&format!("{prefix}.one"), &[], &[1.0]);
+                    let divisor = self.node("Max", &[&count, &one], vec![], &format!("{prefix}.divisor"));
+                    pieces.push(self.node("Div", &[&summed, &divisor], vec![], &format!("{prefix}.mean")));
+                }
+                Kind::Dense | Kind::Numeric => unreachable!("handled above"),
+            }
+        }
+        if let Some((start, end)) = pending_dense.take() {
+            pieces.push(self.slice_columns(&dense, start, end, &format!("{}.dense_{start}_{end}", scope.as_str())));
+        }
+        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        Ok(match refs.as_slice() {
+            [single] => single.to_string(),
+            _ => self.node("Concat", &refs, vec![attribute_int("axis", 1)], &format!("{}.features", scope.as_str())),
+        })
+    }
+
+    /// `relu(input @ {prefix}.weight + {prefix}.bias)`.
+    fn dense_relu_layer(&mut self, weights: &Weights, input: &str, prefix: &str) -> Result<String, ExportError> {
+        let weight = self.weight(weights, &format!("{prefix}.weight"))?;
+        let bias = self.weight(weights, &format!("{prefix}.bias"))?;
+        let product = self.node("MatMul", &[input, &weight], vec![], &format!("{prefix}.matmul"));
+        let biased = self.node("Add", &[&product, &bias], vec![], &format!("{prefix}.add"));
+        Ok(self.node("Relu", &[&biased], vec![], &format!("{prefix}.relu")))
+    }
+}

@@ -1,23 +1,115 @@
-//! TEMPORARY stand-in for the tract runtime being written on branch `onnx`, with the same
-//! signatures, so that the server compiles and its tests run before that branch lands.
-//! It ignores the ONNX bytes and computes deterministic logits from the input tensors.
-//! On merging `onnx`, this file is replaced by theirs.
+//! The inference runtime: an exported `model.onnx` loaded into tract, optimized once at
+//! load, run many times concurrently.
+//!
+//! tract runs a plan optimized for concrete shapes several times faster than one with
+//! the symbolic candidate count `N` (see `docs/README-inference.md`), so [`Runtime::load`]
+//! optimizes one plan per size bucket of [`RuntimeConfig::buckets`] and pads each call's
+//! candidates up to the smallest bucket that holds them; the symbolic plan serves the
+//! calls larger than every bucket. Padding rows are all zeros: unknown ids (row 0 of
+//! every table), empty bags and zero dense values, whose outputs are dropped.
+//!
+//! Every input is checked before tract sees it: widths against the manifest and every
+//! id against its table's row count, because tract's Gather panics on an out-of-range
+//! index. A [`Runtime`] is `Send + Sync` and shared; each call spawns its own state.
+//!
+//! This module knows tract and the manifest; it knows nothing of HTTP, JSON, feature
+//! stores or how tensors were assembled.
 
-use crate::bundle::Manifest;
-use crate::features::ScopeTensors;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Default)]
-pub struct RuntimeConfig {}
+use tract_onnx::prelude::{
+    Framework, InferenceModelExt, IntoRunnable, IntoTValue, IntoTensor, TDim, TValue, TVec, Tensor,
+    TypedModel, TypedSimplePlan, tract_ndarray,
+};
 
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("invalid model: {0}")]
-    Invalid(String),
-    #[error("inference failed: {0}")]
-    Inference(String),
+use tract_onnx::pb;
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dimension;
+
+use crate::bundle::{Manifest, OUTPUT_NAME};
+use crate::features::{Kind, Scope, ScopeTensors, ScopeWidths};
+use crate::onnx::{CANDIDATES_DIM, GraphInput, embedding_weight_name, graph_inputs, heads_by_column};
+
+/// Powers of two up to 1024. Padding to the next power of two wastes at most half a
+/// call's compute, and small calls (the common case for ad requests: a handful to a
+/// few hundred candidates) are dominated by per-operator overhead, not rows, so padding
+/// them costs little. Eleven plans optimize in well under the 2 s load budget; calls
+/// above 1024 candidates are rare enough for the symbolic plan.
+pub const DEFAULT_BUCKETS: [usize; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Candidate counts to optimize a concrete plan for. Empty means the symbolic plan
+    /// only (useful to compare, never faster).
+    pub buckets: Vec<usize>,
 }
 
-/// Row-major `[rows, heads]` logits.
+impl Default for RuntimeConfig {
+    fn default() -> RuntimeConfig {
+        RuntimeConfig {
+            buckets: DEFAULT_BUCKETS.to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RuntimeError {
+    #[error("invalid runtime config: {reason}")]
+    Config { reason: String },
+    #[error("the ONNX model does not match its manifest: {reason}")]
+    ModelMismatch { reason: String },
+    #[error("tract could not load the model: {reason}")]
+    Load { reason: String },
+    #[error("{scope} tensors have {got} rows, expected {expected}")]
+    Rows {
+        scope: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{scope} tensors have widths {got:?}, the manifest needs {expected:?}")]
+    Widths {
+        scope: &'static str,
+        expected: ScopeWidths,
+        got: ScopeWidths,
+    },
+    #[error("input `{input}` holds {got} values, {expected} expected for its rows and width")]
+    Length {
+        input: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error(
+        "feature `{feature}` (row {row}): id {id} is outside its table of {table_rows} rows"
+    )]
+    IdOutOfRange {
+        feature: String,
+        row: usize,
+        id: i64,
+        table_rows: usize,
+    },
+    #[error("input `{input}` (row {row}) holds a NaN or infinite value")]
+    NotFinite { input: String, row: usize },
+    #[error("inference failed: {reason}")]
+    Inference { reason: String },
+}
+
+fn tract_error(wrap: fn(String) -> RuntimeError) -> impl Fn(anyhow::Error) -> RuntimeError {
+    move |error| wrap(format!("{error:#}"))
+}
+
+fn load_error(reason: String) -> RuntimeError {
+    RuntimeError::Load { reason }
+}
+
+fn mismatch(reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::ModelMismatch {
+        reason: reason.into(),
+    }
+}
+
+/// Logits of one call, `[rows, heads]`, row-major, column `index` of each head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Logits {
     pub rows: usize,
@@ -25,68 +117,378 @@ pub struct Logits {
     pub values: Vec<f32>,
 }
 
+impl Logits {
+    pub fn row(&self, row: usize) -> &[f32] {
+        &self.values[row * self.heads..(row + 1) * self.heads]
+    }
+}
+
+/// The id columns of one id or bag feature and the row count of its table.
+#[derive(Debug, Clone)]
+struct IdColumns {
+    feature: String,
+    scope: Scope,
+    kind: Kind,
+    slot: usize,
+    width: usize,
+    table_rows: usize,
+}
+
+/// A plan optimized for exactly `rows` candidates.
 #[derive(Debug)]
+struct BucketPlan {
+    rows: usize,
+    plan: Arc<TypedSimplePlan>,
+}
+
+/// How long each load step took, for the logs and the load-time budget.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadTimings {
+    pub decode_and_type: Duration,
+    pub symbolic_plan: Duration,
+    pub bucket_plans: Duration,
+    pub total: Duration,
+}
+
+/// A loaded model, ready for concurrent calls.
 pub struct Runtime {
+    inputs: Vec<GraphInput>,
+    widths: [ScopeWidths; 2],
+    id_columns: Vec<IdColumns>,
     heads: usize,
+    /// Sorted by `rows`, ascending.
+    buckets: Vec<BucketPlan>,
+    symbolic: Arc<TypedSimplePlan>,
+    timings: LoadTimings,
+}
+
+impl std::fmt::Debug for Runtime {
+    /// The plans print whole graphs with their weights; a runtime is described by its
+    /// shape and buckets instead.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Runtime")
+            .field("inputs", &self.inputs.iter().map(|input| &input.name).collect::<Vec<_>>())
+            .field("heads", &self.heads)
+            .field("buckets", &self.buckets())
+            .field("timings", &self.timings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Runtime {
-    pub fn load(
-        manifest: &Manifest,
-        onnx: &[u8],
-        _config: &RuntimeConfig,
-    ) -> Result<Runtime, RuntimeError> {
-        if onnx.is_empty() {
-            return Err(RuntimeError::Invalid("empty model.onnx".into()));
+    /// Parses `onnx`, checks it against `manifest`, and optimizes the symbolic plan and
+    /// one concrete plan per bucket.
+    pub fn load(manifest: &Manifest, onnx: &[u8], config: &RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        let started = Instant::now();
+        let mut buckets = config.buckets.clone();
+        buckets.sort_unstable();
+        buckets.dedup();
+        if buckets.first() == Some(&0) {
+            return Err(RuntimeError::Config {
+                reason: "a bucket of 0 candidates".into(),
+            });
         }
-        let heads = manifest
-            .heads
-            .iter()
-            .map(|head| head.index + 1)
-            .max()
-            .unwrap_or(0);
-        Ok(Runtime { heads })
-    }
+        let heads = heads_by_column(manifest)
+            .map_err(|error| mismatch(error.to_string()))?
+            .len();
+        let framework = tract_onnx::onnx();
+        let proto = framework
+            .proto_model_for_read(&mut &onnx[..])
+            .map_err(tract_error(load_error))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| mismatch("the file has no graph"))?;
 
-    pub fn infer(
-        &self,
-        request: &ScopeTensors,
-        candidates: &ScopeTensors,
-    ) -> Result<Logits, RuntimeError> {
-        let request_sum: f32 = request.ids.iter().map(|&id| id as f32 * 0.01).sum::<f32>()
-            + request
-                .bag_ids
-                .iter()
-                .map(|&id| id as f32 * 0.003)
-                .sum::<f32>()
-            + request.dense.iter().map(|value| value * 0.05).sum::<f32>();
-        let mut values = Vec::with_capacity(candidates.rows * self.heads);
-        for row in 0..candidates.rows {
-            let slice = |v: &[i64], w: usize| {
-                v[row * w..(row + 1) * w]
-                    .iter()
-                    .map(|&id| id as f32)
-                    .sum::<f32>()
+        let inputs = graph_inputs(manifest);
+        let declared: Vec<&str> = graph.input.iter().map(|input| input.name.as_str()).collect();
+        let expected: Vec<&str> = inputs.iter().map(|input| input.name.as_str()).collect();
+        if declared != expected {
+            return Err(mismatch(format!("graph inputs are {declared:?}, the manifest implies {expected:?}")));
+        }
+        for (declared, input) in graph.input.iter().zip(&inputs) {
+            let (element, dims) = declared_type(declared)
+                .ok_or_else(|| mismatch(format!("input `{}` has no tensor type", input.name)))?;
+            let expected_element = if input.is_integer() { DataType::Int64 } else { DataType::Float };
+            let expected_rows = match input.scope {
+                Scope::Request => Dimension::DimValue(1),
+                Scope::Candidate => Dimension::DimParam(CANDIDATES_DIM.into()),
             };
-            let ids = slice(&candidates.ids, candidates.widths.ids);
-            let bags = slice(&candidates.bag_ids, candidates.widths.bag);
-            let dense: f32 = candidates.dense
-                [row * candidates.widths.dense..(row + 1) * candidates.widths.dense]
-                .iter()
-                .sum();
-            for head in 0..self.heads {
-                let scale = (head + 1) as f32;
-                values.push(
-                    ((request_sum + ids * 0.02 * scale + bags * 0.001 + dense * 0.1) * 0.1).sin()
-                        * 3.0
-                        - 1.0,
-                );
+            let expected_dims = [Some(expected_rows), Some(Dimension::DimValue(input.columns as i64))];
+            if element != expected_element as i32 || dims != expected_dims {
+                return Err(mismatch(format!(
+                    "input `{}` is {:?} {dims:?}, the manifest implies {expected_element:?} {expected_dims:?}",
+                    input.name,
+                    DataType::try_from(element).unwrap_or(DataType::Undefined),
+                )));
             }
         }
+        if graph.output.len() != 1 || graph.output[0].name != OUTPUT_NAME {
+            return Err(mismatch(format!("the graph's one output must be `{OUTPUT_NAME}`")));
+        }
+        let table_rows: HashMap<&str, usize> = graph
+            .initializer
+            .iter()
+            .filter_map(|tensor| Some((tensor.name.as_str(), usize::try_from(*tensor.dims.first()?).ok()?)))
+            .collect();
+        let mut id_columns = Vec::new();
+        for spec in &manifest.features {
+            if !matches!(spec.kind, Kind::Id | Kind::IdBag) {
+                continue;
+            }
+            let name = embedding_weight_name(&spec.name);
+            let rows = *table_rows
+                .get(name.as_str())
+                .ok_or_else(|| mismatch(format!("no embedding table `{name}` for feature `{}`", spec.name)))?;
+            id_columns.push(IdColumns {
+                feature: spec.name.clone(),
+                scope: spec.scope,
+                kind: spec.kind,
+                slot: spec.slot,
+                width: spec.width,
+                table_rows: rows,
+            });
+        }
+
+        let typed: TypedModel = framework
+            .model_for_proto_model(&proto)
+            .and_then(|model| model.into_typed())
+            .and_then(|model| model.into_decluttered())
+            .map_err(tract_error(load_error))?;
+        let output_shape = &typed
+            .output_fact(0)
+            .map_err(tract_error(load_error))?
+            .shape;
+        if output_shape.rank() != 2 || output_shape[1] != TDim::from(heads) {
+            return Err(mismatch(format!("output shape {output_shape:?}, expected [N, {heads}]")));
+        }
+        let decode_and_type = started.elapsed();
+
+        let symbolic_started = Instant::now();
+        let symbolic = optimize(typed.clone())?;
+        let symbolic_plan = symbolic_started.elapsed();
+
+        let buckets_started = Instant::now();
+        let candidates = typed.symbols.sym(CANDIDATES_DIM);
+        let buckets = buckets
+            .into_iter()
+            .map(|rows| {
+                let values = HashMap::from([(candidates.clone(), TDim::from(rows))]);
+                let concrete = typed.set_symbols(&values).map_err(tract_error(load_error))?;
+                Ok(BucketPlan {
+                    rows,
+                    plan: optimize(concrete)?,
+                })
+            })
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        let bucket_plans = buckets_started.elapsed();
+
+        Ok(Runtime {
+            inputs,
+            widths: [
+                ScopeWidths::of(&manifest.features, Scope::Request),
+                ScopeWidths::of(&manifest.features, Scope::Candidate),
+            ],
+            id_columns,
+            heads,
+            buckets,
+            symbolic,
+            timings: LoadTimings {
+                decode_and_type,
+                symbolic_plan,
+                bucket_plans,
+                total: started.elapsed(),
+            },
+        })
+    }
+
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    pub fn load_timings(&self) -> &LoadTimings {
+        &self.timings
+    }
+
+    /// Candidate counts with a concrete plan, ascending.
+    pub fn buckets(&self) -> Vec<usize> {
+        self.buckets.iter().map(|bucket| bucket.rows).collect()
+    }
+
+    /// The rows a call with `candidates` candidates runs with: its bucket, or itself on
+    /// the symbolic plan.
+    pub fn padded_rows(&self, candidates: usize) -> usize {
+        self.bucket_for(candidates).map_or(candidates, |bucket| bucket.rows)
+    }
+
+    fn bucket_for(&self, candidates: usize) -> Option<&BucketPlan> {
+        self.buckets.iter().find(|bucket| bucket.rows >= candidates)
+    }
+
+    /// Logits for one request's candidates. Fails, without calling tract, when a width,
+    /// a length or an id does not fit the model.
+    pub fn infer(&self, request: &ScopeTensors, candidates: &ScopeTensors) -> Result<Logits, RuntimeError> {
+        self.check(Scope::Request, request)?;
+        self.check(Scope::Candidate, candidates)?;
+        if request.rows != 1 {
+            return Err(RuntimeError::Rows {
+                scope: Scope::Request.as_str(),
+                expected: 1,
+                got: request.rows,
+            });
+        }
+        if candidates.rows == 0 {
+            return Ok(Logits {
+                rows: 0,
+                heads: self.heads,
+                values: Vec::new(),
+            });
+        }
+        let (plan, rows) = match self.bucket_for(candidates.rows) {
+            Some(bucket) => (&bucket.plan, bucket.rows),
+            None => (&self.symbolic, candidates.rows),
+        };
+        let tensors: TVec<TValue> = self
+            .inputs
+            .iter()
+            .map(|input| match input.scope {
+                Scope::Request => input_tensor(input, request, 1),
+                Scope::Candidate => input_tensor(input, candidates, rows),
+            })
+            .collect::<Result<_, _>>()?;
+        let outputs = plan.run(tensors).map_err(tract_error(|reason| RuntimeError::Inference { reason }))?;
+        let values = outputs
+            .first()
+            .ok_or_else(|| RuntimeError::Inference {
+                reason: "the plan returned no output".into(),
+            })?
+            .try_as_plain_ram()
+            .and_then(|view| view.as_slice::<f32>().map(|values| values.to_vec()))
+            .map_err(tract_error(|reason| RuntimeError::Inference { reason }))?;
+        let wanted = candidates.rows * self.heads;
+        if values.len() < wanted {
+            return Err(RuntimeError::Inference {
+                reason: format!("the plan returned {} values, {wanted} expected", values.len()),
+            });
+        }
+        let mut values = values;
+        values.truncate(wanted);
         Ok(Logits {
             rows: candidates.rows,
             heads: self.heads,
             values,
         })
     }
+
+    /// Widths, lengths, finiteness and id ranges of one scope's tensors.
+    fn check(&self, scope: Scope, tensors: &ScopeTensors) -> Result<(), RuntimeError> {
+        let expected = self.widths[scope as usize];
+        if tensors.widths != expected {
+            return Err(RuntimeError::Widths {
+                scope: scope.as_str(),
+                expected,
+                got: tensors.widths,
+            });
+        }
+        let rows = tensors.rows;
+        let lengths = [
+            ("ids", tensors.ids.len(), expected.ids),
+            ("bag_ids", tensors.bag_ids.len(), expected.bag),
+            ("bag_mask", tensors.bag_mask.len(), expected.bag),
+            ("dense", tensors.dense.len(), expected.dense),
+        ];
+        for (suffix, got, width) in lengths {
+            if got != rows * width {
+                return Err(RuntimeError::Length {
+                    input: crate::features::input_name(scope, suffix),
+                    expected: rows * width,
+                    got,
+                });
+            }
+        }
+        for (suffix, values, width) in [
+            ("bag_mask", &tensors.bag_mask, expected.bag),
+            ("dense", &tensors.dense, expected.dense),
+        ] {
+            if let Some(position) = values.iter().position(|value| !value.is_finite()) {
+                return Err(RuntimeError::NotFinite {
+                    input: crate::features::input_name(scope, suffix),
+                    row: position / width.max(1),
+                });
+            }
+        }
+        for columns in self.id_columns.iter().filter(|columns| columns.scope == scope) {
+            let (values, width) = match columns.kind {
+                Kind::Id => (&tensors.ids, expected.ids),
+                _ => (&tensors.bag_ids, expected.bag),
+            };
+            for row in 0..rows {
+                let start = row * width + columns.slot;
+                for &id in &values[start..start + columns.width] {
+                    if id < 0 || id as u64 >= columns.table_rows as u64 {
+                        return Err(RuntimeError::IdOutOfRange {
+                            feature: columns.feature.clone(),
+                            row,
+                            id,
+                            table_rows: columns.table_rows,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Element type and dimensions a graph input declares, if it declares a tensor type.
+fn declared_type(value: &pb::ValueInfoProto) -> Option<(i32, Vec<Option<Dimension>>)> {
+    let pb::type_proto::Value::TensorType(tensor) = value.r#type.as_ref()?.value.as_ref()?;
+    let dims = tensor
+        .shape
+        .as_ref()?
+        .dim
+        .iter()
+        .map(|dimension| dimension.value.clone())
+        .collect();
+    Some((tensor.elem_type, dims))
+}
+
+fn optimize(model: TypedModel) -> Result<Arc<TypedSimplePlan>, RuntimeError> {
+    model
+        .into_optimized()
+        .and_then(|model| model.into_runnable())
+        .map_err(tract_error(load_error))
+}
+
+/// One graph input for `rows` rows: the scope's values, then zero rows up to `rows`.
+fn input_tensor(input: &GraphInput, tensors: &ScopeTensors, rows: usize) -> Result<TValue, RuntimeError> {
+    let shape = [rows, input.columns];
+    let used = tensors.rows * input.columns;
+    let padded = rows * input.columns;
+    let tensor = match input.suffix {
+        "ids" => padded_tensor(&shape, &tensors.ids[..used], padded),
+        "bag_ids" => padded_tensor(&shape, &tensors.bag_ids[..used], padded),
+        "bag_mask" => padded_tensor(&shape, &tensors.bag_mask[..used], padded),
+        _ => padded_tensor(&shape, &tensors.dense[..used], padded),
+    };
+    tensor
+        .map(IntoTValue::into_tvalue)
+        .map_err(tract_error(|reason| RuntimeError::Inference { reason }))
+}
+
+fn padded_tensor<T>(shape: &[usize; 2], values: &[T], padded: usize) -> anyhow::Result<Tensor>
+where
+    T: tract_onnx::prelude::Datum + Copy + Default,
+{
+    let mut data = Vec::with_capacity(padded);
+    data.extend_from_slice(values);
+    data.resize(padded, T::default());
+    Ok(tract_ndarray::Array2::from_shape_vec((shape[0], shape[1]), data)?.into_tensor())
+}
+
+// The server shares one runtime across threads; this stops compiling if it cannot.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Runtime>();
+};
