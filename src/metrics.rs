@@ -271,6 +271,9 @@ impl Metrics {
         for reason in ["overloaded", "not_ready"] {
             self.shed_requests.with_label_values(&[reason]);
         }
+        for fallback in [Fallback::Timeout, Fallback::Error] {
+            self.store_fallbacks.with_label_values(&[fallback.as_str()]);
+        }
     }
 }
 

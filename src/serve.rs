@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Feature snapshot directory (Parquet) held in memory as the feature store.
     #[arg(long, env = "PODSCORE_FEATURES", default_value = DEFAULT_FEATURES_DIR)]
     pub features: PathBuf,
+    /// Run without a feature store: every lookup misses, so requests must carry their
+    /// features inline (golden requests, debugging).
+    #[arg(long, env = "PODSCORE_NO_FEATURES", conflicts_with = "features")]
+    pub no_features: bool,
     /// Address to listen on.
     #[arg(long, env = "PODSCORE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
@@ -86,6 +90,9 @@ pub struct ScoreArgs {
     pub models: PathBuf,
     #[arg(long, env = "PODSCORE_FEATURES", default_value = DEFAULT_FEATURES_DIR)]
     pub features: PathBuf,
+    /// Score without a feature store: the request must carry its features inline.
+    #[arg(long, env = "PODSCORE_NO_FEATURES", conflicts_with = "features")]
+    pub no_features: bool,
     #[arg(long = "default-model", env = "PODSCORE_DEFAULT_MODEL")]
     pub default_model: Option<String>,
 }
@@ -210,10 +217,18 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(models_dir: &Path, default_model: Option<String>) -> Reloader {
+        Reloader::with_runtime(models_dir, default_model, RuntimeConfig::default())
+    }
+
+    pub fn with_runtime(
+        models_dir: &Path,
+        default_model: Option<String>,
+        runtime: RuntimeConfig,
+    ) -> Reloader {
         Reloader {
             models_dir: models_dir.to_path_buf(),
             default_model,
-            runtime: RuntimeConfig::default(),
+            runtime,
             failed: Mutex::new(HashMap::new()),
         }
     }
@@ -237,7 +252,7 @@ impl Reloader {
         let mut report = ReloadReport::default();
         for (name, mut versions) in by_name {
             let served = current.models.get(name).map(|model| model.version());
-            versions.sort_by(|a, b| b.version.cmp(&a.version));
+            versions.sort_by_key(|location| std::cmp::Reverse(location.version));
             for location in versions {
                 if served.is_some_and(|served| location.version <= served) {
                     break;
@@ -301,9 +316,17 @@ pub fn api_config(args: &ServeArgs) -> api::Config {
 /// Builds the state `args` describe: the snapshot store, then every model that loads.
 /// Fails when no model does, or the default model is not among them.
 pub fn build(args: &ServeArgs) -> anyhow::Result<(AppState, Arc<Reloader>)> {
-    let store = SnapshotStore::open(&args.features).context("opening the feature snapshot")?;
-    let (users, shows, episodes) = store.counts();
-    tracing::info!(dir = %args.features.display(), users, shows, episodes, "feature snapshot loaded");
+    let store = if args.no_features {
+        tracing::warn!(
+            "no feature store: every lookup misses; requests must carry features inline"
+        );
+        SnapshotStore::empty()
+    } else {
+        let store = SnapshotStore::open(&args.features).context("opening the feature snapshot")?;
+        let (users, shows, episodes) = store.counts();
+        tracing::info!(dir = %args.features.display(), users, shows, episodes, "feature snapshot loaded");
+        store
+    };
     let max_inflight = args
         .max_inflight
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
@@ -464,6 +487,7 @@ pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     let serve_args = ServeArgs {
         models: args.models.clone(),
         features: args.features.clone(),
+        no_features: args.no_features,
         listen: DEFAULT_LISTEN.into(),
         default_model: args.default_model.clone(),
         max_candidates: scoring::DEFAULT_MAX_CANDIDATES,
