@@ -1,19 +1,67 @@
-//! podscore: multi-task scoring of podcast ads and promotions (TODO: architecture overview)
+//! # podscore
+//!
+//! Scores podcast ads and promotions for ad servers with one multi-task model, after
+//! "Cold-Starting Podcast Ads and Promotions with Multi-Task Learning on Spotify"
+//! (WSDM '26): a shared encoder over user, content, context and creative features, one
+//! tower per task (promotion stream, ad stream, click, like, follow), source-balanced
+//! batches and a directional loss mask.
+//!
+//! ## Data flow
+//!
+//! ```text
+//! simulate ──► impression logs (Parquet) ─┐
+//!          └─► feature snapshot (Parquet) ├─► train ──► model bundle (ONNX + manifest) ─┐
+//!                                         └─► eval  ◄───────────────────────────────────┤
+//! ad server ── POST /score ──► serve: validate ► look up features ► assemble ► tract ► respond
+//!                                          ▲ snapshot (default) or Redis          └► /metrics
+//! ```
+//!
+//! ## Code map
+//!
+//! - [`entities`]: raw records (user, show, episode, context, creative) and the per-request
+//!   and per-candidate views of them.
+//! - [`features`]: the one feature-assembly module: feature specs, vocabularies, and the
+//!   [`features::Assembler`] that turns views into model tensors.
+//! - [`logs`]: the Parquet formats of impression logs and the feature snapshot.
+//! - [`world`]: `podscore simulate`, the synthetic world.
+//! - [`bundle`]: model bundles on disk: manifest, vocabularies, ONNX bytes, discovery.
+//! - [`onnx`]: writes the network as a standard ONNX graph.
+//! - [`model`]: the network's forward pass in plain Rust, the reference for parity tests.
+//! - [`runtime`]: runs a bundle's graph in tract with plans optimized per size bucket.
+//! - `train` (feature `train`): the candle trainer, its sampler, optimizer and metrics.
+//! - `eval` (feature `train`): offline evaluation and `podscore reproduce`.
+//! - [`store`]: feature stores: the in-memory snapshot behind a trait Redis can implement.
+//! - [`scoring`]: the request path as plain functions: validate, look up, assemble, infer,
+//!   respond; also golden checks.
+//! - [`metrics`]: the Prometheus registry and every metric the service exports.
+//! - [`api`]: the HTTP layer (axum): routes, extractors, the one error-to-status table.
+//! - [`serve`]: `podscore serve` and `podscore score`: configuration and lifecycle.
+//!
+//! ## Invariants
+//!
+//! - The server reads feature and head names only from the manifest.
+//! - The trainer, the evaluator and the server use the same assembly code
+//!   ([`features::Assembler`]); training-serving skew is designed out.
+//! - A model that fails to load, or whose golden outputs do not match, never replaces the
+//!   one being served.
+//! - tract runs off the async runtime, behind a bound; overload answers 503 at once.
+//! - Only [`api`] knows HTTP and JSON error formats; domain modules return typed errors.
+//! - Assembly never emits an id outside its vocabulary, so tract's Gather cannot panic.
 
-pub mod entities;
-pub mod features;
-pub mod logs;
-pub mod world;
-pub mod bundle;
-pub mod onnx;
-pub mod model;
-pub mod runtime;
-pub mod store;
-pub mod scoring;
-pub mod metrics;
 pub mod api;
-pub mod serve;
-#[cfg(feature = "train")]
-pub mod train;
+pub mod bundle;
+pub mod entities;
 #[cfg(feature = "train")]
 pub mod eval;
+pub mod features;
+pub mod logs;
+pub mod metrics;
+pub mod model;
+pub mod onnx;
+pub mod runtime;
+pub mod scoring;
+pub mod serve;
+pub mod store;
+#[cfg(feature = "train")]
+pub mod train;
+pub mod world;

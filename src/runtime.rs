@@ -30,7 +30,7 @@ use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dimension;
 
 use crate::bundle::{Manifest, OUTPUT_NAME};
 use crate::features::{Kind, Scope, ScopeTensors, ScopeWidths};
-use crate::onnx::{CANDIDATES_DIM, GraphInput, embedding_weight_name, graph_inputs, heads_by_column};
+use crate::onnx::{CANDIDATES_DIM, EMBEDDING_ROWS_KEY_PREFIX, GraphInput, graph_inputs, heads_by_column};
 
 /// Powers of two up to 1024. Padding to the next power of two wastes at most half a
 /// call's compute, and small calls (the common case for ad requests: a handful to a
@@ -227,20 +227,25 @@ impl Runtime {
         if graph.output.len() != 1 || graph.output[0].name != OUTPUT_NAME {
             return Err(mismatch(format!("the graph's one output must be `{OUTPUT_NAME}`")));
         }
-        let table_rows: HashMap<&str, usize> = graph
-            .initializer
+        let table_rows: HashMap<&str, usize> = proto
+            .metadata_props
             .iter()
-            .filter_map(|tensor| Some((tensor.name.as_str(), usize::try_from(*tensor.dims.first()?).ok()?)))
+            .filter_map(|entry| {
+                let feature = entry.key.strip_prefix(EMBEDDING_ROWS_KEY_PREFIX)?;
+                Some((feature, entry.value.parse().ok()?))
+            })
             .collect();
         let mut id_columns = Vec::new();
         for spec in &manifest.features {
             if !matches!(spec.kind, Kind::Id | Kind::IdBag) {
                 continue;
             }
-            let name = embedding_weight_name(&spec.name);
-            let rows = *table_rows
-                .get(name.as_str())
-                .ok_or_else(|| mismatch(format!("no embedding table `{name}` for feature `{}`", spec.name)))?;
+            let rows = *table_rows.get(spec.name.as_str()).ok_or_else(|| {
+                mismatch(format!(
+                    "no `{EMBEDDING_ROWS_KEY_PREFIX}{}` entry: the table size of feature `{}` is unknown",
+                    spec.name, spec.name
+                ))
+            })?;
             id_columns.push(IdColumns {
                 feature: spec.name.clone(),
                 scope: spec.scope,

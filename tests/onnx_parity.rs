@@ -61,6 +61,7 @@ fn assert_matches_reference(bundle: &RandomBundle, runtime: &Runtime, request: &
     let actual = runtime.infer(request, candidates).expect("valid inputs infer");
     assert_eq!((actual.rows, actual.heads), (candidates.rows, bundle.manifest.heads.len()), "{what}: output shape");
     let (probability, logit) = differences(&expected, &actual.values);
+    println!("{what}: max |p_tract - p_reference| = {probability:.3e}, max logit difference {logit:.3e}");
     assert!(probability <= PROBABILITY_TOLERANCE, "{what}: probabilities differ by {probability}");
     assert!(logit <= LOGIT_TOLERANCE, "{what}: logits differ by {logit}");
     // Random weights must give outputs that vary, or the comparison proves nothing.
@@ -303,5 +304,6 @@ fn onnx_runtime_matches_reference_and_checker_passes() {
         "tests/ort_parity.py failed ({}):\n{stdout}\n{stderr}\n(exit 3 means missing packages: run the test driver)",
         output.status
     );
+    println!("{stdout}");
     assert!(stdout.contains("full check passed"), "the checker ran: {stdout}");
 }

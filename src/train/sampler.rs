@@ -1,0 +1,134 @@
+//! Source-balanced mini-batches over streamed impression logs.
+//!
+//! Each source (promotion, ad) is read row group by row group, filtered to the training
+//! days, and drawn from through a bounded shuffle buffer; when a file is exhausted it is
+//! reopened, so the smaller source cycles while the larger one streams. Memory is bounded
+//! by the buffers, not by the size of the logs.
+
+use std::ops::Range;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::logs::{self, Impression, ImpressionReader};
+
+pub struct SourceStream {
+    path: PathBuf,
+    days: Range<u32>,
+    reader: Option<ImpressionReader>,
+    buffer: Vec<Impression>,
+    capacity: usize,
+    /// Rows delivered in the current pass, to detect a pass that yields nothing.
+    rows_this_pass: u64,
+}
+
+impl SourceStream {
+    pub fn new(path: PathBuf, days: Range<u32>, capacity: usize) -> SourceStream {
+        SourceStream {
+            path,
+            days,
+            reader: None,
+            buffer: Vec::with_capacity(capacity),
+            capacity: capacity.max(1),
+            rows_this_pass: 0,
+        }
+    }
+
+    fn refill(&mut self) -> Result<()> {
+        let mut reopened = false;
+        while self.buffer.len() < self.capacity {
+            if self.reader.is_none() {
+                if reopened && self.rows_this_pass == 0 {
+                    anyhow::bail!(
+                        "{}: no rows in training days {:?}",
+                        self.path.display(),
+                        self.days
+                    );
+                }
+                self.reader = Some(
+                    logs::open_impressions(&self.path)
+                        .with_context(|| format!("opening {}", self.path.display()))?,
+                );
+                self.rows_this_pass = 0;
+                reopened = true;
+            }
+            let reader = self.reader.as_mut().expect("opened above");
+            match reader.next() {
+                Some(group) => {
+                    let group = group.with_context(|| format!("reading {}", self.path.display()))?;
+                    let before = self.buffer.len();
+                    self.buffer
+                        .extend(group.into_iter().filter(|row| self.days.contains(&row.day)));
+                    self.rows_this_pass += (self.buffer.len() - before) as u64;
+                }
+                None => {
+                    self.reader = None;
+                    // A pass just ended; stop refilling if the buffer has rows, so that
+                    // the next pass starts only once these are drawn.
+                    if !self.buffer.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn draw(&mut self, rng: &mut ChaCha8Rng) -> Result<Impression> {
+        if self.buffer.len() < self.capacity / 2 || self.buffer.is_empty() {
+            self.refill()?;
+        }
+        let index = rng.random_range(0..self.buffer.len());
+        Ok(self.buffer.swap_remove(index))
+    }
+}
+
+/// Draws `promotion_share` of each batch from the promotion stream and the rest from the
+/// ad stream; a variant trained on one source has only that stream.
+pub struct BalancedSampler {
+    pub promotions: Option<SourceStream>,
+    pub ads: Option<SourceStream>,
+    pub promotion_share: f64,
+    pub batch_size: usize,
+    rng: ChaCha8Rng,
+}
+
+impl BalancedSampler {
+    pub fn new(
+        promotions: Option<SourceStream>,
+        ads: Option<SourceStream>,
+        promotion_share: f64,
+        batch_size: usize,
+        rng: ChaCha8Rng,
+    ) -> BalancedSampler {
+        BalancedSampler {
+            promotions,
+            ads,
+            promotion_share,
+            batch_size,
+            rng,
+        }
+    }
+
+    pub fn next_batch(&mut self) -> Result<Vec<Impression>> {
+        let from_promotions = match (&self.promotions, &self.ads) {
+            (Some(_), Some(_)) => (self.promotion_share * self.batch_size as f64).round() as usize,
+            (Some(_), None) => self.batch_size,
+            _ => 0,
+        };
+        let mut batch = Vec::with_capacity(self.batch_size);
+        if let Some(stream) = self.promotions.as_mut() {
+            for _ in 0..from_promotions {
+                batch.push(stream.draw(&mut self.rng)?);
+            }
+        }
+        if let Some(stream) = self.ads.as_mut() {
+            for _ in from_promotions..self.batch_size {
+                batch.push(stream.draw(&mut self.rng)?);
+            }
+        }
+        Ok(batch)
+    }
+}

@@ -1,0 +1,616 @@
+//! The synthetic world: users with latent tastes, a long-tailed catalog of shows with
+//! brand-new ones among them, promotion and ad campaigns, and impressions whose outcomes
+//! follow a shared user-show affinity plus channel- and context-specific offsets.
+//! `podscore simulate` writes it through [`crate::logs`], in the layout documented there
+//! and in `docs/README-world.md`.
+//!
+//! The same seed and settings give byte-identical files: all randomness comes from
+//! ChaCha8 streams derived from the seed per purpose and per fixed-size chunk (never per
+//! thread), nothing iterates a hash map into the output, and no file records the time it
+//! was written.
+//!
+//! This module knows how the world is simulated. It does not know Parquet (that is
+//! `logs`), features, tensors or models; the trainer must not peek at its latent
+//! variables, only at the files.
+
+mod catalog;
+mod outcomes;
+mod traffic;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::entities::CandidateKind;
+use crate::logs::{
+    self, EPISODES_FILE, ImpressionWriter, LOGS_DIR, LogError, ROWS_PER_ROW_GROUP, SHOWS_FILE,
+    SNAPSHOT_DIR, USERS_FILE, WORLD_FORMAT_VERSION, WorldInfo, WorldSettings, WorldSummary,
+};
+
+pub use catalog::{HISTORY_MAX, TASTE_DIM, TIER_CUMULATIVE_SHARE};
+
+/// Seed used when none is given: any fixed value makes `simulate` reproducible by default.
+pub const DEFAULT_SEED: u64 = 42;
+/// Day 0 of every world unless overridden: a fixed date, so that files never depend on
+/// when they were written. (It sits after the paper's experiments, in no real data.)
+pub const DEFAULT_START: &str = "2026-09-01T00:00:00Z";
+/// Share of all impressions that are ads. Ads are the scarce source in the paper: a
+/// fifth of the volume keeps them clearly the minority while leaving enough ad rows in
+/// the small preset to measure ad AP.
+pub const DEFAULT_AD_SHARE: f64 = 0.2;
+/// Share of shows created during the window (the cold-start set). A few percent, as on
+/// a real platform in a month, but enough for a tier analysis in the small preset.
+pub const DEFAULT_NEW_SHOW_SHARE: f64 = 0.06;
+/// Brand-new shows go live in the last quarter of the window, so that with a time split
+/// they appear in validation and test days but little or not at all in training.
+const BRAND_NEW_FROM_FRACTION: f64 = 0.75;
+/// The largest impression count accepted: the compact rows take about 100 bytes each in
+/// memory, so this bounds the simulator at a few GB.
+const MAX_IMPRESSIONS: usize = 30_000_000;
+const MAX_USERS: usize = 10_000_000;
+const MAX_SHOWS: usize = 1_000_000;
+const MAX_DAYS: u32 = 3_650;
+/// Fewer shows cannot fill eight tiers and a set of campaigns.
+const MIN_SHOWS: usize = 20;
+
+/// Named world sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// About 2k users, 300 shows, 60k impressions, 14 days: seconds, for tests.
+    Small,
+    /// About 100k users, 10k shows, 3M impressions, 28 days: the reproduction world.
+    #[value(name = "default")]
+    Standard,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Small => "small",
+            Preset::Standard => "default",
+        }
+    }
+
+    /// (users, shows, days, impressions).
+    fn sizes(self) -> (usize, usize, u32, usize) {
+        match self {
+            Preset::Small => (2_000, 300, 14, 60_000),
+            Preset::Standard => (100_000, 10_000, 28, 3_000_000),
+        }
+    }
+}
+
+/// `podscore simulate`: every flag can also come from the environment variable named.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Folder to create for the world; it must not exist yet, or be empty.
+    #[arg(long, env = "PODSCORE_SIMULATE_OUT")]
+    pub out: PathBuf,
+    /// Seed of every random draw: the same seed gives byte-identical files.
+    #[arg(long, env = "PODSCORE_SIMULATE_SEED", default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+    /// World size to start from; the flags below override single values.
+    #[arg(long, env = "PODSCORE_SIMULATE_PRESET", value_enum, default_value_t = Preset::Standard)]
+    pub preset: Preset,
+    /// Number of users.
+    #[arg(long, env = "PODSCORE_SIMULATE_USERS")]
+    pub users: Option<usize>,
+    /// Number of shows, brand-new ones included.
+    #[arg(long, env = "PODSCORE_SIMULATE_SHOWS")]
+    pub shows: Option<usize>,
+    /// Days of impressions.
+    #[arg(long, env = "PODSCORE_SIMULATE_DAYS")]
+    pub days: Option<u32>,
+    /// Impressions of both kinds together.
+    #[arg(long, env = "PODSCORE_SIMULATE_IMPRESSIONS")]
+    pub impressions: Option<usize>,
+    /// Share of impressions that are ads, strictly between 0 and 1.
+    #[arg(long, env = "PODSCORE_SIMULATE_AD_SHARE")]
+    pub ad_share: Option<f64>,
+    /// Share of shows created during the window (brand-new), from 0 to 0.5.
+    #[arg(long, env = "PODSCORE_SIMULATE_NEW_SHOW_SHARE")]
+    pub new_show_share: Option<f64>,
+    /// Day 0 of the world, RFC 3339.
+    #[arg(long, env = "PODSCORE_SIMULATE_START", default_value = DEFAULT_START)]
+    pub start: String,
+}
+
+impl SimulateArgs {
+    /// The arguments of `podscore simulate --out OUT --preset PRESET --seed SEED`, for
+    /// callers (such as `reproduce`) that simulate without a command line.
+    pub fn new(out: PathBuf, preset: Preset, seed: u64) -> SimulateArgs {
+        SimulateArgs {
+            out,
+            seed,
+            preset,
+            users: None,
+            shows: None,
+            days: None,
+            impressions: None,
+            ad_share: None,
+            new_show_share: None,
+            start: DEFAULT_START.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    /// Every bad setting, not just the first.
+    #[error("invalid settings: {}", .0.join("; "))]
+    InvalidSettings(Vec<String>),
+    #[error("output folder {} is not empty; choose a new folder or empty it", .0.display())]
+    OutputNotEmpty(PathBuf),
+    #[error("output path {} exists and is not a folder", .0.display())]
+    OutputNotFolder(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A broken invariant of the simulator itself (a bug, not bad input).
+    #[error("simulator bug: {0}")]
+    Internal(String),
+}
+
+/// Validated settings of one world.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorldConfig {
+    pub seed: u64,
+    pub preset: Preset,
+    pub users: usize,
+    pub shows: usize,
+    pub days: u32,
+    pub impressions: usize,
+    pub ad_share: f64,
+    pub new_show_share: f64,
+    pub start_timestamp: i64,
+}
+
+impl WorldConfig {
+    /// The preset's settings with the default seed and start.
+    pub fn preset(preset: Preset) -> WorldConfig {
+        let (users, shows, days, impressions) = preset.sizes();
+        WorldConfig {
+            seed: DEFAULT_SEED,
+            preset,
+            users,
+            shows,
+            days,
+            impressions,
+            ad_share: DEFAULT_AD_SHARE,
+            new_show_share: DEFAULT_NEW_SHOW_SHARE,
+            start_timestamp: default_start_timestamp(),
+        }
+    }
+
+    /// Resolves the preset and overrides, and reports every invalid value at once.
+    pub fn from_args(args: &SimulateArgs) -> Result<WorldConfig, WorldError> {
+        let mut problems = Vec::new();
+        let start_timestamp = match chrono::DateTime::parse_from_rfc3339(&args.start) {
+            Ok(start) => start.timestamp(),
+            Err(error) => {
+                problems.push(format!(
+                    "--start {:?} is not an RFC 3339 time: {error}",
+                    args.start
+                ));
+                0
+            }
+        };
+        let preset = WorldConfig::preset(args.preset);
+        let config = WorldConfig {
+            seed: args.seed,
+            preset: args.preset,
+            users: args.users.unwrap_or(preset.users),
+            shows: args.shows.unwrap_or(preset.shows),
+            days: args.days.unwrap_or(preset.days),
+            impressions: args.impressions.unwrap_or(preset.impressions),
+            ad_share: args.ad_share.unwrap_or(preset.ad_share),
+            new_show_share: args.new_show_share.unwrap_or(preset.new_show_share),
+            start_timestamp,
+        };
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(WorldError::InvalidSettings(problems))
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(1..=MAX_USERS).contains(&self.users) {
+            problems.push(format!(
+                "--users must be 1 to {MAX_USERS} (got {})",
+                self.users
+            ));
+        }
+        if !(MIN_SHOWS..=MAX_SHOWS).contains(&self.shows) {
+            problems.push(format!(
+                "--shows must be {MIN_SHOWS} to {MAX_SHOWS} (got {})",
+                self.shows
+            ));
+        }
+        if !(1..=MAX_DAYS).contains(&self.days) {
+            problems.push(format!(
+                "--days must be 1 to {MAX_DAYS} (got {})",
+                self.days
+            ));
+        }
+        if !(2..=MAX_IMPRESSIONS).contains(&self.impressions) {
+            problems.push(format!(
+                "--impressions must be 2 to {MAX_IMPRESSIONS} (got {})",
+                self.impressions
+            ));
+        }
+        if !(self.ad_share > 0.0 && self.ad_share < 1.0) {
+            problems.push(format!(
+                "--ad-share must be strictly between 0 and 1 (got {})",
+                self.ad_share
+            ));
+        } else if self.impressions >= 2
+            && (self.ad_count() == 0 || self.ad_count() == self.impressions)
+        {
+            problems.push(format!(
+                "--ad-share {} of {} impressions leaves one kind without impressions",
+                self.ad_share, self.impressions
+            ));
+        }
+        if !(0.0..=0.5).contains(&self.new_show_share) {
+            problems.push(format!(
+                "--new-show-share must be 0 to 0.5 (got {})",
+                self.new_show_share
+            ));
+        }
+        problems
+    }
+
+    /// Ad impressions: the ad share of all impressions, rounded.
+    pub fn ad_count(&self) -> usize {
+        ((self.impressions as f64) * self.ad_share).round() as usize
+    }
+
+    pub fn brand_new_from_day(&self) -> u32 {
+        ((f64::from(self.days) * BRAND_NEW_FROM_FRACTION).floor() as u32)
+            .min(self.days.saturating_sub(1))
+    }
+
+    fn settings(&self) -> WorldSettings {
+        WorldSettings {
+            seed: self.seed,
+            preset: self.preset.name().to_string(),
+            users: self.users as u64,
+            shows: self.shows as u64,
+            days: self.days,
+            impressions: self.impressions as u64,
+            ad_share: self.ad_share,
+            new_show_share: self.new_show_share,
+            start_timestamp: self.start_timestamp,
+            start: chrono::DateTime::from_timestamp(self.start_timestamp, 0)
+                .map(|start| start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn default_start_timestamp() -> i64 {
+    chrono::DateTime::parse_from_rfc3339(DEFAULT_START).map_or(0, |start| start.timestamp())
+}
+
+/// Purposes of the random streams. Each purpose (and each chunk within one) draws from
+/// its own ChaCha8 stream, so that changing how users are drawn, say, leaves the shows
+/// of a seed as they were.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stream {
+    Latents = 1,
+    Shows = 2,
+    Users = 3,
+    Campaigns = 4,
+    Impressions = 5,
+}
+
+pub(crate) fn stream_rng(seed: u64, purpose: Stream, chunk: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(((purpose as u64) << 40) | chunk);
+    rng
+}
+
+/// `podscore simulate`.
+pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
+    let config = WorldConfig::from_args(args).context("checking simulate settings")?;
+    let info = simulate(&config, &args.out)
+        .with_context(|| format!("simulating into {}", args.out.display()))?;
+    let summary = &info.summary;
+    eprintln!(
+        "wrote {}: {} promotion and {} ad impressions, {} users, {} shows ({} brand-new)",
+        args.out.display(),
+        summary
+            .channels
+            .get("promotion")
+            .map_or(0, |channel| channel.impressions),
+        summary
+            .channels
+            .get("ad")
+            .map_or(0, |channel| channel.impressions),
+        config.users,
+        config.shows,
+        summary.brand_new_shows,
+    );
+    Ok(())
+}
+
+/// A folder beside the destination that the world is written into, renamed into place
+/// when complete and removed if anything fails, so that no half-written world remains.
+struct Staging {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn create(out: &Path) -> Result<Staging, WorldError> {
+        match std::fs::metadata(out) {
+            Ok(metadata) if !metadata.is_dir() => {
+                return Err(WorldError::OutputNotFolder(out.to_path_buf()));
+            }
+            Ok(_) => {
+                let mut entries = std::fs::read_dir(out).map_err(|source| WorldError::Io {
+                    path: out.to_path_buf(),
+                    source,
+                })?;
+                if entries.next().is_some() {
+                    return Err(WorldError::OutputNotEmpty(out.to_path_buf()));
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(WorldError::Io {
+                    path: out.to_path_buf(),
+                    source,
+                });
+            }
+        }
+        let parent = match out.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|source| WorldError::Io {
+            path: parent.clone(),
+            source,
+        })?;
+        let name = out.file_name().map_or_else(
+            || "world".into(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        let path = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        // A leftover of a crashed run of the same process id: ours by its name.
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|source| WorldError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        for folder in [path.clone(), path.join(LOGS_DIR), path.join(SNAPSHOT_DIR)] {
+            std::fs::create_dir(&folder).map_err(|source| WorldError::Io {
+                path: folder,
+                source,
+            })?;
+        }
+        Ok(Staging {
+            path,
+            committed: false,
+        })
+    }
+
+    fn commit(mut self, out: &Path) -> Result<(), WorldError> {
+        // An empty destination folder was allowed; it makes way for the finished one.
+        if out.is_dir() {
+            std::fs::remove_dir(out).map_err(|source| WorldError::Io {
+                path: out.to_path_buf(),
+                source,
+            })?;
+        }
+        std::fs::rename(&self.path, out).map_err(|source| WorldError::Io {
+            path: out.to_path_buf(),
+            source,
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: the error that brought us here is the one worth reporting.
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn progress_bar(length: u64, message: &'static str) -> ProgressBar {
+    let style =
+        ProgressStyle::with_template("{msg:>22} [{bar:40}] {human_pos}/{human_len} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    let bar = ProgressBar::new(length)
+        .with_style(style)
+        .with_message(message);
+    bar.tick();
+    bar
+}
+
+/// Simulates `config` into the new folder `out` (which must not exist, or be empty) and
+/// returns what it wrote to `world.json`. Progress goes to stderr when it is a terminal.
+pub fn simulate(config: &WorldConfig, out: &Path) -> Result<WorldInfo, WorldError> {
+    if let problems @ [_, ..] = config.problems().as_slice() {
+        return Err(WorldError::InvalidSettings(problems.to_vec()));
+    }
+    let staging = Staging::create(out)?;
+
+    let users_bar = progress_bar(config.users as u64, "drawing users");
+    let catalog = catalog::Catalog::build(config, &|count| users_bar.inc(count))?;
+    users_bar.finish_and_clear();
+
+    let traffic_bar = progress_bar(config.impressions as u64, "drawing impressions");
+    let rows = traffic::generate(config, &catalog, &|count| traffic_bar.inc(count))?;
+    traffic_bar.finish_and_clear();
+
+    let (channels, tiers) = traffic::summarize(&catalog, &rows);
+    let writing_bar = progress_bar(config.impressions as u64, "writing impressions");
+    let (promotions, ads) = rayon::join(
+        || write_channel(&staging.path, &rows, CandidateKind::Promotion, &writing_bar),
+        || write_channel(&staging.path, &rows, CandidateKind::Ad, &writing_bar),
+    );
+    let (promotion_rows, ad_rows) = (promotions?, ads?);
+    drop(rows);
+    writing_bar.finish_and_clear();
+
+    let snapshot = staging.path.join(SNAPSHOT_DIR);
+    let users = catalog.user_records();
+    let shows = catalog.show_records();
+    let episodes = catalog.episode_records();
+    logs::write_users(&snapshot.join(USERS_FILE), &users)?;
+    logs::write_shows(&snapshot.join(SHOWS_FILE), &shows)?;
+    logs::write_episodes(&snapshot.join(EPISODES_FILE), &episodes)?;
+
+    let relative = |kind| {
+        logs::impressions_path(Path::new(""), kind)
+            .to_string_lossy()
+            .replace('\\', "/")
+    };
+    let rows_per_file = [
+        (relative(CandidateKind::Promotion), promotion_rows),
+        (relative(CandidateKind::Ad), ad_rows),
+        (format!("{SNAPSHOT_DIR}/{USERS_FILE}"), users.len() as u64),
+        (format!("{SNAPSHOT_DIR}/{SHOWS_FILE}"), shows.len() as u64),
+        (
+            format!("{SNAPSHOT_DIR}/{EPISODES_FILE}"),
+            episodes.len() as u64,
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let info = WorldInfo {
+        format_version: WORLD_FORMAT_VERSION,
+        generator: format!("podscore {}", env!("CARGO_PKG_VERSION")),
+        settings: config.settings(),
+        summary: WorldSummary {
+            rows: rows_per_file,
+            brand_new_shows: catalog
+                .shows
+                .iter()
+                .filter(|show| show.created_day.is_some())
+                .count() as u64,
+            brand_new_from_day: catalog.brand_new_from_day,
+            tiers,
+            channels,
+        },
+    };
+    logs::write_world_info(&staging.path, &info)?;
+    staging.commit(out)?;
+    Ok(info)
+}
+
+/// Writes one channel's impressions in time order, converting a row group at a time so
+/// that only the compact rows are ever held whole in memory.
+fn write_channel(
+    dir: &Path,
+    rows: &[traffic::Row],
+    kind: CandidateKind,
+    bar: &ProgressBar,
+) -> Result<u64, WorldError> {
+    let mut writer = ImpressionWriter::create(&logs::impressions_path(dir, kind))?;
+    let mut group = Vec::with_capacity(ROWS_PER_ROW_GROUP);
+    for (position, row) in rows.iter().enumerate() {
+        if row.kind() != kind {
+            continue;
+        }
+        group.push(row.to_impression(position as u64 + 1));
+        if group.len() == ROWS_PER_ROW_GROUP {
+            writer.write(&group)?;
+            bar.inc(group.len() as u64);
+            group.clear();
+        }
+    }
+    writer.write(&group)?;
+    bar.inc(group.len() as u64);
+    Ok(writer.finish()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> SimulateArgs {
+        SimulateArgs::new(PathBuf::from("unused"), Preset::Small, 1)
+    }
+
+    /// Overrides replace single preset values and keep the rest.
+    #[test]
+    fn overrides_replace_preset_values() {
+        let config = WorldConfig::from_args(&SimulateArgs {
+            users: Some(123),
+            ad_share: Some(0.5),
+            ..args()
+        })
+        .expect("valid settings");
+        assert_eq!(config.users, 123);
+        assert_eq!(config.ad_share, 0.5);
+        assert_eq!(config.shows, 300);
+        assert_eq!(
+            config.start_timestamp, 1_788_220_800,
+            "2026-09-01T00:00:00Z"
+        );
+    }
+
+    /// Every invalid setting is reported in one error, not just the first.
+    #[test]
+    fn every_bad_setting_is_reported() {
+        let error = WorldConfig::from_args(&SimulateArgs {
+            users: Some(0),
+            shows: Some(5),
+            ad_share: Some(1.5),
+            start: "yesterday".to_string(),
+            ..args()
+        })
+        .expect_err("invalid settings");
+        let message = error.to_string();
+        for needle in ["--users", "--shows", "--ad-share", "--start"] {
+            assert!(message.contains(needle), "{needle} missing from: {message}");
+        }
+    }
+
+    /// An ad share that rounds to no ads at all is refused: the trainer needs both kinds.
+    #[test]
+    fn ad_share_must_leave_both_kinds() {
+        let error = WorldConfig::from_args(&SimulateArgs {
+            impressions: Some(10),
+            ad_share: Some(0.01),
+            ..args()
+        })
+        .expect_err("no ads");
+        assert!(
+            error.to_string().contains("one kind without impressions"),
+            "{error}"
+        );
+    }
+
+    /// Different purposes and chunks draw different numbers from the same seed.
+    #[test]
+    fn random_streams_are_independent() {
+        use rand::Rng;
+        let first: u64 = stream_rng(9, Stream::Users, 0).random();
+        let other_chunk: u64 = stream_rng(9, Stream::Users, 1).random();
+        let other_purpose: u64 = stream_rng(9, Stream::Shows, 0).random();
+        let again: u64 = stream_rng(9, Stream::Users, 0).random();
+        assert_eq!(first, again);
+        assert_ne!(first, other_chunk);
+        assert_ne!(first, other_purpose);
+    }
+}
