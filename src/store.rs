@@ -124,7 +124,8 @@ pub struct SnapshotStore {
 }
 
 impl SnapshotStore {
-    /// Reads a snapshot directory (`users`, `shows`, `episodes` Parquet files).
+    /// Reads a snapshot directory (`users`, `shows`, `episodes` Parquet files), or a
+    /// world directory holding one.
     pub fn open(dir: &Path) -> Result<SnapshotStore, StoreError> {
         let snapshot = logs::read_snapshot(dir).map_err(|error| StoreError::Snapshot {
             path: dir.display().to_string(),

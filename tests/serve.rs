@@ -126,15 +126,17 @@ async fn request_ids_are_generated_when_absent() {
     assert_eq!(id.len(), 36, "a UUID: {id}");
 }
 
-/// `podscore score` prints the same scores the server answers for the same request.
+/// `podscore score` prints the same scores the server answers for the same request, with
+/// the same feature snapshot read back from Parquet.
 #[tokio::test]
 async fn score_command_matches_the_server() {
     let server = TestServer::start(Setup {
         runtime: RuntimeConfig::default(),
-        store: false,
         ..Setup::default()
     });
-    let request = &common::golden_requests()[0];
+    let features = server.dir().join("features");
+    podscore::logs::write_snapshot(&features, &common::snapshot()).expect("snapshot writes");
+    let request = stored_request();
     let file = server.dir().join("request.json");
     std::fs::write(&file, request.to_string()).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_podscore"))
@@ -142,7 +144,8 @@ async fn score_command_matches_the_server() {
         .arg(&file)
         .arg("--models")
         .arg(server.dir())
-        .arg("--no-features")
+        .arg("--features")
+        .arg(&features)
         .output()
         .expect("the binary runs");
     assert!(
@@ -152,11 +155,12 @@ async fn score_command_matches_the_server() {
     );
     let offline: Value =
         serde_json::from_slice(&output.stdout).expect("stdout is the response JSON");
-    let online = score(&server.app(), request).await;
+    let online = score(&server.app(), &request).await;
     assert_eq!(online.status, StatusCode::OK);
     let online = online.json();
     assert_eq!(offline["candidates"], online["candidates"]);
     assert_eq!(offline["model"], online["model"]);
+    assert_eq!(offline["request_id"], json!("r-1"));
 }
 
 /// `podscore score` exits non-zero with the error body on an invalid request.
