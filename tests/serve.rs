@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -19,6 +19,8 @@ use podscore::api;
 use podscore::bundle::{Bundle, GoldenScores};
 use podscore::runtime::RuntimeConfig;
 use podscore::scoring::{GOLDEN_TOLERANCE, ScoreResponse};
+use podscore::serve::{AppState, Reloader};
+use podscore::store::{FeatureStore, LookupFuture, LookupKeys};
 
 fn served_version(server: &TestServer) -> Option<u32> {
     server
@@ -658,6 +660,61 @@ async fn unknown_user_is_scored_and_counted_as_a_miss() {
             r#"podscore_feature_lookups_total{entity="user",result="miss"}"#
         ),
         Some(1.0)
+    );
+}
+
+/// A store that never answers: lookups run into the store timeout.
+#[derive(Debug)]
+struct HangingStore;
+
+impl FeatureStore for HangingStore {
+    fn backend(&self) -> &'static str {
+        "hanging"
+    }
+
+    fn lookup<'a>(&'a self, _keys: &'a LookupKeys) -> LookupFuture<'a> {
+        Box::pin(std::future::pending())
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+/// A store slower than its timeout does not fail the request: every candidate goes cold,
+/// and the fallback and the lookups are counted.
+#[tokio::test]
+async fn slow_store_falls_back_to_cold_start_with_a_metric() {
+    let models = tempfile::TempDir::new().unwrap();
+    common::write_bundle(models.path(), MODEL, 1, 8, Golden::Correct);
+    let config = api::Config {
+        store_timeout: Duration::from_millis(10),
+        ..api::Config::default()
+    };
+    let state = AppState::new(config, Arc::new(HangingStore), 2).unwrap();
+    Reloader::with_runtime(models.path(), None, common::runtime_config())
+        .reload(&state)
+        .unwrap();
+    let app = api::app(state);
+    let reply = score(&app, &stored_request()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["candidates"][0]["cold_start"], json!(true));
+    assert_eq!(body["candidates"][1]["cold_start"], json!(true));
+    let metrics = send(&app, get("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"podscore_store_fallbacks_total{reason="timeout"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"podscore_feature_lookups_total{entity="show",result="error"}"#
+        ),
+        Some(2.0)
     );
 }
 
