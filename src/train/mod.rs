@@ -1028,6 +1028,18 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     )?;
     let weights = network.export_weights()?;
     let onnx = crate::onnx::export(&manifest, &weights)?;
+    // Prove the export before anything is written: the graph loads in tract and scores
+    // the golden cases (computed by candle) as the server will, within tolerance.
+    crate::scoring::Model::load(
+        Bundle {
+            dir: args.out.clone(),
+            manifest: manifest.clone(),
+            vocabularies: pass.vocabularies.clone(),
+            onnx: onnx.clone(),
+        },
+        &crate::runtime::RuntimeConfig::default(),
+    )
+    .context("the exported bundle fails its own golden check in tract")?;
     Bundle::write(&args.out, &manifest, &pass.vocabularies, &onnx)?;
     if let Some(file) = log_file.as_mut() {
         use std::io::Write;
