@@ -50,10 +50,10 @@ const ID_DROPOUT_FEATURES: [&str; 4] = ["show_id", "episode_id", "campaign_id", 
 const DEFAULT_BATCH_SIZE: usize = 1024;
 const DEFAULT_LEARNING_RATE: f64 = 2e-3;
 /// Per-epoch multiplicative decay: one schedule for every variant.
-const DEFAULT_LEARNING_RATE_DECAY: f64 = 0.6;
-const DEFAULT_MAX_EPOCHS: usize = 6;
+const DEFAULT_LEARNING_RATE_DECAY: f64 = 0.8;
+const DEFAULT_MAX_EPOCHS: usize = 12;
 /// Stop after this many epochs without a better validation AP.
-const DEFAULT_PATIENCE: usize = 1;
+const DEFAULT_PATIENCE: usize = 2;
 const DEFAULT_ID_DROPOUT: f64 = 0.1;
 /// Ids seen fewer times than this in training map to the unknown row: rare shows share
 /// the cold-start path instead of getting an embedding trained on a handful of rows.
@@ -116,7 +116,9 @@ pub struct TrainArgs {
     pub learning_rate_decay: f64,
     #[arg(long, default_value_t = DEFAULT_MAX_EPOCHS, env = "PODSCORE_MAX_EPOCHS")]
     pub max_epochs: usize,
-    /// Cap on steps per epoch (0 = one pass over the larger training source).
+    /// Steps per epoch (0 = until the first source has been seen once: with balanced
+    /// batches the smaller source cycles, and validating once per cycle catches
+    /// overfitting to it).
     #[arg(long, default_value_t = 0, env = "PODSCORE_STEPS_PER_EPOCH")]
     pub steps_per_epoch: usize,
     #[arg(long, default_value_t = DEFAULT_PATIENCE, env = "PODSCORE_PATIENCE")]
@@ -663,6 +665,23 @@ impl BatchContext<'_> {
     }
 }
 
+/// Steps until the first source used has been drawn once in full, given each source's
+/// share of a batch.
+fn epoch_steps(train_rows: &BTreeMap<CandidateKind, u64>, plan: &Plan, promo_share: f64, batch_size: usize) -> usize {
+    let share = |kind| match (kind, plan.uses_promotions && plan.uses_ads) {
+        (_, false) => 1.0,
+        (CandidateKind::Promotion, true) => promo_share,
+        (CandidateKind::Ad, true) => 1.0 - promo_share,
+    };
+    train_rows
+        .iter()
+        .filter(|(_, rows)| **rows > 0)
+        .map(|(kind, rows)| (*rows as f64 / (share(*kind) * batch_size as f64)).ceil() as usize)
+        .min()
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// Validation rows assembled once, in chunks, with what evaluation needs per row.
 struct ValidationSet {
     chunks: Vec<(ScopeTensors, ScopeTensors)>,
@@ -778,11 +797,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     )?;
     let validation = assemble_validation(&assembler, &snapshot, pass.validation)?;
 
-    let larger_source = pass.train_rows.values().copied().max().unwrap_or(0) as usize;
     let steps_per_epoch = if args.steps_per_epoch > 0 {
         args.steps_per_epoch
     } else {
-        larger_source.div_ceil(args.batch_size).max(1)
+        epoch_steps(&pass.train_rows, &plan, args.promo_share, args.batch_size)
     };
     let mut vocab_lengths = BTreeMap::new();
     for spec in &pass.specs {
