@@ -1,7 +1,7 @@
 //! Training throughput: one full step (forward, masked loss, backward, Adam) of the
 //! default network on a batch of 1024 random rows, in rows per second.
 //!
-//! `benches/torch_reference.py` builds the same network in PyTorch for comparison; the
+//! `tests/benches/torch_reference.py` builds the same network in PyTorch for comparison; the
 //! README reports both.
 
 use std::collections::BTreeMap;

@@ -1,10 +1,10 @@
-"""PyTorch reference for the training-throughput benchmark (benches/train_step.rs).
+"""PyTorch reference for the training-throughput benchmark (tests/benches/train_step.rs).
 
 Builds the same network as podscore's trainer (features::default_definitions, E=16,
 encoder 256-128 with the first layer split by scope, batch norm, five 64-wide towers),
 trains it on one random batch of 1024 rows with Adam, and prints rows per second.
 
-    python benches/torch_reference.py --threads 2 [--fused]
+    python tests/benches/torch_reference.py --threads 2 [--fused]
 """
 
 import argparse
