@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 
 use podscore::entities::{
-    CandidateKind, CandidateView, ContextRecord, CreativeRecord, EpisodeRecord, RequestView, ShowRecord, UserRecord,
+    CandidateKind, CandidateView, ContextRecord, CreativeRecord, EpisodeRecord, RequestView,
+    ShowRecord, UserRecord,
 };
 use podscore::features::{
-    self, Assembler, AssemblyError, Kind, Scope, ScopeTensors, Transform, Vocabularies, Vocabulary, VocabularyBuilder,
+    self, Assembler, AssemblyError, Kind, Scope, ScopeTensors, Transform, Vocabularies, Vocabulary,
+    VocabularyBuilder,
 };
 use proptest::prelude::*;
 
@@ -18,17 +20,17 @@ fn vocabularies() -> Vocabularies {
     let mut vocabularies = BTreeMap::new();
     for spec in &specs {
         if let Transform::Id { vocab } | Transform::IdBag { vocab, .. } = &spec.transform {
-            vocabularies.insert(vocab.clone(), Vocabulary::from_tokens((0..10).map(|i| format!("t{i}")).collect()));
+            vocabularies.insert(
+                vocab.clone(),
+                Vocabulary::from_tokens((0..10).map(|i| format!("t{i}")).collect()),
+            );
         }
     }
     vocabularies
 }
 
 fn token() -> impl Strategy<Value = String> {
-    prop_oneof![
-        (0..20u32).prop_map(|i| format!("t{i}")),
-        ".{0,12}",
-    ]
+    prop_oneof![(0..20u32).prop_map(|i| format!("t{i}")), ".{0,12}",]
 }
 
 fn tokens() -> impl Strategy<Value = Option<Vec<String>>> {
@@ -36,7 +38,12 @@ fn tokens() -> impl Strategy<Value = Option<Vec<String>>> {
 }
 
 fn number() -> impl Strategy<Value = Option<f64>> {
-    proptest::option::of(prop_oneof![-1e12..1e12f64, Just(0.0), Just(-1.0), Just(1e300)])
+    proptest::option::of(prop_oneof![
+        -1e12..1e12f64,
+        Just(0.0),
+        Just(-1.0),
+        Just(1e300)
+    ])
 }
 
 prop_compose! {
@@ -107,7 +114,13 @@ fn views(candidates: &[Candidate]) -> Vec<CandidateView<'_>> {
 }
 
 /// Every id of every feature lies inside its vocabulary and every mask is 0 or 1.
-fn check_tensors(assembler: &Assembler<'_>, vocabularies: &Vocabularies, scope: Scope, tensors: &ScopeTensors, rows: usize) {
+fn check_tensors(
+    assembler: &Assembler<'_>,
+    vocabularies: &Vocabularies,
+    scope: Scope,
+    tensors: &ScopeTensors,
+    rows: usize,
+) {
     let widths = assembler.widths(scope);
     assert_eq!(tensors.rows, rows);
     assert_eq!(tensors.ids.len(), rows * widths.ids);
@@ -122,11 +135,20 @@ fn check_tensors(assembler: &Assembler<'_>, vocabularies: &Vocabularies, scope: 
             Transform::Id { vocab } | Transform::IdBag { vocab, .. } => &vocabularies[vocab],
             _ => continue,
         };
-        let (values, width) = if spec.kind == Kind::Id { (&tensors.ids, widths.ids) } else { (&tensors.bag_ids, widths.bag) };
+        let (values, width) = if spec.kind == Kind::Id {
+            (&tensors.ids, widths.ids)
+        } else {
+            (&tensors.bag_ids, widths.bag)
+        };
         for row in 0..rows {
             for column in spec.slot..spec.slot + spec.width {
                 let id = values[row * width + column];
-                assert!(id >= 0 && (id as usize) < vocab.len(), "{}: id {id} outside 0..{}", spec.name, vocab.len());
+                assert!(
+                    id >= 0 && (id as usize) < vocab.len(),
+                    "{}: id {id} outside 0..{}",
+                    spec.name,
+                    vocab.len()
+                );
             }
         }
     }
@@ -177,11 +199,26 @@ fn unknown_ids_map_to_zero() {
         id: "u".into(),
         country: Some("t3".into()),
         platform: Some("never-seen".into()),
-        history: Some((0..25).map(|i| if i % 2 == 0 { "t1".to_string() } else { "zzz".to_string() }).collect()),
+        history: Some(
+            (0..25)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        "t1".to_string()
+                    } else {
+                        "zzz".to_string()
+                    }
+                })
+                .collect(),
+        ),
         ..UserRecord::default()
     };
     let context = ContextRecord::default();
-    let tensors = assembler.request(&[RequestView { user: Some(&user), context: &context }]).unwrap();
+    let tensors = assembler
+        .request(&[RequestView {
+            user: Some(&user),
+            context: &context,
+        }])
+        .unwrap();
     let spec = |name: &str| specs.iter().find(|s| s.name == name).unwrap();
     assert_eq!(tensors.ids[spec("user_country").slot], 4);
     assert_eq!(tensors.ids[spec("user_platform").slot], 0);
@@ -189,9 +226,15 @@ fn unknown_ids_map_to_zero() {
     let history = spec("user_history");
     let bag = &tensors.bag_ids[history.slot..history.slot + history.width];
     assert_eq!(&bag[..4], &[2, 0, 2, 0]);
-    assert_eq!(tensors.bag_mask[history.slot..history.slot + history.width], [1.0; 20]);
+    assert_eq!(
+        tensors.bag_mask[history.slot..history.slot + history.width],
+        [1.0; 20]
+    );
     let follows = spec("user_follows");
-    assert_eq!(tensors.bag_mask[follows.slot..follows.slot + follows.width], [0.0; 10]);
+    assert_eq!(
+        tensors.bag_mask[follows.slot..follows.slot + follows.width],
+        [0.0; 10]
+    );
 }
 
 /// A NaN or infinite numeric is rejected with the feature's name, and so is a show
@@ -201,18 +244,53 @@ fn non_finite_numerics_are_rejected_by_name() {
     let specs = features::lay_out(&features::default_definitions());
     let vocabularies = vocabularies();
     let assembler = Assembler::new(&specs, &vocabularies).unwrap();
-    let context = ContextRecord { session_length_s: Some(f64::NAN), ..ContextRecord::default() };
-    let error = assembler.request(&[RequestView { user: None, context: &context }]).unwrap_err();
-    assert_eq!(error.to_string(), "feature `context_session_length`: value is not finite (row 0)");
+    let context = ContextRecord {
+        session_length_s: Some(f64::NAN),
+        ..ContextRecord::default()
+    };
+    let error = assembler
+        .request(&[RequestView {
+            user: None,
+            context: &context,
+        }])
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "feature `context_session_length`: value is not finite (row 0)"
+    );
     let creative = CreativeRecord::default();
-    let show = ShowRecord { id: "s".into(), embedding: Some(vec![0.0; 3]), ..ShowRecord::default() };
-    let view = CandidateView { kind: CandidateKind::Ad, show_id: None, show: Some(&show), episode_id: None, episode: None, creative: &creative };
+    let show = ShowRecord {
+        id: "s".into(),
+        embedding: Some(vec![0.0; 3]),
+        ..ShowRecord::default()
+    };
+    let view = CandidateView {
+        kind: CandidateKind::Ad,
+        show_id: None,
+        show: Some(&show),
+        episode_id: None,
+        episode: None,
+        creative: &creative,
+    };
     let error = assembler.candidates(&[view]).unwrap_err();
-    assert_eq!(error.to_string(), "feature `show_embedding`: expected 16 values, got 3 (row 0)");
-    let show = ShowRecord { id: "s".into(), streams_30d: Some(f64::INFINITY), ..ShowRecord::default() };
-    let view = CandidateView { show: Some(&show), ..view };
+    assert_eq!(
+        error.to_string(),
+        "feature `show_embedding`: expected 16 values, got 3 (row 0)"
+    );
+    let show = ShowRecord {
+        id: "s".into(),
+        streams_30d: Some(f64::INFINITY),
+        ..ShowRecord::default()
+    };
+    let view = CandidateView {
+        show: Some(&show),
+        ..view
+    };
     let error = assembler.candidates(&[view]).unwrap_err();
-    assert_eq!(error.to_string(), "feature `show_streams_30d`: value is not finite (row 0)");
+    assert_eq!(
+        error.to_string(),
+        "feature `show_streams_30d`: value is not finite (row 0)"
+    );
 }
 
 /// Vocabularies keep tokens seen at least `min_count` times, most frequent first, ties by
@@ -221,11 +299,24 @@ fn non_finite_numerics_are_rejected_by_name() {
 fn vocabularies_are_built_by_count_with_index_zero_reserved() {
     let specs = features::lay_out(&features::default_definitions());
     let mut builder = VocabularyBuilder::default();
-    let context = ContextRecord { surface: Some("home".into()), ..ContextRecord::default() };
+    let context = ContextRecord {
+        surface: Some("home".into()),
+        ..ContextRecord::default()
+    };
     for (country, times) in [("se", 3), ("de", 5), ("fr", 1), ("at", 3)] {
-        let user = UserRecord { id: "u".into(), country: Some(country.into()), ..UserRecord::default() };
+        let user = UserRecord {
+            id: "u".into(),
+            country: Some(country.into()),
+            ..UserRecord::default()
+        };
         for _ in 0..times {
-            builder.observe_request(&specs, &RequestView { user: Some(&user), context: &context });
+            builder.observe_request(
+                &specs,
+                &RequestView {
+                    user: Some(&user),
+                    context: &context,
+                },
+            );
         }
     }
     let vocabularies = builder.build(2);
@@ -235,5 +326,8 @@ fn vocabularies_are_built_by_count_with_index_zero_reserved() {
     assert_eq!(country.lookup("de"), 1);
     assert_eq!(country.lookup("fr"), 0);
     let error = Assembler::new(&specs, &vocabularies).unwrap_err();
-    assert!(matches!(error, AssemblyError::MissingVocabulary { .. }), "{error}");
+    assert!(
+        matches!(error, AssemblyError::MissingVocabulary { .. }),
+        "{error}"
+    );
 }

@@ -61,13 +61,18 @@ fn small_world_trains_into_a_bundle_that_passes_its_golden_check() {
     args.log = Some(log.clone());
     train::run(&args).expect("train");
 
-    let model = Model::open(&out, &RuntimeConfig::default()).expect("bundle loads and passes golden");
+    let model =
+        Model::open(&out, &RuntimeConfig::default()).expect("bundle loads and passes golden");
     let manifest = &model.manifest;
     assert_eq!(manifest.name, "podcast-mtl");
     assert_eq!(manifest.version, 1);
     let heads: Vec<&str> = manifest.heads.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(heads, train::ALL_HEADS);
-    assert!(manifest.golden.len() >= 2, "golden cases: {}", manifest.golden.len());
+    assert!(
+        manifest.golden.len() >= 2,
+        "golden cases: {}",
+        manifest.golden.len()
+    );
     for head in &manifest.heads {
         assert!(head.calibration.slope.is_finite() && head.calibration.intercept.is_finite());
     }
@@ -75,10 +80,16 @@ fn small_world_trains_into_a_bundle_that_passes_its_golden_check() {
     for (head, report) in manifest.metrics["calibration"].as_object().unwrap() {
         let observed = report["observed_rate"].as_f64().unwrap();
         let predicted = report["mean_calibrated"].as_f64().unwrap();
-        assert!((observed - predicted).abs() < 0.01 + 0.2 * observed, "{head}: {observed} vs {predicted}");
+        assert!(
+            (observed - predicted).abs() < 0.01 + 0.2 * observed,
+            "{head}: {observed} vs {predicted}"
+        );
     }
     let log_text = std::fs::read_to_string(&log).unwrap();
-    assert!(log_text.lines().count() >= 2, "one line per epoch and a summary: {log_text}");
+    assert!(
+        log_text.lines().count() >= 2,
+        "one line per epoch and a summary: {log_text}"
+    );
     assert!(log_text.contains("\"done\":true"));
 }
 
@@ -91,14 +102,26 @@ fn single_source_variants_export_their_heads() {
     small_world(&data);
     for (variant, expected) in [
         (Variant::PromoOnly, vec!["promo_stream"]),
-        (Variant::AdsAnc, vec!["ad_stream", "click", "like", "follow"]),
+        (
+            Variant::AdsAnc,
+            vec!["ad_stream", "click", "like", "follow"],
+        ),
     ] {
         let out = temp.path().join(format!("{variant:?}/1"));
         train::run(&quick_args(&data, out.clone(), variant)).expect("train");
         let bundle = Bundle::read(&out).unwrap();
-        let heads: Vec<&str> = bundle.manifest.heads.iter().map(|h| h.name.as_str()).collect();
+        let heads: Vec<&str> = bundle
+            .manifest
+            .heads
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
         assert_eq!(heads, expected);
-        assert_eq!(bundle.manifest.heads[0].kinds.len(), 2, "{variant:?} stream head serves both kinds");
+        assert_eq!(
+            bundle.manifest.heads[0].kinds.len(),
+            2,
+            "{variant:?} stream head serves both kinds"
+        );
         Model::load(bundle, &RuntimeConfig::default()).expect("golden check");
     }
 }
@@ -130,25 +153,43 @@ fn candle_and_tract_agree_on_the_exported_graph() {
     let bundle = testing::random_bundle(VocabularySizes::small(), 11);
     let manifest = bundle.manifest;
     let heads: Vec<String> = manifest.heads.iter().map(|h| h.name.clone()).collect();
-    let mut network = Network::new(&manifest.architecture, &manifest.features, &bundle.vocabularies, &heads, 3).unwrap();
+    let mut network = Network::new(
+        &manifest.architecture,
+        &manifest.features,
+        &bundle.vocabularies,
+        &heads,
+        3,
+    )
+    .unwrap();
     let mut optimizer = Adam::new(1e-2);
     for step in 0..5 {
-        let (request, candidates) = testing::random_inputs(&manifest, &bundle.vocabularies, 64, step);
+        let (request, candidates) =
+            testing::random_inputs(&manifest, &bundle.vocabularies, 64, step);
         let logits = network.forward(&request, &candidates, true).unwrap();
         let labels = Tensor::from_vec(
-            (0..64 * heads.len()).map(|i| f32::from(i % 7 == 0)).collect::<Vec<f32>>(),
+            (0..64 * heads.len())
+                .map(|i| f32::from(i % 7 == 0))
+                .collect::<Vec<f32>>(),
             (64, heads.len()),
             network.device(),
         )
         .unwrap();
-        let mask = Tensor::ones((64, heads.len()), candle_core::DType::F32, network.device()).unwrap();
+        let mask =
+            Tensor::ones((64, heads.len()), candle_core::DType::F32, network.device()).unwrap();
         let loss = masked_bce_with_logits(&logits, &labels, &mask).unwrap();
-        optimizer.step(&network.parameters, &loss.backward().unwrap(), &TouchedRows::new()).unwrap();
+        optimizer
+            .step(
+                &network.parameters,
+                &loss.backward().unwrap(),
+                &TouchedRows::new(),
+            )
+            .unwrap();
     }
     let onnx = podscore::onnx::export(&manifest, &network.export_weights().unwrap()).unwrap();
     let runtime = Runtime::load(&manifest, &onnx, &RuntimeConfig::default()).unwrap();
     for (rows, seed) in [(1usize, 100u64), (7, 101), (1000, 102)] {
-        let (mut request, mut candidates) = testing::random_inputs(&manifest, &bundle.vocabularies, rows, seed);
+        let (mut request, mut candidates) =
+            testing::random_inputs(&manifest, &bundle.vocabularies, rows, seed);
         blank_rows(&mut candidates, 0..rows.min(2));
         if rows == 7 {
             blank_rows(&mut request, 0..1);
@@ -158,12 +199,18 @@ fn candle_and_tract_agree_on_the_exported_graph() {
         let tract = runtime.infer(&request, &candidates).unwrap();
         assert_eq!(tract.rows, rows);
         let difference = max_probability_difference(&candle, &tract.values);
-        assert!(difference <= 1e-5, "N={rows}: max probability difference {difference}");
+        assert!(
+            difference <= 1e-5,
+            "N={rows}: max probability difference {difference}"
+        );
     }
 }
 
 fn podscore(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_podscore")).args(args).output().expect("run podscore")
+    Command::new(env!("CARGO_BIN_EXE_podscore"))
+        .args(args)
+        .output()
+        .expect("run podscore")
 }
 
 /// Bad input to `podscore train` exits non-zero with a one-line cause and writes nothing.
@@ -177,12 +224,62 @@ fn bad_training_input_fails_with_one_line_and_writes_nothing() {
     let out = temp.path().join("out/1");
     let out_text = out.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["train", "--data", empty_data.to_str().unwrap(), "--out", existing.to_str().unwrap()], "already exists"),
-        (vec!["train", "--data", empty_data.to_str().unwrap(), "--out", out_text], "users.parquet"),
-        (vec!["train", "--data", empty_data.to_str().unwrap(), "--out", out_text, "--variant", "nope"], "invalid value 'nope'"),
-        (vec!["train", "--data", empty_data.to_str().unwrap(), "--out", out_text, "--promo-share", "1.5"], "--promo-share must be in (0, 1)"),
         (
-            vec!["train", "--data", empty_data.to_str().unwrap(), "--out", out_text, "--learning-rate", "0", "--batch-size", "1"],
+            vec![
+                "train",
+                "--data",
+                empty_data.to_str().unwrap(),
+                "--out",
+                existing.to_str().unwrap(),
+            ],
+            "already exists",
+        ),
+        (
+            vec![
+                "train",
+                "--data",
+                empty_data.to_str().unwrap(),
+                "--out",
+                out_text,
+            ],
+            "users.parquet",
+        ),
+        (
+            vec![
+                "train",
+                "--data",
+                empty_data.to_str().unwrap(),
+                "--out",
+                out_text,
+                "--variant",
+                "nope",
+            ],
+            "invalid value 'nope'",
+        ),
+        (
+            vec![
+                "train",
+                "--data",
+                empty_data.to_str().unwrap(),
+                "--out",
+                out_text,
+                "--promo-share",
+                "1.5",
+            ],
+            "--promo-share must be in (0, 1)",
+        ),
+        (
+            vec![
+                "train",
+                "--data",
+                empty_data.to_str().unwrap(),
+                "--out",
+                out_text,
+                "--learning-rate",
+                "0",
+                "--batch-size",
+                "1",
+            ],
             "--batch-size must be in 2..=65536, got 1; --learning-rate must be in (0, 1]",
         ),
     ];
@@ -191,14 +288,25 @@ fn bad_training_input_fails_with_one_line_and_writes_nothing() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} succeeded");
         let first_line = stderr.lines().next().unwrap_or_default();
-        assert!(first_line.starts_with("error: ") && first_line.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            first_line.starts_with("error: ") && first_line.contains(expected),
+            "{args:?}: {stderr}"
+        );
         // clap follows its one-line cause with a hint; our own errors are one line only.
         if !stderr.contains("For more information, try '--help'") {
-            assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line, got {stderr}");
+            assert_eq!(
+                stderr.trim_end().lines().count(),
+                1,
+                "{args:?}: one line, got {stderr}"
+            );
         }
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
-    assert_eq!(std::fs::read_dir(&existing).unwrap().count(), 0, "the existing bundle dir is untouched");
+    assert_eq!(
+        std::fs::read_dir(&existing).unwrap().count(),
+        0,
+        "the existing bundle dir is untouched"
+    );
 }
 
 /// The directional mask keeps ad impressions away from `promo_stream` only; siloed also
@@ -209,11 +317,21 @@ fn loss_masks_follow_the_paper() {
     let table = |mask| -> Vec<f32> {
         [Ad, Promotion]
             .into_iter()
-            .flat_map(|kind| train::ALL_HEADS.iter().map(move |head| train::mask_weight(mask, kind, head)))
+            .flat_map(|kind| {
+                train::ALL_HEADS
+                    .iter()
+                    .map(move |head| train::mask_weight(mask, kind, head))
+            })
             .collect()
     };
-    assert_eq!(table(MaskMode::Directional), [0., 1., 1., 1., 1., 1., 1., 1., 1., 1.]);
-    assert_eq!(table(MaskMode::Siloed), [0., 1., 1., 1., 1., 1., 0., 1., 1., 1.]);
+    assert_eq!(
+        table(MaskMode::Directional),
+        [0., 1., 1., 1., 1., 1., 1., 1., 1., 1.]
+    );
+    assert_eq!(
+        table(MaskMode::Siloed),
+        [0., 1., 1., 1., 1., 1., 0., 1., 1., 1.]
+    );
     assert_eq!(table(MaskMode::Bidirectional), [1.0; 10]);
 }
 
@@ -221,7 +339,8 @@ fn loss_masks_follow_the_paper() {
 #[test]
 fn shipped_default_bundle_passes_its_golden_check() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/podcast-mtl/1");
-    let model = Model::open(&dir, &RuntimeConfig::default()).expect("the shipped bundle loads and passes golden");
+    let model = Model::open(&dir, &RuntimeConfig::default())
+        .expect("the shipped bundle loads and passes golden");
     assert_eq!(model.manifest.heads.len(), 5);
 }
 
@@ -235,7 +354,13 @@ fn balanced_sampler_keeps_the_promotion_share() {
     let temp = tempfile::tempdir().unwrap();
     let data = temp.path().join("world");
     small_world(&data);
-    let stream = |kind| Some(SourceStream::new(podscore::logs::impressions_path(&data, kind), 0..5, 2_000));
+    let stream = |kind| {
+        Some(SourceStream::new(
+            podscore::logs::impressions_path(&data, kind),
+            0..5,
+            2_000,
+        ))
+    };
     let mut sampler = BalancedSampler::new(
         stream(CandidateKind::Promotion),
         stream(CandidateKind::Ad),
@@ -246,7 +371,10 @@ fn balanced_sampler_keeps_the_promotion_share() {
     for _ in 0..30 {
         let batch = sampler.next_batch().unwrap();
         assert_eq!(batch.len(), 400);
-        let promotions = batch.iter().filter(|row| row.kind == CandidateKind::Promotion).count();
+        let promotions = batch
+            .iter()
+            .filter(|row| row.kind == CandidateKind::Promotion)
+            .count();
         assert_eq!(promotions, 100);
         assert!(batch.iter().all(|row| row.day < 5));
     }

@@ -667,7 +667,12 @@ impl BatchContext<'_> {
 
 /// Steps until the first source used has been drawn once in full, given each source's
 /// share of a batch.
-fn epoch_steps(train_rows: &BTreeMap<CandidateKind, u64>, plan: &Plan, promo_share: f64, batch_size: usize) -> usize {
+fn epoch_steps(
+    train_rows: &BTreeMap<CandidateKind, u64>,
+    plan: &Plan,
+    promo_share: f64,
+    batch_size: usize,
+) -> usize {
     let share = |kind| match (kind, plan.uses_promotions && plan.uses_ads) {
         (_, false) => 1.0,
         (CandidateKind::Promotion, true) => promo_share,

@@ -108,7 +108,11 @@ pub fn reliability(scores: &[f64], labels: &[bool], bins: usize) -> (Vec<Reliabi
 
 /// `log(1 + exp(x))` without overflow.
 fn softplus(x: f64) -> f64 {
-    if x > 0.0 { x + (-x).exp().ln_1p() } else { x.exp().ln_1p() }
+    if x > 0.0 {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
+    }
 }
 
 fn descending_order(scores: &[f64]) -> Vec<usize> {
@@ -128,7 +132,13 @@ pub fn fit_platt(logits: &[f32], labels: &[bool]) -> Calibration {
     }
     let target_positive = (positives + 1.0) / (positives + 2.0);
     let target_negative = 1.0 / (negatives + 2.0);
-    let target = |label: bool| if label { target_positive } else { target_negative };
+    let target = |label: bool| {
+        if label {
+            target_positive
+        } else {
+            target_negative
+        }
+    };
     // Cross-entropy against the smoothed targets, computed stably from the margin.
     let loss = |slope: f64, intercept: f64| -> f64 {
         logits
@@ -169,8 +179,10 @@ pub fn fit_platt(logits: &[f32], labels: &[bool]) -> Calibration {
         let mut fraction = 1.0;
         let mut improved = false;
         while fraction > 1e-10 {
-            let (next_slope, next_intercept) =
-                (slope - fraction * step_slope, intercept - fraction * step_intercept);
+            let (next_slope, next_intercept) = (
+                slope - fraction * step_slope,
+                intercept - fraction * step_intercept,
+            );
             let next = loss(next_slope, next_intercept);
             if next < current {
                 slope = next_slope;
@@ -181,7 +193,9 @@ pub fn fit_platt(logits: &[f32], labels: &[bool]) -> Calibration {
             }
             fraction /= 2.0;
         }
-        let moved = (fraction * step_slope).abs().max((fraction * step_intercept).abs());
+        let moved = (fraction * step_slope)
+            .abs()
+            .max((fraction * step_intercept).abs());
         if !improved || moved < 1e-10 {
             break;
         }

@@ -20,7 +20,11 @@ fn request_body(store_dir: &Path) -> String {
     let snapshot = podscore::logs::read_snapshot(store_dir).expect("demo snapshot");
     let mut users: Vec<&String> = snapshot.users.keys().collect();
     users.sort();
-    let mut episodes: Vec<_> = snapshot.episodes.values().filter(|e| e.show_id.is_some()).collect();
+    let mut episodes: Vec<_> = snapshot
+        .episodes
+        .values()
+        .filter(|e| e.show_id.is_some())
+        .collect();
     episodes.sort_by(|a, b| a.id.cmp(&b.id));
     let candidates: Vec<_> = episodes
         .iter()
@@ -47,10 +51,16 @@ fn request_body(store_dir: &Path) -> String {
 fn score_100(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let features = root.join("models/demo-features");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let store = Arc::new(SnapshotStore::open(&features).expect("demo features"));
     let state = AppState::new(api::Config::default(), store, 2).expect("state");
-    Reloader::new(&root.join("models"), None).reload(&state).expect("load the shipped bundle");
+    Reloader::new(&root.join("models"), None)
+        .reload(&state)
+        .expect("load the shipped bundle");
     let app = api::app(state);
     let body = request_body(&features);
 
@@ -65,12 +75,16 @@ fn score_100(c: &mut Criterion) {
                     .unwrap();
                 let response = app.clone().oneshot(request).await.unwrap();
                 assert_eq!(response.status(), 200);
-                axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap()
+                axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .unwrap()
             })
         })
     });
 
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let address = listener.local_addr().unwrap();
     let served = app.clone();
     runtime.spawn(async move { axum::serve(listener, served).await });
