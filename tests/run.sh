@@ -27,4 +27,8 @@ export PODSCORE_PYTHON="$root/.venv/bin/python"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --check
 cargo clippy --release --all-targets --locked -- -D warnings
-cargo test --release --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release --locked 2>&1 | tee "$log"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
