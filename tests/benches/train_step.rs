@@ -15,6 +15,9 @@ use podscore::train::adam::{Adam, TouchedRows};
 use podscore::train::network::{Network, masked_bce_with_logits};
 use rand::{Rng, SeedableRng};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH: usize = 1024;
 
 /// Vocabulary sizes like the default world's (shows, episodes, campaigns, creatives).
