@@ -153,9 +153,11 @@ impl Network {
                         length,
                         self.architecture.embedding_dim,
                     ))?;
-                    let summed = embedded.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
+                    // Masked mean as one batched product `[B,1,L] x [B,L,E]`: candle's sum
+                    // over a middle dimension takes a slow strided path.
                     let count = mask.sum_keepdim(1)?.clamp(1.0f32, f32::MAX)?;
-                    parts.push(summed.broadcast_div(&count)?);
+                    let weights = mask.broadcast_div(&count)?.unsqueeze(1)?;
+                    parts.push(weights.matmul(&embedded)?.squeeze(1)?);
                 }
                 Kind::Dense | Kind::Numeric => parts.push(dense.narrow(1, spec.slot, spec.width)?),
             }
