@@ -217,16 +217,27 @@ impl Bundle {
 
     /// Writes into `dir`, which must not exist: everything goes to a temporary sibling
     /// first and is renamed at the end, so a failure leaves nothing half-written.
-    pub fn write(dir: &Path, manifest: &Manifest, vocabularies: &Vocabularies, onnx: &[u8]) -> Result<(), BundleError> {
+    pub fn write(
+        dir: &Path,
+        manifest: &Manifest,
+        vocabularies: &Vocabularies,
+        onnx: &[u8],
+    ) -> Result<(), BundleError> {
         if dir.exists() {
             return Err(BundleError::Invalid {
                 path: dir.to_path_buf(),
                 reason: "already exists; refusing to overwrite a bundle".into(),
             });
         }
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(io_error(parent))?;
-        let file_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
+        let file_name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bundle".into());
         let staging = parent.join(format!(".{file_name}.partial-{}", std::process::id()));
         let result = (|| {
             std::fs::create_dir_all(staging.join(VOCAB_DIR)).map_err(io_error(&staging))?;
@@ -237,10 +248,11 @@ impl Bundle {
             let model_path = staging.join(MODEL_FILE);
             std::fs::write(&model_path, onnx).map_err(io_error(&model_path))?;
             let manifest_path = staging.join(MANIFEST_FILE);
-            let text = serde_json::to_string_pretty(manifest).map_err(|source| BundleError::Manifest {
-                path: manifest_path.clone(),
-                source,
-            })?;
+            let text =
+                serde_json::to_string_pretty(manifest).map_err(|source| BundleError::Manifest {
+                    path: manifest_path.clone(),
+                    source,
+                })?;
             std::fs::write(&manifest_path, text).map_err(io_error(&manifest_path))?;
             std::fs::rename(&staging, dir).map_err(io_error(dir))
         })();

@@ -629,25 +629,23 @@ fn write_feature(
         }
         Transform::Dense { dim } => {
             let start = row * widths.dense + spec.slot;
-            match value {
-                RawValue::Vector(values) => {
-                    if values.len() != *dim {
-                        return Err(AssemblyError::WrongDimension {
-                            feature: spec.name.clone(),
-                            expected: *dim,
-                            got: values.len(),
-                            row,
-                        });
-                    }
-                    if values.iter().any(|value| !value.is_finite()) {
-                        return Err(AssemblyError::NotFinite {
-                            feature: spec.name.clone(),
-                            row,
-                        });
-                    }
-                    out.dense[start..start + dim].copy_from_slice(values);
+            // Anything but a vector leaves zeros: the missing-vector default.
+            if let RawValue::Vector(values) = value {
+                if values.len() != *dim {
+                    return Err(AssemblyError::WrongDimension {
+                        feature: spec.name.clone(),
+                        expected: *dim,
+                        got: values.len(),
+                        row,
+                    });
                 }
-                _ => {} // zeros: the missing-vector default
+                if values.iter().any(|value| !value.is_finite()) {
+                    return Err(AssemblyError::NotFinite {
+                        feature: spec.name.clone(),
+                        row,
+                    });
+                }
+                out.dense[start..start + dim].copy_from_slice(values);
             }
         }
         Transform::Numeric {
@@ -737,11 +735,31 @@ pub fn default_definitions() -> Vec<FeatureDefinition> {
         id("user_age_bucket", User, Source::UserAgeBucket, "age_bucket"),
         bag("user_history", User, Source::UserHistory, "show", 20),
         bag("user_follows", User, Source::UserFollows, "show", 10),
-        bag("user_search_topics", User, Source::UserSearchTopics, "topic", 8),
-        id("context_surface", Context, Source::ContextSurface, "surface"),
+        bag(
+            "user_search_topics",
+            User,
+            Source::UserSearchTopics,
+            "topic",
+            8,
+        ),
+        id(
+            "context_surface",
+            Context,
+            Source::ContextSurface,
+            "surface",
+        ),
         id("context_hour", Context, Source::ContextHourOfDay, "hour"),
-        id("context_weekday", Context, Source::ContextDayOfWeek, "weekday"),
-        numeric("context_session_length", Context, Source::ContextSessionLength),
+        id(
+            "context_weekday",
+            Context,
+            Source::ContextDayOfWeek,
+            "weekday",
+        ),
+        numeric(
+            "context_session_length",
+            Context,
+            Source::ContextSessionLength,
+        ),
         id("candidate_kind", Creative, Source::CandidateKind, "kind"),
         FeatureDefinition {
             marks_cold_start: true,
@@ -762,8 +780,18 @@ pub fn default_definitions() -> Vec<FeatureDefinition> {
         numeric("episode_duration", Content, Source::EpisodeDuration),
         id("campaign_id", Creative, Source::CampaignId, "campaign"),
         id("creative_id", Creative, Source::CreativeId, "creative"),
-        id("creative_format", Creative, Source::CreativeFormat, "format"),
+        id(
+            "creative_format",
+            Creative,
+            Source::CreativeFormat,
+            "format",
+        ),
         id("creative_slot", Creative, Source::CreativeSlot, "slot"),
-        id("creative_layout", Creative, Source::CreativeLayout, "layout"),
+        id(
+            "creative_layout",
+            Creative,
+            Source::CreativeLayout,
+            "layout",
+        ),
     ]
 }

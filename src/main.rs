@@ -2,8 +2,18 @@
 
 use clap::{Parser, Subcommand};
 
+/// candle allocates a fresh buffer for every tensor op; glibc returns the large ones to
+/// the OS and faults them back in on the next training step. mimalloc keeps them: 22%
+/// more training rows per second on the 2-core machine (tests/benches/train_step.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
-#[command(name = "podscore", version, about = "Multi-task scoring of podcast ads and promotions")]
+#[command(
+    name = "podscore",
+    version,
+    about = "Multi-task scoring of podcast ads and promotions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,8 +38,34 @@ enum Command {
     Score(podscore::serve::ScoreArgs),
 }
 
+/// candle's CPU pool spins at its barriers, and the trainer runs a batch-preparation
+/// thread beside it: on a 2-core machine two compute threads train 7x slower than one
+/// (tests/benches/train_step.rs). The pool reads `CANDLE_NUM_THREADS` once, and setting
+/// a variable in a running process is `unsafe`, so training commands re-execute
+/// themselves with it set unless the caller chose a value.
+#[cfg(feature = "train")]
+fn rerun_with_one_candle_thread() -> Option<i32> {
+    const VARIABLE: &str = "CANDLE_NUM_THREADS";
+    if std::env::var_os(VARIABLE).is_some() {
+        return None;
+    }
+    let executable = std::env::current_exe().ok()?;
+    let status = std::process::Command::new(executable)
+        .args(std::env::args_os().skip(1))
+        .env(VARIABLE, "1")
+        .status()
+        .ok()?;
+    Some(status.code().unwrap_or(1))
+}
+
 fn main() {
     let cli = Cli::parse();
+    #[cfg(feature = "train")]
+    if matches!(cli.command, Command::Train(_) | Command::Reproduce(_))
+        && let Some(code) = rerun_with_one_candle_thread()
+    {
+        std::process::exit(code);
+    }
     let outcome = match cli.command {
         Command::Simulate(args) => podscore::world::run(&args),
         #[cfg(feature = "train")]

@@ -1,1 +1,308 @@
-//! TODO
+//! The service's Prometheus metrics, prefix `podscore_`, base units.
+//!
+//! [`Metrics`] owns its own [`Registry`] (no global statics), so that every test server
+//! starts from zero. Label values come from closed sets only (routes as declared, status
+//! codes, stage, entity, kind, response field) or from the bundles being served (model
+//! name and version): never ids from requests.
+//!
+//! This module knows nothing of HTTP or the model; callers say what happened.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::bundle::ResponseField;
+use crate::entities::CandidateKind;
+use crate::scoring::CandidateScores;
+use crate::store::{Fallback, LookupKeys, StoreRecords};
+
+/// Latency buckets, 50 µs to 1 s: a snapshot lookup or a small batch takes tens of
+/// microseconds, a large batch under load tens of milliseconds, and past a second an ad
+/// server has long given up.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
+];
+/// Candidates per request, up to the default maximum of 1000.
+pub const CANDIDATE_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 300.0, 500.0, 1000.0,
+];
+/// Probabilities: engagement rates are small, so the low end is finer.
+pub const PROBABILITY_BUCKETS: [f64; 12] = [
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0,
+];
+
+/// Outcome of loading one bundle at start or on reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new version now serves.
+    Loaded,
+    /// The bundle failed to load or its golden check; the served one stays.
+    Failed,
+}
+
+impl ReloadOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Loaded => "loaded",
+            ReloadOutcome::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// By `route` (the declared pattern, `unmatched` otherwise) and `status`.
+    pub http_requests: IntCounterVec,
+    pub http_request_duration: HistogramVec,
+    pub http_requests_in_flight: IntGauge,
+    /// By `stage`: `decode`, `features`, `inference`, `encode`.
+    pub stage_duration: HistogramVec,
+    pub candidates_per_request: Histogram,
+    /// Requests answered 503 at once, by `reason`: `overloaded`, `not_ready`.
+    pub shed_requests: IntCounterVec,
+    /// By `entity` (`user`, `show`, `episode`) and `result` (`hit`, `miss`, `error`).
+    pub feature_lookups: IntCounterVec,
+    /// Store lookups abandoned for the cold-start path, by `reason`: `timeout`, `error`.
+    pub store_fallbacks: IntCounterVec,
+    pub cold_start_candidates: IntCounterVec,
+    /// Served probabilities by candidate `kind` and response `field`, to watch drift.
+    pub predicted_probability: HistogramVec,
+    /// 1 for each served model, by `name` and `version`.
+    pub model_info: IntGaugeVec,
+    pub model_reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
+            let metric = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok::<_, prometheus::Error>(metric)
+        };
+        let http_requests = counter(
+            "podscore_http_requests_total",
+            "HTTP requests answered, by route and status code.",
+            &["route", "status"],
+        )?;
+        let http_request_duration = histogram(
+            "podscore_http_request_duration_seconds",
+            "Time from request to response head, by route.",
+            &LATENCY_BUCKETS,
+            &["route"],
+        )?;
+        let http_requests_in_flight = IntGauge::new(
+            "podscore_http_requests_in_flight",
+            "HTTP requests being handled now.",
+        )?;
+        registry.register(Box::new(http_requests_in_flight.clone()))?;
+        let stage_duration = histogram(
+            "podscore_stage_duration_seconds",
+            "Time per stage of POST /score: decode, features, inference, encode.",
+            &LATENCY_BUCKETS,
+            &["stage"],
+        )?;
+        let candidates_per_request = Histogram::with_opts(
+            HistogramOpts::new(
+                "podscore_candidates_per_request",
+                "Candidates in each scored request.",
+            )
+            .buckets(CANDIDATE_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(candidates_per_request.clone()))?;
+        let shed_requests = counter(
+            "podscore_shed_requests_total",
+            "Requests answered 503 at once, by reason: overloaded or not_ready.",
+            &["reason"],
+        )?;
+        let feature_lookups = counter(
+            "podscore_feature_lookups_total",
+            "Feature store look-ups, by entity (user, show, episode) and result (hit, miss, error).",
+            &["entity", "result"],
+        )?;
+        let store_fallbacks = counter(
+            "podscore_store_fallbacks_total",
+            "Store look-ups abandoned for the cold-start path, by reason: timeout or error.",
+            &["reason"],
+        )?;
+        let cold_start_candidates = counter(
+            "podscore_cold_start_candidates_total",
+            "Candidates scored on the cold-start path, by kind.",
+            &["kind"],
+        )?;
+        let predicted_probability = histogram(
+            "podscore_predicted_probability",
+            "Served probabilities, by candidate kind and response field.",
+            &PROBABILITY_BUCKETS,
+            &["kind", "field"],
+        )?;
+        let model_info = IntGaugeVec::new(
+            Opts::new(
+                "podscore_model_info",
+                "1 for each model being served, by name and version.",
+            ),
+            &["name", "version"],
+        )?;
+        registry.register(Box::new(model_info.clone()))?;
+        let model_reloads = counter(
+            "podscore_model_reloads_total",
+            "Bundle loads at start and on reload, by result: loaded or failed.",
+            &["result"],
+        )?;
+        Ok(Metrics {
+            registry,
+            http_requests,
+            http_request_duration,
+            http_requests_in_flight,
+            stage_duration,
+            candidates_per_request,
+            shed_requests,
+            feature_lookups,
+            store_fallbacks,
+            cold_start_candidates,
+            predicted_probability,
+            model_info,
+            model_reloads,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|error| prometheus::Error::Msg(error.to_string()))
+    }
+
+    /// Counts each requested key as a hit or a miss, or all as errors when the store
+    /// failed and the request fell back.
+    pub fn observe_lookups(
+        &self,
+        keys: &LookupKeys,
+        records: &StoreRecords,
+        fallback: Option<Fallback>,
+    ) {
+        let count = |entity: &str, requested: usize, found: usize| {
+            if requested == 0 {
+                return;
+            }
+            if fallback.is_some() {
+                self.feature_lookups
+                    .with_label_values(&[entity, "error"])
+                    .inc_by(requested as u64);
+                return;
+            }
+            self.feature_lookups
+                .with_label_values(&[entity, "hit"])
+                .inc_by(found as u64);
+            self.feature_lookups
+                .with_label_values(&[entity, "miss"])
+                .inc_by(requested.saturating_sub(found) as u64);
+        };
+        count(
+            "user",
+            usize::from(keys.user.is_some()),
+            usize::from(records.user.is_some()),
+        );
+        count("show", keys.shows.len(), records.shows.len());
+        count("episode", keys.episodes.len(), records.episodes.len());
+        if let Some(fallback) = fallback {
+            self.store_fallbacks
+                .with_label_values(&[fallback.as_str()])
+                .inc();
+        }
+    }
+
+    /// Candidates per request, cold starts by kind, and the served probabilities.
+    pub fn observe_scores(&self, candidates: &[CandidateScores]) {
+        self.candidates_per_request.observe(candidates.len() as f64);
+        for candidate in candidates {
+            let kind = candidate.kind.as_str();
+            if candidate.cold_start {
+                self.cold_start_candidates.with_label_values(&[kind]).inc();
+            }
+            for field in ResponseField::ALL {
+                if let Some(probability) = candidate.get(field) {
+                    self.predicted_probability
+                        .with_label_values(&[kind, field_name(field)])
+                        .observe(probability);
+                }
+            }
+        }
+    }
+
+    /// Replaces the model-info series with the models now served.
+    pub fn set_models<'a>(&self, models: impl IntoIterator<Item = (&'a str, u32)>) {
+        self.model_info.reset();
+        for (name, version) in models {
+            self.model_info
+                .with_label_values(&[name, &version.to_string()])
+                .set(1);
+        }
+    }
+
+    pub fn observe_reload(&self, outcome: ReloadOutcome) {
+        self.model_reloads
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+    }
+
+    /// Starts both kinds at zero, so that dashboards see the series before the first
+    /// cold start.
+    pub fn initialize_series(&self) {
+        for kind in CandidateKind::ALL {
+            self.cold_start_candidates
+                .with_label_values(&[kind.as_str()]);
+        }
+        for outcome in [ReloadOutcome::Loaded, ReloadOutcome::Failed] {
+            self.model_reloads.with_label_values(&[outcome.as_str()]);
+        }
+        for reason in ["overloaded", "not_ready"] {
+            self.shed_requests.with_label_values(&[reason]);
+        }
+        for fallback in [Fallback::Timeout, Fallback::Error] {
+            self.store_fallbacks.with_label_values(&[fallback.as_str()]);
+        }
+    }
+}
+
+pub fn field_name(field: ResponseField) -> &'static str {
+    match field {
+        ResponseField::Stream => "stream",
+        ResponseField::Click => "click",
+        ResponseField::Like => "like",
+        ResponseField::Follow => "follow",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registry builds, and every family renders with the podscore_ prefix.
+    #[test]
+    fn metrics_render_with_prefix() {
+        let metrics = Metrics::new().unwrap();
+        metrics.initialize_series();
+        metrics
+            .http_requests
+            .with_label_values(&["/score", "200"])
+            .inc();
+        let text = metrics.render().unwrap();
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            assert!(line.starts_with("podscore_"), "{line}");
+        }
+        assert!(text.contains("podscore_cold_start_candidates_total{kind=\"ad\"} 0"));
+    }
+}

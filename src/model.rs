@@ -50,14 +50,20 @@ pub fn forward(
     let mut logits = Vec::with_capacity(candidates.rows * heads.len());
     for row in 0..candidates.rows {
         let candidate_vector = feature_vector(manifest, weights, Scope::Candidate, candidates, row);
-        let candidate_part = vector_times_matrix(&candidate_vector, weight("encoder.0.candidate_weight"));
+        let candidate_part =
+            vector_times_matrix(&candidate_vector, weight("encoder.0.candidate_weight"));
         let mut hidden: Vec<f32> = candidate_part
             .iter()
             .zip(&shared)
             .map(|(part, shared)| (part + shared).max(0.0))
             .collect();
         for layer in 1..architecture.encoder.len() {
-            hidden = dense(&hidden, weight(&format!("encoder.{layer}.weight")), weight(&format!("encoder.{layer}.bias")), true);
+            hidden = dense(
+                &hidden,
+                weight(&format!("encoder.{layer}.weight")),
+                weight(&format!("encoder.{layer}.bias")),
+                true,
+            );
         }
         let scale = &weight("batch_norm.scale").data;
         let shift = &weight("batch_norm.shift").data;
@@ -70,7 +76,12 @@ pub fn forward(
             for layer in 0..layers {
                 let prefix = format!("tower.{}.{layer}", head.name);
                 let relu = layer + 1 < layers;
-                tower = dense(&tower, weight(&format!("{prefix}.weight")), weight(&format!("{prefix}.bias")), relu);
+                tower = dense(
+                    &tower,
+                    weight(&format!("{prefix}.weight")),
+                    weight(&format!("{prefix}.bias")),
+                    relu,
+                );
             }
             logits.push(tower[0]);
         }
@@ -80,7 +91,13 @@ pub fn forward(
 
 /// One row's feature vector for `scope`: per feature in spec order, its embedding, its
 /// bag's masked mean, or its dense columns.
-fn feature_vector(manifest: &Manifest, weights: &Weights, scope: Scope, tensors: &ScopeTensors, row: usize) -> Vec<f32> {
+fn feature_vector(
+    manifest: &Manifest,
+    weights: &Weights,
+    scope: Scope,
+    tensors: &ScopeTensors,
+    row: usize,
+) -> Vec<f32> {
     let embedding_dim = manifest.architecture.embedding_dim;
     let widths = tensors.widths;
     let mut vector = Vec::new();
@@ -128,10 +145,18 @@ fn feature_vector(manifest: &Manifest, weights: &Weights, scope: Scope, tensors:
 /// `vector @ matrix` for a `[in]` vector and an `[in, out]` matrix.
 fn vector_times_matrix(vector: &[f32], matrix: &WeightTensor) -> Vec<f32> {
     let (rows, columns) = (matrix.shape[0], matrix.shape[1]);
-    assert_eq!(vector.len(), rows, "vector of {} against a [{rows}, {columns}] matrix", vector.len());
+    assert_eq!(
+        vector.len(),
+        rows,
+        "vector of {} against a [{rows}, {columns}] matrix",
+        vector.len()
+    );
     let mut out = vec![0.0f32; columns];
     for (row, value) in vector.iter().enumerate() {
-        for (total, weight) in out.iter_mut().zip(&matrix.data[row * columns..(row + 1) * columns]) {
+        for (total, weight) in out
+            .iter_mut()
+            .zip(&matrix.data[row * columns..(row + 1) * columns])
+        {
             *total += value * weight;
         }
     }
@@ -154,7 +179,8 @@ fn dense(vector: &[f32], weight: &WeightTensor, bias: &WeightTensor, relu: bool)
 ///
 /// Test support: panics when the manifest or vocabularies are inconsistent.
 pub fn random_weights(manifest: &Manifest, vocabularies: &Vocabularies, seed: u64) -> Weights {
-    let shapes = weight_shapes(manifest, vocabularies).unwrap_or_else(|error| panic!("random_weights: {error}"));
+    let shapes = weight_shapes(manifest, vocabularies)
+        .unwrap_or_else(|error| panic!("random_weights: {error}"));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let tensors = shapes
         .into_iter()
@@ -181,12 +207,16 @@ pub mod testing {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    use crate::bundle::{Architecture, Calibration, HeadSpec, Manifest, OUTPUT_NAME, ResponseField};
-    use crate::entities::{
-        CandidateKind, CandidateView, ContextRecord, CreativeRecord, EpisodeRecord, RequestView, ShowRecord,
-        UserRecord,
+    use crate::bundle::{
+        Architecture, Calibration, HeadSpec, Manifest, OUTPUT_NAME, ResponseField,
     };
-    use crate::features::{self, Assembler, ScopeTensors, Source, Transform, Vocabularies, Vocabulary};
+    use crate::entities::{
+        CandidateKind, CandidateView, ContextRecord, CreativeRecord, EpisodeRecord, RequestView,
+        ShowRecord, UserRecord,
+    };
+    use crate::features::{
+        self, Assembler, ScopeTensors, Source, Transform, Vocabularies, Vocabulary,
+    };
     use crate::onnx::Weights;
 
     /// Token counts of the synthetic vocabularies (not counting the reserved row 0).
@@ -248,14 +278,15 @@ pub mod testing {
     /// The paper's five heads with identity calibration.
     pub fn default_heads() -> Vec<HeadSpec> {
         use CandidateKind::{Ad, Promotion};
-        let head = |name: &str, index: usize, kinds: Vec<CandidateKind>, field: ResponseField| HeadSpec {
-            name: name.into(),
-            output: OUTPUT_NAME.into(),
-            index,
-            kinds,
-            field,
-            calibration: Calibration::identity(),
-        };
+        let head =
+            |name: &str, index: usize, kinds: Vec<CandidateKind>, field: ResponseField| HeadSpec {
+                name: name.into(),
+                output: OUTPUT_NAME.into(),
+                index,
+                kinds,
+                field,
+                calibration: Calibration::identity(),
+            };
         vec![
             head("promo_stream", 0, vec![Promotion], ResponseField::Stream),
             head("ad_stream", 1, vec![Ad], ResponseField::Stream),
@@ -292,7 +323,9 @@ pub mod testing {
                 let tokens: Vec<String> = match name.as_str() {
                     "kind" => vec!["ad".into(), "promotion".into()],
                     "hour" => (0..24).map(|hour| format!("h{hour:02}")).collect(),
-                    "weekday" => ["thu", "fri", "sat", "sun", "mon", "tue", "wed"].map(String::from).to_vec(),
+                    "weekday" => ["thu", "fri", "sat", "sun", "mon", "tue", "wed"]
+                        .map(String::from)
+                        .to_vec(),
                     _ => {
                         let count = match name.as_str() {
                             "show" => sizes.show,
@@ -331,14 +364,23 @@ pub mod testing {
 
     impl TokenSource<'_> {
         fn vocabulary(&self, source: Source) -> Option<&Vocabulary> {
-            self.manifest.features.iter().find(|spec| spec.source == source).and_then(|spec| match &spec.transform {
-                Transform::Id { vocab } | Transform::IdBag { vocab, .. } => self.vocabularies.get(vocab),
-                _ => None,
-            })
+            self.manifest
+                .features
+                .iter()
+                .find(|spec| spec.source == source)
+                .and_then(|spec| match &spec.transform {
+                    Transform::Id { vocab } | Transform::IdBag { vocab, .. } => {
+                        self.vocabularies.get(vocab)
+                    }
+                    _ => None,
+                })
         }
 
         fn token(&mut self, source: Source) -> String {
-            let tokens = self.vocabulary(source).map(|vocabulary| vocabulary.tokens().to_vec()).unwrap_or_default();
+            let tokens = self
+                .vocabulary(source)
+                .map(|vocabulary| vocabulary.tokens().to_vec())
+                .unwrap_or_default();
             if tokens.is_empty() || self.rng.random_bool(0.1) {
                 format!("never-seen-{}", self.rng.random_range(0..1_000_000))
             } else {
@@ -347,7 +389,11 @@ pub mod testing {
         }
 
         fn maybe_token(&mut self, source: Source) -> Option<String> {
-            if self.rng.random_bool(0.1) { None } else { Some(self.token(source)) }
+            if self.rng.random_bool(0.1) {
+                None
+            } else {
+                Some(self.token(source))
+            }
         }
 
         fn tokens(&mut self, source: Source, most: usize) -> Option<Vec<String>> {
@@ -359,7 +405,11 @@ pub mod testing {
         }
 
         fn number(&mut self, most: f64) -> Option<f64> {
-            if self.rng.random_bool(0.1) { None } else { Some(self.rng.random_range(0.0..most)) }
+            if self.rng.random_bool(0.1) {
+                None
+            } else {
+                Some(self.rng.random_range(0.0..most))
+            }
         }
     }
 
@@ -401,12 +451,20 @@ pub mod testing {
             .unwrap_or(0);
         let mut records = Vec::with_capacity(candidates);
         for _ in 0..candidates {
-            let kind = if source.rng.random_bool(0.5) { CandidateKind::Ad } else { CandidateKind::Promotion };
+            let kind = if source.rng.random_bool(0.5) {
+                CandidateKind::Ad
+            } else {
+                CandidateKind::Promotion
+            };
             let show = ShowRecord {
                 id: source.token(Source::ShowId),
                 genres: source.tokens(Source::ShowGenres, 4),
                 topics: source.tokens(Source::ShowTopics, 7),
-                embedding: Some((0..embedding_dim).map(|_| source.rng.random_range(-1.0..1.0)).collect()),
+                embedding: Some(
+                    (0..embedding_dim)
+                        .map(|_| source.rng.random_range(-1.0..1.0))
+                        .collect(),
+                ),
                 streams_30d: source.number(1e7),
                 tier: None,
             };
@@ -425,9 +483,15 @@ pub mod testing {
             };
             // Some candidates come without store records: the cold-start path.
             let known = source.rng.random_bool(0.8);
-            records.push((kind, known.then_some(show), known.then_some(episode), creative));
+            records.push((
+                kind,
+                known.then_some(show),
+                known.then_some(episode),
+                creative,
+            ));
         }
-        let assembler = Assembler::new(&manifest.features, vocabularies).expect("random manifests are consistent");
+        let assembler = Assembler::new(&manifest.features, vocabularies)
+            .expect("random manifests are consistent");
         let request = assembler
             .request(&[RequestView {
                 user: Some(&user),
@@ -445,7 +509,9 @@ pub mod testing {
                 creative,
             })
             .collect();
-        let candidate_tensors = assembler.candidates(&views).expect("random values are finite");
+        let candidate_tensors = assembler
+            .candidates(&views)
+            .expect("random values are finite");
         (request, candidate_tensors)
     }
 }

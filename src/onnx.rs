@@ -9,11 +9,15 @@
 //!   Request-scope inputs have leading dimension 1, candidate-scope ones the symbolic `N`;
 //! - per scope, a feature vector: the concatenation, in spec order, of an embedding per
 //!   id feature, a masked mean of embeddings per bag, and the raw columns of dense and
-//!   numeric features;
+//!   numeric features. The graph computes the same first-layer product from three
+//!   pieces per scope instead (all ids, all bags, all dense columns) with the weight's
+//!   rows permuted to match, because tract runs one product per concatenated piece;
 //! - the first encoder layer split by scope, so that the request-scope half (and the
 //!   bias) is computed once per request and broadcast over the `N` candidates;
 //! - the rest of the encoder, the folded batch norm, and one tower per head, written as
-//!   one fused tower (see [`export`]) whose output is `logits`, `[N, heads]`.
+//!   one fused tower (see [`export`]) whose output is `logits`, `[N, heads]`;
+//! - metadata `podscore.embedding_rows.<feature>`: each id feature's table size, which
+//!   the runtime checks ids against (the tables are stacked in the graph).
 //!
 //! [`Weights`] is the hand-over format between the trainer and this module: plain
 //! row-major `f32` tensors by name. This module knows protobuf and the ONNX operator set;
@@ -26,7 +30,9 @@ use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 
 use crate::bundle::{Manifest, OUTPUT_NAME};
-use crate::features::{FeatureSpec, INPUT_SUFFIXES, Kind, Scope, ScopeWidths, Transform, Vocabularies};
+use crate::features::{
+    FeatureSpec, INPUT_SUFFIXES, Kind, Scope, ScopeWidths, Transform, Vocabularies,
+};
 
 /// ONNX operator set the graph is written against. 13 is the first with `ReduceSum` and
 /// `Unsqueeze` taking their axes as inputs, which tract, ONNX Runtime and the checker
@@ -191,13 +197,22 @@ fn shape_rules(manifest: &Manifest) -> Result<Vec<(String, ShapeRule)>, ExportEr
         return Err(invalid("embedding_dim is 0"));
     }
     if architecture.encoder.is_empty() {
-        return Err(invalid("the encoder needs at least one layer (the split first layer)"));
+        return Err(invalid(
+            "the encoder needs at least one layer (the split first layer)",
+        ));
     }
-    if let Some(zero) = architecture.encoder.iter().chain(&architecture.tower).find(|w| **w == 0) {
+    if let Some(zero) = architecture
+        .encoder
+        .iter()
+        .chain(&architecture.tower)
+        .find(|w| **w == 0)
+    {
         return Err(invalid(format!("a layer width is {zero}")));
     }
     if feature_vector_width(manifest, Scope::Candidate) == 0 {
-        return Err(invalid("the candidate scope has no features, so N would be undefined"));
+        return Err(invalid(
+            "the candidate scope has no features, so N would be undefined",
+        ));
     }
     let mut rules = Vec::new();
     for spec in &manifest.features {
@@ -220,15 +235,27 @@ fn shape_rules(manifest: &Manifest) -> Result<Vec<(String, ShapeRule)>, ExportEr
     }
     rules.push((
         "encoder.0.candidate_weight".into(),
-        ShapeRule::Exact(vec![feature_vector_width(manifest, Scope::Candidate), first]),
+        ShapeRule::Exact(vec![
+            feature_vector_width(manifest, Scope::Candidate),
+            first,
+        ]),
     ));
     rules.push(("encoder.0.bias".into(), ShapeRule::Exact(vec![first])));
     for (layer, pair) in architecture.encoder.windows(2).enumerate() {
         let layer = layer + 1;
-        rules.push((format!("encoder.{layer}.weight"), ShapeRule::Exact(vec![pair[0], pair[1]])));
-        rules.push((format!("encoder.{layer}.bias"), ShapeRule::Exact(vec![pair[1]])));
+        rules.push((
+            format!("encoder.{layer}.weight"),
+            ShapeRule::Exact(vec![pair[0], pair[1]]),
+        ));
+        rules.push((
+            format!("encoder.{layer}.bias"),
+            ShapeRule::Exact(vec![pair[1]]),
+        ));
     }
-    let last = *architecture.encoder.last().expect("checked non-empty above");
+    let last = *architecture
+        .encoder
+        .last()
+        .expect("checked non-empty above");
     rules.push(("batch_norm.scale".into(), ShapeRule::Exact(vec![last])));
     rules.push(("batch_norm.shift".into(), ShapeRule::Exact(vec![last])));
     let tower_widths: Vec<usize> = std::iter::once(last)
@@ -238,7 +265,10 @@ fn shape_rules(manifest: &Manifest) -> Result<Vec<(String, ShapeRule)>, ExportEr
     for head in &manifest.heads {
         for (layer, pair) in tower_widths.windows(2).enumerate() {
             let prefix = format!("tower.{}.{layer}", head.name);
-            rules.push((format!("{prefix}.weight"), ShapeRule::Exact(vec![pair[0], pair[1]])));
+            rules.push((
+                format!("{prefix}.weight"),
+                ShapeRule::Exact(vec![pair[0], pair[1]]),
+            ));
             rules.push((format!("{prefix}.bias"), ShapeRule::Exact(vec![pair[1]])));
         }
     }
@@ -255,9 +285,7 @@ pub fn weight_shapes(
         .features
         .iter()
         .filter_map(|spec| match &spec.transform {
-            Transform::Id { vocab } | Transform::IdBag { vocab, .. } => {
-                Some((spec, vocab))
-            }
+            Transform::Id { vocab } | Transform::IdBag { vocab, .. } => Some((spec, vocab)),
             _ => None,
         })
         .map(|(spec, vocab)| {
@@ -287,6 +315,9 @@ pub fn weight_shapes(
 /// trainer and the exporter disagree about the model, which must not pass silently).
 fn validate(manifest: &Manifest, weights: &Weights) -> Result<(), ExportError> {
     heads_by_column(manifest)?;
+    for scope in Scope::ALL {
+        ColumnOwners::of(manifest, scope)?;
+    }
     let rules = shape_rules(manifest)?;
     let expected: BTreeSet<&str> = rules.iter().map(|(name, _)| name.as_str()).collect();
     for (name, rule) in &rules {
@@ -311,7 +342,11 @@ fn validate(manifest: &Manifest, weights: &Weights) -> Result<(), ExportError> {
             return Err(ExportError::NotFinite { name: name.clone() });
         }
     }
-    if let Some(extra) = weights.tensors.keys().find(|name| !expected.contains(name.as_str())) {
+    if let Some(extra) = weights
+        .tensors
+        .keys()
+        .find(|name| !expected.contains(name.as_str()))
+    {
         return Err(ExportError::UnexpectedWeight {
             name: extra.clone(),
         });
@@ -384,33 +419,43 @@ pub fn export(manifest: &Manifest, weights: &Weights) -> Result<Vec<u8>, ExportE
         } else {
             DataType::Float
         };
-        value_infos.push(value_info(&input.name, element, &[rows, Dimension::Fixed(input.columns)]));
+        value_infos.push(value_info(
+            &input.name,
+            element,
+            &[rows, Dimension::Fixed(input.columns)],
+        ));
     }
 
-    let candidate_vector = graph.feature_vector(manifest, weights, Scope::Candidate)?;
-    let candidate_weight = graph.weight(weights, "encoder.0.candidate_weight")?;
-    let candidate_part = graph.node(
-        "MatMul",
-        &[&candidate_vector, &candidate_weight],
-        vec![],
-        "encoder.0.candidate_matmul",
-    );
+    let candidate_part = graph.first_layer_part(
+        manifest,
+        weights,
+        Scope::Candidate,
+        "encoder.0.candidate_weight",
+    )?;
     // The bias joins the request-scope half, so the [N, H0] tensor sees one broadcast add.
     let bias = graph.weight(weights, "encoder.0.bias")?;
     let shared_part = if feature_vector_width(manifest, Scope::Request) > 0 {
-        let request_vector = graph.feature_vector(manifest, weights, Scope::Request)?;
-        let request_weight = graph.weight(weights, "encoder.0.request_weight")?;
-        let request_part = graph.node(
-            "MatMul",
-            &[&request_vector, &request_weight],
+        let request_part = graph.first_layer_part(
+            manifest,
+            weights,
+            Scope::Request,
+            "encoder.0.request_weight",
+        )?;
+        graph.node(
+            "Add",
+            &[&request_part, &bias],
             vec![],
-            "encoder.0.request_matmul",
-        );
-        graph.node("Add", &[&request_part, &bias], vec![], "encoder.0.request_plus_bias")
+            "encoder.0.request_plus_bias",
+        )
     } else {
         bias
     };
-    let summed = graph.node("Add", &[&candidate_part, &shared_part], vec![], "encoder.0.sum");
+    let summed = graph.node(
+        "Add",
+        &[&candidate_part, &shared_part],
+        vec![],
+        "encoder.0.sum",
+    );
     let mut hidden = graph.node("Relu", &[&summed], vec![], "encoder.0.relu");
     for layer in 1..architecture.encoder.len() {
         hidden = graph.dense_relu_layer(weights, &hidden, &format!("encoder.{layer}"))?;
@@ -425,9 +470,15 @@ pub fn export(manifest: &Manifest, weights: &Weights) -> Result<Vec<u8>, ExportE
     for layer in 0..layers {
         let (matrix, bias) = fused_tower_layer(weights, &heads, layer)?;
         let prefix = format!("towers.{layer}");
-        let matrix = graph.initializer_f32(&format!("{prefix}.weight"), &matrix.shape, &matrix.data);
+        let matrix =
+            graph.initializer_f32(&format!("{prefix}.weight"), &matrix.shape, &matrix.data);
         let bias = graph.initializer_f32(&format!("{prefix}.bias"), &bias.shape, &bias.data);
-        let product = graph.node("MatMul", &[&hidden, &matrix], vec![], &format!("{prefix}.matmul"));
+        let product = graph.node(
+            "MatMul",
+            &[&hidden, &matrix],
+            vec![],
+            &format!("{prefix}.matmul"),
+        );
         if layer + 1 < layers {
             let biased = graph.node("Add", &[&product, &bias], vec![], &format!("{prefix}.add"));
             hidden = graph.node("Relu", &[&biased], vec![], &format!("{prefix}.relu"));
@@ -438,7 +489,10 @@ pub fn export(manifest: &Manifest, weights: &Weights) -> Result<Vec<u8>, ExportE
     let output = value_info(
         OUTPUT_NAME,
         DataType::Float,
-        &[Dimension::Symbolic(CANDIDATES_DIM), Dimension::Fixed(heads.len())],
+        &[
+            Dimension::Symbolic(CANDIDATES_DIM),
+            Dimension::Fixed(heads.len()),
+        ],
     );
 
     let model = pb::ModelProto {
@@ -450,7 +504,11 @@ pub fn export(manifest: &Manifest, weights: &Weights) -> Result<Vec<u8>, ExportE
         producer_name: PRODUCER_NAME.into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         model_version: i64::from(manifest.version),
-        doc_string: format!("podscore model `{}` version {}", manifest.name, manifest.version),
+        doc_string: format!(
+            "podscore model `{}` version {}",
+            manifest.name, manifest.version
+        ),
+        metadata_props: embedding_rows_metadata(manifest, weights),
         graph: Some(pb::GraphProto {
             name: manifest.name.clone(),
             node: graph.nodes,
@@ -462,6 +520,91 @@ pub fn export(manifest: &Manifest, weights: &Weights) -> Result<Vec<u8>, ExportE
         ..Default::default()
     };
     Ok(model.encode_to_vec())
+}
+
+/// Prefix of the metadata entries giving each id feature's table rows: the graph stacks
+/// the tables, so a reader that must check ids (the runtime) finds each feature's bound
+/// here rather than in an initializer's shape.
+pub const EMBEDDING_ROWS_KEY_PREFIX: &str = "podscore.embedding_rows.";
+
+fn embedding_rows_metadata(
+    manifest: &Manifest,
+    weights: &Weights,
+) -> Vec<pb::StringStringEntryProto> {
+    manifest
+        .features
+        .iter()
+        .filter(|spec| matches!(spec.kind, Kind::Id | Kind::IdBag))
+        .filter_map(|spec| {
+            let table = weights.tensors.get(&embedding_weight_name(&spec.name))?;
+            Some(pb::StringStringEntryProto {
+                key: format!("{EMBEDDING_ROWS_KEY_PREFIX}{}", spec.name),
+                value: table.shape[0].to_string(),
+            })
+        })
+        .collect()
+}
+
+/// For each column of a scope's `ids`, `bag_ids` and `dense` inputs, the feature that
+/// owns it. Every column must have exactly one owner of the right kind: a column nobody
+/// owns would reach a Gather unchecked, and one owned twice is a corrupt layout.
+struct ColumnOwners<'a> {
+    ids: Vec<&'a FeatureSpec>,
+    bag: Vec<&'a FeatureSpec>,
+    dense: Vec<&'a FeatureSpec>,
+}
+
+impl<'a> ColumnOwners<'a> {
+    fn of(manifest: &'a Manifest, scope: Scope) -> Result<ColumnOwners<'a>, ExportError> {
+        let widths = ScopeWidths::of(&manifest.features, scope);
+        let mut ids: Vec<Option<&FeatureSpec>> = vec![None; widths.ids];
+        let mut bag: Vec<Option<&FeatureSpec>> = vec![None; widths.bag];
+        let mut dense: Vec<Option<&FeatureSpec>> = vec![None; widths.dense];
+        for spec in manifest.features.iter().filter(|spec| spec.scope == scope) {
+            let (columns, suffix) = match spec.kind {
+                Kind::Id => (&mut ids, "ids"),
+                Kind::IdBag => (&mut bag, "bag_ids"),
+                Kind::Dense | Kind::Numeric => (&mut dense, "dense"),
+            };
+            if spec.input != crate::features::input_name(scope, suffix) {
+                return Err(invalid(format!(
+                    "feature `{}` reads `{}`, its kind and scope put it in `{}_{suffix}`",
+                    spec.name,
+                    spec.input,
+                    scope.as_str()
+                )));
+            }
+            for column in &mut columns[spec.slot..spec.slot + spec.width] {
+                if let Some(other) = column.replace(spec) {
+                    return Err(invalid(format!(
+                        "features `{}` and `{}` share a column of `{}`",
+                        other.name, spec.name, spec.input
+                    )));
+                }
+            }
+        }
+        let complete = |columns: Vec<Option<&'a FeatureSpec>>,
+                        suffix: &str|
+         -> Result<Vec<&'a FeatureSpec>, ExportError> {
+            columns
+                .into_iter()
+                .enumerate()
+                .map(|(column, owner)| {
+                    owner.ok_or_else(|| {
+                        invalid(format!(
+                            "column {column} of `{}_{suffix}` belongs to no feature",
+                            scope.as_str()
+                        ))
+                    })
+                })
+                .collect()
+        };
+        Ok(ColumnOwners {
+            ids: complete(ids, "ids")?,
+            bag: complete(bag, "bag_ids")?,
+            dense: complete(dense, "dense")?,
+        })
+    }
 }
 
 /// Layer `layer` of every head's tower as one matrix and bias, heads in column order.
@@ -476,7 +619,10 @@ fn fused_tower_layer(
         .iter()
         .map(|head| {
             let prefix = format!("tower.{}.{layer}", head.name);
-            Ok((weights.get(&format!("{prefix}.weight"))?, weights.get(&format!("{prefix}.bias"))?))
+            Ok((
+                weights.get(&format!("{prefix}.weight"))?,
+                weights.get(&format!("{prefix}.bias"))?,
+            ))
         })
         .collect::<Result<_, ExportError>>()?;
     let (block_rows, block_columns) = (blocks[0].0.shape[0], blocks[0].0.shape[1]);
@@ -563,18 +709,36 @@ impl GraphBuilder {
         name
     }
 
-    fn node(&mut self, op: &str, inputs: &[&str], attributes: Vec<pb::AttributeProto>, hint: &str) -> String {
+    fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attributes: Vec<pb::AttributeProto>,
+        hint: &str,
+    ) -> String {
         let output = self.unique(hint);
         self.push_node(op, inputs, attributes, output)
     }
 
     /// A node whose output must carry exactly `name` (the graph output).
-    fn node_named(&mut self, op: &str, inputs: &[&str], attributes: Vec<pb::AttributeProto>, name: &str) -> String {
+    fn node_named(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attributes: Vec<pb::AttributeProto>,
+        name: &str,
+    ) -> String {
         self.names.insert(name.to_string());
         self.push_node(op, inputs, attributes, name.to_string())
     }
 
-    fn push_node(&mut self, op: &str, inputs: &[&str], attribute: Vec<pb::AttributeProto>, output: String) -> String {
+    fn push_node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attribute: Vec<pb::AttributeProto>,
+        output: String,
+    ) -> String {
         self.nodes.push(pb::NodeProto {
             input: inputs.iter().map(|input| input.to_string()).collect(),
             output: vec![output.clone()],
@@ -620,81 +784,261 @@ impl GraphBuilder {
         Ok(name.to_string())
     }
 
-    /// `input[:, start..end]`.
-    fn slice_columns(&mut self, input: &str, start: usize, end: usize, hint: &str) -> String {
-        let starts = self.initializer_i64(&format!("{hint}.starts"), &[1], &[start as i64]);
-        let ends = self.initializer_i64(&format!("{hint}.ends"), &[1], &[end as i64]);
-        let axes = self.initializer_i64(&format!("{hint}.axes"), &[1], &[1]);
-        self.node("Slice", &[input, &starts, &ends, &axes], vec![], hint)
+    /// `x_scope @ W_scope` for the first encoder layer, where `weight_name` holds `W_scope`
+    /// with rows in spec order (the contract's feature vector).
+    ///
+    /// The graph does not build that feature vector feature by feature: tract splits a
+    /// matrix product whose input is a concatenation into one product per piece, and a
+    /// dozen thin products cost several times one wide product. So the vector is built
+    /// from three pieces whatever the feature count, and the weight's rows are permuted
+    /// to match (a permutation of the sum's terms, the same arithmetic):
+    /// - ids: every id column looked up at once in the scope's tables stacked into one
+    ///   (each column's ids offset to its feature's table), flattened to `[rows, ids*E]`;
+    /// - bags: every bag slot looked up at once the same way, weighted by
+    ///   `mask / max(count of its bag, 1)`, and summed per bag by a product with a 0/1
+    ///   slot-to-bag matrix, flattened to `[rows, bags*E]`;
+    /// - dense: the dense input as is.
+    fn first_layer_part(
+        &mut self,
+        manifest: &Manifest,
+        weights: &Weights,
+        scope: Scope,
+        weight_name: &str,
+    ) -> Result<String, ExportError> {
+        let embedding_dim = manifest.architecture.embedding_dim;
+        let owners = ColumnOwners::of(manifest, scope)?;
+        let weight = weights.get(weight_name)?;
+        let scope_name = scope.as_str();
+        // Row of each feature's first value in the spec-order feature vector.
+        let mut block_start = BTreeMap::new();
+        let mut next_row = 0;
+        for spec in manifest.features.iter().filter(|spec| spec.scope == scope) {
+            block_start.insert(spec.name.as_str(), next_row);
+            next_row += feature_vector_columns(spec, embedding_dim);
+        }
+        // For each row of the permuted weight, the row of `weight` it takes.
+        let mut source_rows: Vec<usize> = Vec::with_capacity(next_row);
+        let mut pieces: Vec<String> = Vec::new();
+
+        if !owners.ids.is_empty() {
+            let (table, offsets) =
+                self.stacked_table(weights, &owners.ids, &format!("{scope_name}.id"))?;
+            for spec in &owners.ids {
+                source_rows.extend(
+                    (0..embedding_dim).map(|value| block_start[spec.name.as_str()] + value),
+                );
+            }
+            let input = crate::features::input_name(scope, "ids");
+            let indices = self.node(
+                "Add",
+                &[&input, &offsets],
+                vec![],
+                &format!("{scope_name}.id_rows"),
+            );
+            let gathered = self.node(
+                "Gather",
+                &[&table, &indices],
+                vec![attribute_int("axis", 0)],
+                &format!("{scope_name}.id_embeddings"),
+            );
+            pieces.push(self.node(
+                "Flatten",
+                &[&gathered],
+                vec![attribute_int("axis", 1)],
+                &format!("{scope_name}.id_vector"),
+            ));
+        }
+
+        if !owners.bag.is_empty() {
+            // One entry per bag feature, in slot order, and its slot range.
+            let mut bags: Vec<&FeatureSpec> = owners.bag.clone();
+            bags.dedup_by(|a, b| a.name == b.name);
+            let (table, offsets) =
+                self.stacked_table(weights, &owners.bag, &format!("{scope_name}.bag"))?;
+            let slots = owners.bag.len();
+            let mut slot_to_bag = vec![0.0f32; slots * bags.len()];
+            let mut bag_to_slot = vec![0.0f32; bags.len() * slots];
+            for (slot, spec) in owners.bag.iter().enumerate() {
+                let bag = bags
+                    .iter()
+                    .position(|bag| bag.name == spec.name)
+                    .expect("deduplicated from these");
+                slot_to_bag[slot * bags.len() + bag] = 1.0;
+                bag_to_slot[bag * slots + slot] = 1.0;
+            }
+            for spec in &bags {
+                source_rows.extend(
+                    (0..embedding_dim).map(|value| block_start[spec.name.as_str()] + value),
+                );
+            }
+            let prefix = format!("{scope_name}.bags");
+            let bag_ids = crate::features::input_name(scope, "bag_ids");
+            let mask = crate::features::input_name(scope, "bag_mask");
+            let slot_to_bag = self.initializer_f32(
+                &format!("{prefix}.slot_to_bag"),
+                &[slots, bags.len()],
+                &slot_to_bag,
+            );
+            let bag_to_slot = self.initializer_f32(
+                &format!("{prefix}.bag_to_slot"),
+                &[bags.len(), slots],
+                &bag_to_slot,
+            );
+            let indices = self.node(
+                "Add",
+                &[&bag_ids, &offsets],
+                vec![],
+                &format!("{prefix}.rows"),
+            );
+            let gathered = self.node(
+                "Gather",
+                &[&table, &indices],
+                vec![attribute_int("axis", 0)],
+                &format!("{prefix}.embeddings"),
+            );
+            let counts = self.node(
+                "MatMul",
+                &[&mask, &slot_to_bag],
+                vec![],
+                &format!("{prefix}.counts"),
+            );
+            // An empty bag divides by 1, not 0: its mean is the zero vector.
+            let one = self.initializer_f32(&format!("{prefix}.one"), &[], &[1.0]);
+            let divisors = self.node(
+                "Max",
+                &[&counts, &one],
+                vec![],
+                &format!("{prefix}.divisors"),
+            );
+            let inverses = self.node(
+                "Reciprocal",
+                &[&divisors],
+                vec![],
+                &format!("{prefix}.inverses"),
+            );
+            let slot_inverses = self.node(
+                "MatMul",
+                &[&inverses, &bag_to_slot],
+                vec![],
+                &format!("{prefix}.slot_inverses"),
+            );
+            let slot_weights = self.node(
+                "Mul",
+                &[&mask, &slot_inverses],
+                vec![],
+                &format!("{prefix}.slot_weights"),
+            );
+            let last_axis = self.initializer_i64(&format!("{prefix}.unsqueeze_axes"), &[1], &[2]);
+            let slot_weights = self.node(
+                "Unsqueeze",
+                &[&slot_weights, &last_axis],
+                vec![],
+                &format!("{prefix}.slot_weights3"),
+            );
+            let weighted = self.node(
+                "Mul",
+                &[&gathered, &slot_weights],
+                vec![],
+                &format!("{prefix}.weighted"),
+            );
+            // [bags, slots] @ [rows, slots, E] -> [rows, bags, E]: the sum of each bag's slots.
+            let means = self.node(
+                "MatMul",
+                &[&bag_to_slot, &weighted],
+                vec![],
+                &format!("{prefix}.means"),
+            );
+            pieces.push(self.node(
+                "Flatten",
+                &[&means],
+                vec![attribute_int("axis", 1)],
+                &format!("{prefix}.vector"),
+            ));
+        }
+
+        if !owners.dense.is_empty() {
+            for (column, spec) in owners.dense.iter().enumerate() {
+                source_rows.push(block_start[spec.name.as_str()] + column - spec.slot);
+            }
+            pieces.push(crate::features::input_name(scope, "dense"));
+        }
+
+        let columns = weight.shape[1];
+        let mut permuted = Vec::with_capacity(source_rows.len() * columns);
+        for row in &source_rows {
+            permuted.extend_from_slice(&weight.data[row * columns..(row + 1) * columns]);
+        }
+        let permuted = self.initializer_f32(
+            &format!("{weight_name}.by_input_column"),
+            &[source_rows.len(), columns],
+            &permuted,
+        );
+        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let vector = match refs.as_slice() {
+            [single] => single.to_string(),
+            _ => self.node(
+                "Concat",
+                &refs,
+                vec![attribute_int("axis", 1)],
+                &format!("{scope_name}.features"),
+            ),
+        };
+        Ok(self.node(
+            "MatMul",
+            &[&vector, &permuted],
+            vec![],
+            &format!("encoder.0.{scope_name}_matmul"),
+        ))
     }
 
-    /// A scope's feature vector, `[rows, feature_vector_width]`.
-    fn feature_vector(&mut self, manifest: &Manifest, weights: &Weights, scope: Scope) -> Result<String, ExportError> {
-        let ids = crate::features::input_name(scope, "ids");
-        let bag_ids = crate::features::input_name(scope, "bag_ids");
-        let bag_mask = crate::features::input_name(scope, "bag_mask");
-        let dense = crate::features::input_name(scope, "dense");
-        let mut pieces: Vec<String> = Vec::new();
-        // Adjacent dense features with adjacent columns become one slice.
-        let mut pending_dense: Option<(usize, usize)> = None;
-        for spec in manifest.features.iter().filter(|spec| spec.scope == scope) {
-            if matches!(spec.kind, Kind::Dense | Kind::Numeric) {
-                pending_dense = match pending_dense {
-                    Some((start, end)) if end == spec.slot => Some((start, end + spec.width)),
-                    Some((start, end)) => {
-                        pieces.push(self.slice_columns(&dense, start, end, &format!("{}.dense_{start}_{end}", scope.as_str())));
-                        Some((spec.slot, spec.slot + spec.width))
-                    }
-                    None => Some((spec.slot, spec.slot + spec.width)),
-                };
-                continue;
-            }
-            if let Some((start, end)) = pending_dense.take() {
-                pieces.push(self.slice_columns(&dense, start, end, &format!("{}.dense_{start}_{end}", scope.as_str())));
-            }
-            let table = self.weight(weights, &embedding_weight_name(&spec.name))?;
-            let prefix = format!("{}.{}", scope.as_str(), spec.name);
-            match spec.kind {
-                Kind::Id => {
-                    let column = self.initializer_i64(&format!("{prefix}.column"), &[], &[spec.slot as i64]);
-                    let index = self.node("Gather", &[&ids, &column], vec![attribute_int("axis", 1)], &format!("{prefix}.index"));
-                    pieces.push(self.node("Gather", &[&table, &index], vec![attribute_int("axis", 0)], &format!("{prefix}.embedding")));
+    /// The embedding tables of the features owning `columns`, stacked in column order,
+    /// and per column the offset of its feature's table in the stack: `[1, columns]`.
+    fn stacked_table(
+        &mut self,
+        weights: &Weights,
+        columns: &[&FeatureSpec],
+        hint: &str,
+    ) -> Result<(String, String), ExportError> {
+        let mut data = Vec::new();
+        let mut rows = 0usize;
+        let mut width = 0usize;
+        let mut offsets = Vec::with_capacity(columns.len());
+        let mut offset_of: BTreeMap<&str, usize> = BTreeMap::new();
+        for spec in columns {
+            let offset = match offset_of.get(spec.name.as_str()) {
+                Some(offset) => *offset,
+                None => {
+                    let table = weights.get(&embedding_weight_name(&spec.name))?;
+                    offset_of.insert(spec.name.as_str(), rows);
+                    data.extend_from_slice(&table.data);
+                    width = table.shape[1];
+                    rows += table.shape[0];
+                    rows - table.shape[0]
                 }
-                Kind::IdBag => {
-                    let end = spec.slot + spec.width;
-                    let indices = self.slice_columns(&bag_ids, spec.slot, end, &format!("{prefix}.indices"));
-                    let mask = self.slice_columns(&bag_mask, spec.slot, end, &format!("{prefix}.mask"));
-                    // [rows, len, E] embeddings weighted by [rows, len, 1] mask, summed over len.
-                    let embedded = self.node("Gather", &[&table, &indices], vec![attribute_int("axis", 0)], &format!("{prefix}.embedded"));
-                    let last_axis = self.initializer_i64(&format!("{prefix}.unsqueeze_axes"), &[1], &[2]);
-                    let mask3 = self.node("Unsqueeze", &[&mask, &last_axis], vec![], &format!("{prefix}.mask3"));
-                    let weighted = self.node("Mul", &[&embedded, &mask3], vec![], &format!("{prefix}.weighted"));
-                    let bag_axis = self.initializer_i64(&format!("{prefix}.sum_axes"), &[1], &[1]);
-                    let summed = self.node("ReduceSum", &[&weighted, &bag_axis], vec![attribute_int("keepdims", 0)], &format!("{prefix}.sum"));
-                    let count = self.node("ReduceSum", &[&mask, &bag_axis], vec![attribute_int("keepdims", 1)], &format!("{prefix}.count"));
-                    // An empty bag divides by 1, not 0: its mean is the zero vector.
-                    let one = self.initializer_f32(&format!("{prefix}.one"), &[], &[1.0]);
-                    let divisor = self.node("Max", &[&count, &one], vec![], &format!("{prefix}.divisor"));
-                    pieces.push(self.node("Div", &[&summed, &divisor], vec![], &format!("{prefix}.mean")));
-                }
-                Kind::Dense | Kind::Numeric => unreachable!("handled above"),
-            }
+            };
+            offsets.push(offset as i64);
         }
-        if let Some((start, end)) = pending_dense.take() {
-            pieces.push(self.slice_columns(&dense, start, end, &format!("{}.dense_{start}_{end}", scope.as_str())));
-        }
-        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-        Ok(match refs.as_slice() {
-            [single] => single.to_string(),
-            _ => self.node("Concat", &refs, vec![attribute_int("axis", 1)], &format!("{}.features", scope.as_str())),
-        })
+        let table = self.initializer_f32(&format!("{hint}_tables"), &[rows, width], &data);
+        let offsets =
+            self.initializer_i64(&format!("{hint}_offsets"), &[1, columns.len()], &offsets);
+        Ok((table, offsets))
     }
 
     /// `relu(input @ {prefix}.weight + {prefix}.bias)`.
-    fn dense_relu_layer(&mut self, weights: &Weights, input: &str, prefix: &str) -> Result<String, ExportError> {
+    fn dense_relu_layer(
+        &mut self,
+        weights: &Weights,
+        input: &str,
+        prefix: &str,
+    ) -> Result<String, ExportError> {
         let weight = self.weight(weights, &format!("{prefix}.weight"))?;
         let bias = self.weight(weights, &format!("{prefix}.bias"))?;
-        let product = self.node("MatMul", &[input, &weight], vec![], &format!("{prefix}.matmul"));
+        let product = self.node(
+            "MatMul",
+            &[input, &weight],
+            vec![],
+            &format!("{prefix}.matmul"),
+        );
         let biased = self.node("Add", &[&product, &bias], vec![], &format!("{prefix}.add"));
         Ok(self.node("Relu", &[&biased], vec![], &format!("{prefix}.relu")))
     }

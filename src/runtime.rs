@@ -30,14 +30,19 @@ use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dimension;
 
 use crate::bundle::{Manifest, OUTPUT_NAME};
 use crate::features::{Kind, Scope, ScopeTensors, ScopeWidths};
-use crate::onnx::{CANDIDATES_DIM, GraphInput, embedding_weight_name, graph_inputs, heads_by_column};
+use crate::onnx::{
+    CANDIDATES_DIM, EMBEDDING_ROWS_KEY_PREFIX, GraphInput, graph_inputs, heads_by_column,
+};
 
-/// Powers of two up to 1024. Padding to the next power of two wastes at most half a
-/// call's compute, and small calls (the common case for ad requests: a handful to a
-/// few hundred candidates) are dominated by per-operator overhead, not rows, so padding
-/// them costs little. Eleven plans optimize in well under the 2 s load budget; calls
-/// above 1024 candidates are rare enough for the symbolic plan.
-pub const DEFAULT_BUCKETS: [usize; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+/// Sizes 1.33x to 1.5x apart up to 1024: above 4 candidates a call pads to at most 1.5
+/// times its rows, so padding costs at most half the work of the real rows (below 4 the
+/// call is per-operator overhead, not rows). Each plan optimizes in milliseconds, so the
+/// nineteen load in a small part of the server's 2 s readiness budget (measured in
+/// `docs/README-inference.md`). Ad requests carry a handful to a few hundred candidates;
+/// the rare call above 1024 runs on the symbolic plan.
+pub const DEFAULT_BUCKETS: [usize; 19] = [
+    1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
@@ -80,9 +85,7 @@ pub enum RuntimeError {
         expected: usize,
         got: usize,
     },
-    #[error(
-        "feature `{feature}` (row {row}): id {id} is outside its table of {table_rows} rows"
-    )]
+    #[error("feature `{feature}` (row {row}): id {id} is outside its table of {table_rows} rows")]
     IdOutOfRange {
         feature: String,
         row: usize,
@@ -168,7 +171,14 @@ impl std::fmt::Debug for Runtime {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Runtime")
-            .field("inputs", &self.inputs.iter().map(|input| &input.name).collect::<Vec<_>>())
+            .field(
+                "inputs",
+                &self
+                    .inputs
+                    .iter()
+                    .map(|input| &input.name)
+                    .collect::<Vec<_>>(),
+            )
             .field("heads", &self.heads)
             .field("buckets", &self.buckets())
             .field("timings", &self.timings)
@@ -179,7 +189,11 @@ impl std::fmt::Debug for Runtime {
 impl Runtime {
     /// Parses `onnx`, checks it against `manifest`, and optimizes the symbolic plan and
     /// one concrete plan per bucket.
-    pub fn load(manifest: &Manifest, onnx: &[u8], config: &RuntimeConfig) -> Result<Runtime, RuntimeError> {
+    pub fn load(
+        manifest: &Manifest,
+        onnx: &[u8],
+        config: &RuntimeConfig,
+    ) -> Result<Runtime, RuntimeError> {
         let started = Instant::now();
         let mut buckets = config.buckets.clone();
         buckets.sort_unstable();
@@ -202,20 +216,33 @@ impl Runtime {
             .ok_or_else(|| mismatch("the file has no graph"))?;
 
         let inputs = graph_inputs(manifest);
-        let declared: Vec<&str> = graph.input.iter().map(|input| input.name.as_str()).collect();
+        let declared: Vec<&str> = graph
+            .input
+            .iter()
+            .map(|input| input.name.as_str())
+            .collect();
         let expected: Vec<&str> = inputs.iter().map(|input| input.name.as_str()).collect();
         if declared != expected {
-            return Err(mismatch(format!("graph inputs are {declared:?}, the manifest implies {expected:?}")));
+            return Err(mismatch(format!(
+                "graph inputs are {declared:?}, the manifest implies {expected:?}"
+            )));
         }
         for (declared, input) in graph.input.iter().zip(&inputs) {
             let (element, dims) = declared_type(declared)
                 .ok_or_else(|| mismatch(format!("input `{}` has no tensor type", input.name)))?;
-            let expected_element = if input.is_integer() { DataType::Int64 } else { DataType::Float };
+            let expected_element = if input.is_integer() {
+                DataType::Int64
+            } else {
+                DataType::Float
+            };
             let expected_rows = match input.scope {
                 Scope::Request => Dimension::DimValue(1),
                 Scope::Candidate => Dimension::DimParam(CANDIDATES_DIM.into()),
             };
-            let expected_dims = [Some(expected_rows), Some(Dimension::DimValue(input.columns as i64))];
+            let expected_dims = [
+                Some(expected_rows),
+                Some(Dimension::DimValue(input.columns as i64)),
+            ];
             if element != expected_element as i32 || dims != expected_dims {
                 return Err(mismatch(format!(
                     "input `{}` is {:?} {dims:?}, the manifest implies {expected_element:?} {expected_dims:?}",
@@ -225,22 +252,29 @@ impl Runtime {
             }
         }
         if graph.output.len() != 1 || graph.output[0].name != OUTPUT_NAME {
-            return Err(mismatch(format!("the graph's one output must be `{OUTPUT_NAME}`")));
+            return Err(mismatch(format!(
+                "the graph's one output must be `{OUTPUT_NAME}`"
+            )));
         }
-        let table_rows: HashMap<&str, usize> = graph
-            .initializer
+        let table_rows: HashMap<&str, usize> = proto
+            .metadata_props
             .iter()
-            .filter_map(|tensor| Some((tensor.name.as_str(), usize::try_from(*tensor.dims.first()?).ok()?)))
+            .filter_map(|entry| {
+                let feature = entry.key.strip_prefix(EMBEDDING_ROWS_KEY_PREFIX)?;
+                Some((feature, entry.value.parse().ok()?))
+            })
             .collect();
         let mut id_columns = Vec::new();
         for spec in &manifest.features {
             if !matches!(spec.kind, Kind::Id | Kind::IdBag) {
                 continue;
             }
-            let name = embedding_weight_name(&spec.name);
-            let rows = *table_rows
-                .get(name.as_str())
-                .ok_or_else(|| mismatch(format!("no embedding table `{name}` for feature `{}`", spec.name)))?;
+            let rows = *table_rows.get(spec.name.as_str()).ok_or_else(|| {
+                mismatch(format!(
+                    "no `{EMBEDDING_ROWS_KEY_PREFIX}{}` entry: the table size of feature `{}` is unknown",
+                    spec.name, spec.name
+                ))
+            })?;
             id_columns.push(IdColumns {
                 feature: spec.name.clone(),
                 scope: spec.scope,
@@ -256,12 +290,11 @@ impl Runtime {
             .and_then(|model| model.into_typed())
             .and_then(|model| model.into_decluttered())
             .map_err(tract_error(load_error))?;
-        let output_shape = &typed
-            .output_fact(0)
-            .map_err(tract_error(load_error))?
-            .shape;
+        let output_shape = &typed.output_fact(0).map_err(tract_error(load_error))?.shape;
         if output_shape.rank() != 2 || output_shape[1] != TDim::from(heads) {
-            return Err(mismatch(format!("output shape {output_shape:?}, expected [N, {heads}]")));
+            return Err(mismatch(format!(
+                "output shape {output_shape:?}, expected [N, {heads}]"
+            )));
         }
         let decode_and_type = started.elapsed();
 
@@ -275,7 +308,9 @@ impl Runtime {
             .into_iter()
             .map(|rows| {
                 let values = HashMap::from([(candidates.clone(), TDim::from(rows))]);
-                let concrete = typed.set_symbols(&values).map_err(tract_error(load_error))?;
+                let concrete = typed
+                    .set_symbols(&values)
+                    .map_err(tract_error(load_error))?;
                 Ok(BucketPlan {
                     rows,
                     plan: optimize(concrete)?,
@@ -319,7 +354,8 @@ impl Runtime {
     /// The rows a call with `candidates` candidates runs with: its bucket, or itself on
     /// the symbolic plan.
     pub fn padded_rows(&self, candidates: usize) -> usize {
-        self.bucket_for(candidates).map_or(candidates, |bucket| bucket.rows)
+        self.bucket_for(candidates)
+            .map_or(candidates, |bucket| bucket.rows)
     }
 
     fn bucket_for(&self, candidates: usize) -> Option<&BucketPlan> {
@@ -328,7 +364,11 @@ impl Runtime {
 
     /// Logits for one request's candidates. Fails, without calling tract, when a width,
     /// a length or an id does not fit the model.
-    pub fn infer(&self, request: &ScopeTensors, candidates: &ScopeTensors) -> Result<Logits, RuntimeError> {
+    pub fn infer(
+        &self,
+        request: &ScopeTensors,
+        candidates: &ScopeTensors,
+    ) -> Result<Logits, RuntimeError> {
         self.check(Scope::Request, request)?;
         self.check(Scope::Candidate, candidates)?;
         if request.rows != 1 {
@@ -357,7 +397,9 @@ impl Runtime {
                 Scope::Candidate => input_tensor(input, candidates, rows),
             })
             .collect::<Result<_, _>>()?;
-        let outputs = plan.run(tensors).map_err(tract_error(|reason| RuntimeError::Inference { reason }))?;
+        let outputs = plan
+            .run(tensors)
+            .map_err(tract_error(|reason| RuntimeError::Inference { reason }))?;
         let values = outputs
             .first()
             .ok_or_else(|| RuntimeError::Inference {
@@ -369,7 +411,10 @@ impl Runtime {
         let wanted = candidates.rows * self.heads;
         if values.len() < wanted {
             return Err(RuntimeError::Inference {
-                reason: format!("the plan returned {} values, {wanted} expected", values.len()),
+                reason: format!(
+                    "the plan returned {} values, {wanted} expected",
+                    values.len()
+                ),
             });
         }
         let mut values = values;
@@ -418,7 +463,11 @@ impl Runtime {
                 });
             }
         }
-        for columns in self.id_columns.iter().filter(|columns| columns.scope == scope) {
+        for columns in self
+            .id_columns
+            .iter()
+            .filter(|columns| columns.scope == scope)
+        {
             let (values, width) = match columns.kind {
                 Kind::Id => (&tensors.ids, expected.ids),
                 _ => (&tensors.bag_ids, expected.bag),
@@ -462,7 +511,11 @@ fn optimize(model: TypedModel) -> Result<Arc<TypedSimplePlan>, RuntimeError> {
 }
 
 /// One graph input for `rows` rows: the scope's values, then zero rows up to `rows`.
-fn input_tensor(input: &GraphInput, tensors: &ScopeTensors, rows: usize) -> Result<TValue, RuntimeError> {
+fn input_tensor(
+    input: &GraphInput,
+    tensors: &ScopeTensors,
+    rows: usize,
+) -> Result<TValue, RuntimeError> {
     let shape = [rows, input.columns];
     let used = tensors.rows * input.columns;
     let padded = rows * input.columns;

@@ -25,8 +25,14 @@ fn bundle() -> (RandomBundle, Vec<u8>) {
 /// Random assembled inputs, with hand-edited rows on the cold-start paths: row 0 fully
 /// unknown (every id 0, every bag empty), row 1 with known ids but empty bags, and, when
 /// `empty_request_bags`, a request whose history, follows and searches are all empty.
-fn inputs(bundle: &RandomBundle, candidates: usize, seed: u64, empty_request_bags: bool) -> (ScopeTensors, ScopeTensors) {
-    let (mut request, mut candidate_tensors) = testing::random_inputs(&bundle.manifest, &bundle.vocabularies, candidates, seed);
+fn inputs(
+    bundle: &RandomBundle,
+    candidates: usize,
+    seed: u64,
+    empty_request_bags: bool,
+) -> (ScopeTensors, ScopeTensors) {
+    let (mut request, mut candidate_tensors) =
+        testing::random_inputs(&bundle.manifest, &bundle.vocabularies, candidates, seed);
     let bag = candidate_tensors.widths.bag;
     let ids = candidate_tensors.widths.ids;
     if candidates >= 1 {
@@ -51,21 +57,49 @@ fn sigmoid(logit: f32) -> f64 {
 /// Largest |sigmoid(a) - sigmoid(b)| and |a - b| over all logits.
 fn differences(expected: &[f32], actual: &[f32]) -> (f64, f32) {
     assert_eq!(expected.len(), actual.len(), "logit counts differ");
-    expected.iter().zip(actual).fold((0.0, 0.0), |(probability, logit), (e, a)| {
-        (probability.max((sigmoid(*e) - sigmoid(*a)).abs()), logit.max((e - a).abs()))
-    })
+    expected
+        .iter()
+        .zip(actual)
+        .fold((0.0, 0.0), |(probability, logit), (e, a)| {
+            (
+                probability.max((sigmoid(*e) - sigmoid(*a)).abs()),
+                logit.max((e - a).abs()),
+            )
+        })
 }
 
-fn assert_matches_reference(bundle: &RandomBundle, runtime: &Runtime, request: &ScopeTensors, candidates: &ScopeTensors, what: &str) {
+fn assert_matches_reference(
+    bundle: &RandomBundle,
+    runtime: &Runtime,
+    request: &ScopeTensors,
+    candidates: &ScopeTensors,
+    what: &str,
+) {
     let expected = model::forward(&bundle.manifest, &bundle.weights, request, candidates);
-    let actual = runtime.infer(request, candidates).expect("valid inputs infer");
-    assert_eq!((actual.rows, actual.heads), (candidates.rows, bundle.manifest.heads.len()), "{what}: output shape");
+    let actual = runtime
+        .infer(request, candidates)
+        .expect("valid inputs infer");
+    assert_eq!(
+        (actual.rows, actual.heads),
+        (candidates.rows, bundle.manifest.heads.len()),
+        "{what}: output shape"
+    );
     let (probability, logit) = differences(&expected, &actual.values);
-    assert!(probability <= PROBABILITY_TOLERANCE, "{what}: probabilities differ by {probability}");
+    println!(
+        "{what}: max |p_tract - p_reference| = {probability:.3e}, max logit difference {logit:.3e}"
+    );
+    assert!(
+        probability <= PROBABILITY_TOLERANCE,
+        "{what}: probabilities differ by {probability}"
+    );
     assert!(logit <= LOGIT_TOLERANCE, "{what}: logits differ by {logit}");
     // Random weights must give outputs that vary, or the comparison proves nothing.
-    let spread = expected.iter().fold(f32::MIN, |a, b| a.max(*b)) - expected.iter().fold(f32::MAX, |a, b| a.min(*b));
-    assert!(candidates.rows * bundle.manifest.heads.len() == 1 || spread > 0.01, "{what}: logits barely vary ({spread})");
+    let spread = expected.iter().fold(f32::MIN, |a, b| a.max(*b))
+        - expected.iter().fold(f32::MAX, |a, b| a.min(*b));
+    assert!(
+        candidates.rows * bundle.manifest.heads.len() == 1 || spread > 0.01,
+        "{what}: logits barely vary ({spread})"
+    );
 }
 
 /// tract on the exported file gives the reference probabilities within 1e-5 for 1, 7 and
@@ -76,7 +110,13 @@ fn tract_matches_reference_for_1_7_and_1000_candidates() {
     let runtime = Runtime::load(&bundle.manifest, &onnx, &RuntimeConfig::default()).expect("loads");
     for (candidates, seed, empty_request_bags) in [(1, 1, false), (7, 2, true), (1000, 3, false)] {
         let (request, candidate_tensors) = inputs(&bundle, candidates, seed, empty_request_bags);
-        assert_matches_reference(&bundle, &runtime, &request, &candidate_tensors, &format!("N={candidates}"));
+        assert_matches_reference(
+            &bundle,
+            &runtime,
+            &request,
+            &candidate_tensors,
+            &format!("N={candidates}"),
+        );
     }
 }
 
@@ -85,19 +125,44 @@ fn tract_matches_reference_for_1_7_and_1000_candidates() {
 #[test]
 fn bucketed_and_symbolic_plans_agree_and_large_calls_work() {
     let (bundle, onnx) = bundle();
-    let bucketed = Runtime::load(&bundle.manifest, &onnx, &RuntimeConfig { buckets: vec![8, 4, 16] }).expect("loads");
+    let bucketed = Runtime::load(
+        &bundle.manifest,
+        &onnx,
+        &RuntimeConfig {
+            buckets: vec![8, 4, 16],
+        },
+    )
+    .expect("loads");
     assert_eq!(bucketed.buckets(), vec![4, 8, 16], "buckets are sorted");
-    let symbolic = Runtime::load(&bundle.manifest, &onnx, &RuntimeConfig { buckets: vec![] }).expect("loads");
+    let symbolic =
+        Runtime::load(&bundle.manifest, &onnx, &RuntimeConfig { buckets: vec![] }).expect("loads");
     for (candidates, seed) in [(1, 11), (3, 12), (8, 13), (9, 14), (17, 15), (300, 16)] {
         let (request, candidate_tensors) = inputs(&bundle, candidates, seed, false);
-        let from_bucket = bucketed.infer(&request, &candidate_tensors).expect("bucketed infers");
-        let from_symbolic = symbolic.infer(&request, &candidate_tensors).expect("symbolic infers");
+        let from_bucket = bucketed
+            .infer(&request, &candidate_tensors)
+            .expect("bucketed infers");
+        let from_symbolic = symbolic
+            .infer(&request, &candidate_tensors)
+            .expect("symbolic infers");
         let (probability, _) = differences(&from_symbolic.values, &from_bucket.values);
-        assert!(probability <= PROBABILITY_TOLERANCE, "N={candidates}: plans differ by {probability}");
-        assert_matches_reference(&bundle, &bucketed, &request, &candidate_tensors, &format!("bucketed N={candidates}"));
+        assert!(
+            probability <= PROBABILITY_TOLERANCE,
+            "N={candidates}: plans differ by {probability}"
+        );
+        assert_matches_reference(
+            &bundle,
+            &bucketed,
+            &request,
+            &candidate_tensors,
+            &format!("bucketed N={candidates}"),
+        );
     }
     assert_eq!(bucketed.padded_rows(3), 4);
-    assert_eq!(bucketed.padded_rows(17), 17, "above the largest bucket: symbolic, unpadded");
+    assert_eq!(
+        bucketed.padded_rows(17),
+        17,
+        "above the largest bucket: symbolic, unpadded"
+    );
 }
 
 /// A call with no candidates answers no rows instead of failing.
@@ -106,7 +171,9 @@ fn zero_candidates_give_zero_rows() {
     let (bundle, onnx) = bundle();
     let runtime = Runtime::load(&bundle.manifest, &onnx, &RuntimeConfig::default()).expect("loads");
     let (request, candidates) = inputs(&bundle, 0, 5, false);
-    let logits = runtime.infer(&request, &candidates).expect("empty calls infer");
+    let logits = runtime
+        .infer(&request, &candidates)
+        .expect("empty calls infer");
     assert_eq!((logits.rows, logits.values.len()), (0, 0));
 }
 
@@ -114,12 +181,19 @@ fn zero_candidates_give_zero_rows() {
 #[test]
 fn shared_runtime_serves_threads_alike() {
     let (bundle, onnx) = bundle();
-    let runtime = Arc::new(Runtime::load(&bundle.manifest, &onnx, &RuntimeConfig::default()).expect("loads"));
+    let runtime =
+        Arc::new(Runtime::load(&bundle.manifest, &onnx, &RuntimeConfig::default()).expect("loads"));
     let (request, candidates) = inputs(&bundle, 20, 21, false);
     let alone = runtime.infer(&request, &candidates).expect("infers");
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| (0..10).map(|_| runtime.infer(&request, &candidates).expect("infers")).collect::<Vec<_>>()))
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..10)
+                        .map(|_| runtime.infer(&request, &candidates).expect("infers"))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         for handle in handles {
             for logits in handle.join().expect("no thread panics") {
@@ -140,8 +214,19 @@ fn mismatched_shapes_are_rejected() {
     let mut wider = candidates.clone();
     wider.widths.dense += 1;
     wider.dense.extend(std::iter::repeat_n(0.0, wider.rows));
-    let error = runtime.infer(&request, &wider).expect_err("wider dense is refused");
-    assert!(matches!(error, RuntimeError::Widths { scope: "candidate", .. }), "{error}");
+    let error = runtime
+        .infer(&request, &wider)
+        .expect_err("wider dense is refused");
+    assert!(
+        matches!(
+            error,
+            RuntimeError::Widths {
+                scope: "candidate",
+                ..
+            }
+        ),
+        "{error}"
+    );
 
     let mut two_requests = request.clone();
     two_requests.rows = 2;
@@ -149,18 +234,37 @@ fn mismatched_shapes_are_rejected() {
     two_requests.bag_ids.extend_from_within(..);
     two_requests.bag_mask.extend_from_within(..);
     two_requests.dense.extend_from_within(..);
-    let error = runtime.infer(&two_requests, &candidates).expect_err("two request rows are refused");
-    assert_eq!(error, RuntimeError::Rows { scope: "request", expected: 1, got: 2 });
+    let error = runtime
+        .infer(&two_requests, &candidates)
+        .expect_err("two request rows are refused");
+    assert_eq!(
+        error,
+        RuntimeError::Rows {
+            scope: "request",
+            expected: 1,
+            got: 2
+        }
+    );
 
     let mut short = candidates.clone();
     short.ids.pop();
-    let error = runtime.infer(&request, &short).expect_err("a short ids tensor is refused");
-    assert!(matches!(&error, RuntimeError::Length { input, .. } if input == "candidate_ids"), "{error}");
+    let error = runtime
+        .infer(&request, &short)
+        .expect_err("a short ids tensor is refused");
+    assert!(
+        matches!(&error, RuntimeError::Length { input, .. } if input == "candidate_ids"),
+        "{error}"
+    );
 
     let mut not_finite = candidates.clone();
     not_finite.dense[not_finite.widths.dense * 3] = f32::NAN;
-    let error = runtime.infer(&request, &not_finite).expect_err("NaN is refused");
-    assert!(matches!(&error, RuntimeError::NotFinite { input, row: 3 } if input == "candidate_dense"), "{error}");
+    let error = runtime
+        .infer(&request, &not_finite)
+        .expect_err("NaN is refused");
+    assert!(
+        matches!(&error, RuntimeError::NotFinite { input, row: 3 } if input == "candidate_dense"),
+        "{error}"
+    );
 }
 
 /// Ids outside their table (too large or negative) are refused with the feature's name
@@ -170,26 +274,53 @@ fn out_of_range_ids_are_rejected() {
     let (bundle, onnx) = bundle();
     let runtime = Runtime::load(&bundle.manifest, &onnx, &RuntimeConfig::default()).expect("loads");
     let (request, candidates) = inputs(&bundle, 4, 41, false);
-    let spec_of = |name: &str| bundle.manifest.features.iter().find(|spec| spec.name == name).expect("feature exists");
+    let spec_of = |name: &str| {
+        bundle
+            .manifest
+            .features
+            .iter()
+            .find(|spec| spec.name == name)
+            .expect("feature exists")
+    };
 
     let episode = spec_of("episode_id");
     let table_rows = bundle.weights.tensors[&onnx::embedding_weight_name("episode_id")].shape[0];
     let mut too_large = candidates.clone();
     too_large.ids[2 * too_large.widths.ids + episode.slot] = table_rows as i64;
-    let error = runtime.infer(&request, &too_large).expect_err("an id past the table is refused");
-    assert_eq!(error, RuntimeError::IdOutOfRange { feature: "episode_id".into(), row: 2, id: table_rows as i64, table_rows });
-    assert!(error.to_string().contains("episode_id"), "the message names the feature: {error}");
+    let error = runtime
+        .infer(&request, &too_large)
+        .expect_err("an id past the table is refused");
+    assert_eq!(
+        error,
+        RuntimeError::IdOutOfRange {
+            feature: "episode_id".into(),
+            row: 2,
+            id: table_rows as i64,
+            table_rows
+        }
+    );
+    assert!(
+        error.to_string().contains("episode_id"),
+        "the message names the feature: {error}"
+    );
 
     let history = spec_of("user_history");
     let mut negative = request.clone();
     negative.bag_ids[history.slot + 3] = -1;
-    let error = runtime.infer(&negative, &candidates).expect_err("a negative bag id is refused");
-    assert!(matches!(&error, RuntimeError::IdOutOfRange { feature, id: -1, .. } if feature == "user_history"), "{error}");
+    let error = runtime
+        .infer(&negative, &candidates)
+        .expect_err("a negative bag id is refused");
+    assert!(
+        matches!(&error, RuntimeError::IdOutOfRange { feature, id: -1, .. } if feature == "user_history"),
+        "{error}"
+    );
 
     // The largest valid id still works.
     let mut largest = candidates.clone();
     largest.ids[episode.slot] = table_rows as i64 - 1;
-    runtime.infer(&request, &largest).expect("the last row of a table is in range");
+    runtime
+        .infer(&request, &largest)
+        .expect("the last row of a table is in range");
 }
 
 /// The exporter refuses weights that do not fit the architecture, naming the weight.
@@ -200,22 +331,47 @@ fn export_rejects_missing_misshaped_and_extra_weights() {
     missing.tensors.remove("encoder.1.bias");
     assert_eq!(
         onnx::export(&bundle.manifest, &missing),
-        Err(ExportError::MissingWeight { name: "encoder.1.bias".into() })
+        Err(ExportError::MissingWeight {
+            name: "encoder.1.bias".into()
+        })
     );
 
     let mut misshaped = bundle.weights.clone();
-    misshaped.tensors.insert("tower.click.0.weight".into(), WeightTensor::zeros(vec![128, 63]));
-    let error = onnx::export(&bundle.manifest, &misshaped).expect_err("a misshaped tower is refused");
-    assert!(matches!(&error, ExportError::WrongShape { name, .. } if name == "tower.click.0.weight"), "{error}");
-    assert!(error.to_string().contains("[128, 64]"), "the message says the shape needed: {error}");
+    misshaped.tensors.insert(
+        "tower.click.0.weight".into(),
+        WeightTensor::zeros(vec![128, 63]),
+    );
+    let error =
+        onnx::export(&bundle.manifest, &misshaped).expect_err("a misshaped tower is refused");
+    assert!(
+        matches!(&error, ExportError::WrongShape { name, .. } if name == "tower.click.0.weight"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("[128, 64]"),
+        "the message says the shape needed: {error}"
+    );
 
     let mut extra = bundle.weights.clone();
-    extra.tensors.insert("tower.unknown_head.0.weight".into(), WeightTensor::zeros(vec![1]));
-    assert!(matches!(onnx::export(&bundle.manifest, &extra), Err(ExportError::UnexpectedWeight { .. })));
+    extra.tensors.insert(
+        "tower.unknown_head.0.weight".into(),
+        WeightTensor::zeros(vec![1]),
+    );
+    assert!(matches!(
+        onnx::export(&bundle.manifest, &extra),
+        Err(ExportError::UnexpectedWeight { .. })
+    ));
 
     let mut not_finite = bundle.weights.clone();
-    not_finite.tensors.get_mut("batch_norm.shift").expect("exists").data[0] = f32::INFINITY;
-    assert!(matches!(onnx::export(&bundle.manifest, &not_finite), Err(ExportError::NotFinite { .. })));
+    not_finite
+        .tensors
+        .get_mut("batch_norm.shift")
+        .expect("exists")
+        .data[0] = f32::INFINITY;
+    assert!(matches!(
+        onnx::export(&bundle.manifest, &not_finite),
+        Err(ExportError::NotFinite { .. })
+    ));
 }
 
 /// A graph exported for another feature set is refused at load, not at the first call.
@@ -224,17 +380,41 @@ fn loading_a_graph_for_another_manifest_fails() {
     let (bundle, onnx) = bundle();
     let mut other = bundle.manifest.clone();
     other.features.retain(|spec| spec.name != "creative_layout");
-    let error = Runtime::load(&other, &onnx, &RuntimeConfig::default()).expect_err("mismatch is refused");
-    assert!(matches!(error, RuntimeError::ModelMismatch { .. }), "{error}");
-    let error = Runtime::load(&bundle.manifest, b"not an onnx file", &RuntimeConfig::default()).expect_err("garbage is refused");
-    assert!(matches!(error, RuntimeError::Load { .. } | RuntimeError::ModelMismatch { .. }), "{error}");
+    let error =
+        Runtime::load(&other, &onnx, &RuntimeConfig::default()).expect_err("mismatch is refused");
+    assert!(
+        matches!(error, RuntimeError::ModelMismatch { .. }),
+        "{error}"
+    );
+    let error = Runtime::load(
+        &bundle.manifest,
+        b"not an onnx file",
+        &RuntimeConfig::default(),
+    )
+    .expect_err("garbage is refused");
+    assert!(
+        matches!(
+            error,
+            RuntimeError::Load { .. } | RuntimeError::ModelMismatch { .. }
+        ),
+        "{error}"
+    );
 }
 
-fn tensor_json<T: serde::Serialize>(dtype: &str, rows: usize, columns: usize, data: &[T]) -> serde_json::Value {
+fn tensor_json<T: serde::Serialize>(
+    dtype: &str,
+    rows: usize,
+    columns: usize,
+    data: &[T],
+) -> serde_json::Value {
     serde_json::json!({"dtype": dtype, "shape": [rows, columns], "data": data})
 }
 
-fn graph_feeds(bundle: &RandomBundle, request: &ScopeTensors, candidates: &ScopeTensors) -> serde_json::Map<String, serde_json::Value> {
+fn graph_feeds(
+    bundle: &RandomBundle,
+    request: &ScopeTensors,
+    candidates: &ScopeTensors,
+) -> serde_json::Map<String, serde_json::Value> {
     onnx::graph_inputs(&bundle.manifest)
         .into_iter()
         .map(|input| {
@@ -245,7 +425,9 @@ fn graph_feeds(bundle: &RandomBundle, request: &ScopeTensors, candidates: &Scope
             let value = match input.suffix {
                 "ids" => tensor_json("int64", tensors.rows, input.columns, &tensors.ids),
                 "bag_ids" => tensor_json("int64", tensors.rows, input.columns, &tensors.bag_ids),
-                "bag_mask" => tensor_json("float32", tensors.rows, input.columns, &tensors.bag_mask),
+                "bag_mask" => {
+                    tensor_json("float32", tensors.rows, input.columns, &tensors.bag_mask)
+                }
                 _ => tensor_json("float32", tensors.rows, input.columns, &tensors.dense),
             };
             (input.name, value)
@@ -258,7 +440,8 @@ fn graph_feeds(bundle: &RandomBundle, request: &ScopeTensors, candidates: &Scope
 #[test]
 fn onnx_runtime_matches_reference_and_checker_passes() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("PODSCORE_PYTHON").map_or_else(|| root.join(".venv/bin/python"), PathBuf::from);
+    let python = std::env::var_os("PODSCORE_PYTHON")
+        .map_or_else(|| root.join(".venv/bin/python"), PathBuf::from);
     assert!(
         python.exists(),
         "ONNX Runtime parity needs a Python with onnx, onnxruntime and numpy at {} (or set PODSCORE_PYTHON). \
@@ -271,8 +454,14 @@ fn onnx_runtime_matches_reference_and_checker_passes() {
     let cases: Vec<serde_json::Value> = [(1, 51, false), (7, 52, true), (1000, 53, false)]
         .into_iter()
         .map(|(candidates, seed, empty_request_bags)| {
-            let (request, candidate_tensors) = inputs(&bundle, candidates, seed, empty_request_bags);
-            let logits = model::forward(&bundle.manifest, &bundle.weights, &request, &candidate_tensors);
+            let (request, candidate_tensors) =
+                inputs(&bundle, candidates, seed, empty_request_bags);
+            let logits = model::forward(
+                &bundle.manifest,
+                &bundle.weights,
+                &request,
+                &candidate_tensors,
+            );
             let probabilities: Vec<f64> = logits.iter().map(|logit| sigmoid(*logit)).collect();
             serde_json::json!({
                 "name": format!("N={candidates}"),
@@ -288,7 +477,8 @@ fn onnx_runtime_matches_reference_and_checker_passes() {
     let cases_path = directory.path().join("cases.json");
     std::fs::write(&model_path, &onnx).expect("writes the model");
     let spec = serde_json::json!({"tolerance": PROBABILITY_TOLERANCE, "cases": cases});
-    std::fs::write(&cases_path, serde_json::to_vec(&spec).expect("serializes")).expect("writes the cases");
+    std::fs::write(&cases_path, serde_json::to_vec(&spec).expect("serializes"))
+        .expect("writes the cases");
 
     let output = std::process::Command::new(&python)
         .arg(root.join("tests/ort_parity.py"))
@@ -303,5 +493,37 @@ fn onnx_runtime_matches_reference_and_checker_passes() {
         "tests/ort_parity.py failed ({}):\n{stdout}\n{stderr}\n(exit 3 means missing packages: run the test driver)",
         output.status
     );
-    assert!(stdout.contains("full check passed"), "the checker ran: {stdout}");
+    println!("{stdout}");
+    assert!(
+        stdout.contains("full check passed"),
+        "the checker ran: {stdout}"
+    );
+}
+
+/// The exporter refuses manifests it cannot lay out: a head column used twice, or an
+/// input column no feature owns (it would reach a Gather unchecked).
+#[test]
+fn export_rejects_inconsistent_manifests() {
+    let (bundle, _) = bundle();
+    let mut repeated_head = bundle.manifest.clone();
+    repeated_head.heads[1].index = 0;
+    let error = onnx::export(&repeated_head, &bundle.weights)
+        .expect_err("a repeated head index is refused");
+    assert!(
+        matches!(error, ExportError::InvalidArchitecture { .. }),
+        "{error}"
+    );
+
+    let mut gap = bundle.manifest.clone();
+    let last_id = gap
+        .features
+        .iter_mut()
+        .rfind(|spec| spec.input == "candidate_ids")
+        .expect("candidate id features exist");
+    last_id.slot += 1;
+    let error = onnx::export(&gap, &bundle.weights).expect_err("an unowned column is refused");
+    assert!(
+        error.to_string().contains("belongs to no feature"),
+        "{error}"
+    );
 }

@@ -23,8 +23,15 @@ if [ ! -x "$root/.venv/bin/python" ]; then
 fi
 "$root/.venv/bin/python" -m pip install -q --disable-pip-version-check -r "$root/tests/requirements.txt"
 export PODSCORE_PYTHON="$root/.venv/bin/python"
+# Tests train in process: one candle compute thread (see rerun_with_one_candle_thread in
+# src/main.rs for why).
+export CANDLE_NUM_THREADS=1
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --check
 cargo clippy --release --all-targets --locked -- -D warnings
-cargo test --release --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release --locked 2>&1 | tee "$log"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"

@@ -70,31 +70,31 @@ fn sample_impression(id: u64) -> Impression {
         timestamp,
         day: (id / 5000) as u32,
         user_id: format!("u{id}"),
-        kind: if id % 3 == 0 {
+        kind: if id.is_multiple_of(3) {
             CandidateKind::Ad
         } else {
             CandidateKind::Promotion
         },
         show_id: format!("s{}", id % 97),
-        episode_id: (id % 2 == 0).then(|| format!("e{id}")),
+        episode_id: id.is_multiple_of(2).then(|| format!("e{id}")),
         show_tier: (id % 8) as u8,
         creative: CreativeRecord {
-            creative_id: (id % 3 == 0).then(|| format!("cr{}", id % 11)),
+            creative_id: id.is_multiple_of(3).then(|| format!("cr{}", id % 11)),
             campaign_id: Some(format!("p{}", id % 13)),
-            format: (id % 3 == 0).then(|| "video".to_string()),
-            slot: (id % 5 != 0).then(|| "midroll".to_string()),
+            format: id.is_multiple_of(3).then(|| "video".to_string()),
+            slot: (!id.is_multiple_of(5)).then(|| "midroll".to_string()),
             layout: None,
         },
         context: ContextRecord {
             timestamp: Some(timestamp),
-            surface: (id % 7 != 0).then(|| "home".to_string()),
-            session_length_s: (id % 4 != 0).then_some(id as f64 * 0.5),
+            surface: (!id.is_multiple_of(7)).then(|| "home".to_string()),
+            session_length_s: (!id.is_multiple_of(4)).then_some(id as f64 * 0.5),
         },
         cost: 0.0123,
-        stream: id % 2 == 0,
-        click: id % 5 == 0,
-        like: id % 7 == 0,
-        follow: id % 11 == 0,
+        stream: id.is_multiple_of(2),
+        click: id.is_multiple_of(5),
+        like: id.is_multiple_of(7),
+        follow: id.is_multiple_of(11),
         p_stream: 0.061,
         p_click: 0.031,
         p_like: 1e-3,

@@ -95,7 +95,13 @@ struct AdamUpdate<'a> {
 
 impl AdamUpdate<'_> {
     #[inline]
-    fn update(&self, parameter: &mut [f32], gradient: &[f32], first: &mut [f32], second: &mut [f32]) {
+    fn update(
+        &self,
+        parameter: &mut [f32],
+        gradient: &[f32],
+        first: &mut [f32],
+        second: &mut [f32],
+    ) {
         let (beta1, beta2) = (self.beta1, self.beta2);
         for index in 0..parameter.len() {
             let g = gradient[index];
@@ -121,7 +127,9 @@ impl candle_core::InplaceOp2 for AdamUpdate<'_> {
         gradient_storage: &CpuStorage,
         gradient_layout: &Layout,
     ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(parameters), CpuStorage::F32(gradients)) = (destination, gradient_storage) else {
+        let (CpuStorage::F32(parameters), CpuStorage::F32(gradients)) =
+            (destination, gradient_storage)
+        else {
             candle_core::bail!("adam-update: parameters and gradients must be f32");
         };
         let Some((start, end)) = destination_layout.contiguous_offsets() else {
@@ -132,7 +140,10 @@ impl candle_core::InplaceOp2 for AdamUpdate<'_> {
         };
         let parameters = &mut parameters[start..end];
         let gradients = &gradients[gradient_start..gradient_end];
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (first, second) = &mut *state;
         match self.rows {
             Some(rows) => {

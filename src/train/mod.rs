@@ -25,7 +25,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::bundle::{self, Architecture, Bundle, GoldenCase, GoldenScores, HeadSpec, Manifest, ResponseField};
+use crate::bundle::{
+    self, Architecture, Bundle, GoldenCase, GoldenScores, HeadSpec, Manifest, ResponseField,
+};
 use crate::entities::{CandidateKind, CandidateView, ContextRecord, CreativeRecord, RequestView};
 use crate::features::{
     self, Assembler, FeatureDefinition, FeatureSpec, Kind, RawValue, ScopeTensors, Transform,
@@ -48,10 +50,10 @@ const ID_DROPOUT_FEATURES: [&str; 4] = ["show_id", "episode_id", "campaign_id", 
 const DEFAULT_BATCH_SIZE: usize = 1024;
 const DEFAULT_LEARNING_RATE: f64 = 2e-3;
 /// Per-epoch multiplicative decay: one schedule for every variant.
-const DEFAULT_LEARNING_RATE_DECAY: f64 = 0.6;
-const DEFAULT_MAX_EPOCHS: usize = 6;
+const DEFAULT_LEARNING_RATE_DECAY: f64 = 0.8;
+const DEFAULT_MAX_EPOCHS: usize = 12;
 /// Stop after this many epochs without a better validation AP.
-const DEFAULT_PATIENCE: usize = 1;
+const DEFAULT_PATIENCE: usize = 2;
 const DEFAULT_ID_DROPOUT: f64 = 0.1;
 /// Ids seen fewer times than this in training map to the unknown row: rare shows share
 /// the cold-start path instead of getting an embedding trained on a handful of rows.
@@ -114,7 +116,9 @@ pub struct TrainArgs {
     pub learning_rate_decay: f64,
     #[arg(long, default_value_t = DEFAULT_MAX_EPOCHS, env = "PODSCORE_MAX_EPOCHS")]
     pub max_epochs: usize,
-    /// Cap on steps per epoch (0 = one pass over the larger training source).
+    /// Steps per epoch (0 = until the first source has been seen once: with balanced
+    /// batches the smaller source cycles, and validating once per cycle catches
+    /// overfitting to it).
     #[arg(long, default_value_t = 0, env = "PODSCORE_STEPS_PER_EPOCH")]
     pub steps_per_epoch: usize,
     #[arg(long, default_value_t = DEFAULT_PATIENCE, env = "PODSCORE_PATIENCE")]
@@ -150,13 +154,22 @@ impl TrainArgs {
     fn validate(&self) -> Result<()> {
         let mut problems = Vec::new();
         if !(self.promo_share > 0.0 && self.promo_share < 1.0) {
-            problems.push(format!("--promo-share must be in (0, 1), got {}", self.promo_share));
+            problems.push(format!(
+                "--promo-share must be in (0, 1), got {}",
+                self.promo_share
+            ));
         }
         if self.batch_size < 2 || self.batch_size > 65_536 {
-            problems.push(format!("--batch-size must be in 2..=65536, got {}", self.batch_size));
+            problems.push(format!(
+                "--batch-size must be in 2..=65536, got {}",
+                self.batch_size
+            ));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
-            problems.push(format!("--learning-rate must be in (0, 1], got {}", self.learning_rate));
+            problems.push(format!(
+                "--learning-rate must be in (0, 1], got {}",
+                self.learning_rate
+            ));
         }
         if !(self.learning_rate_decay > 0.0 && self.learning_rate_decay <= 1.0) {
             problems.push(format!(
@@ -165,25 +178,43 @@ impl TrainArgs {
             ));
         }
         if self.max_epochs == 0 || self.max_epochs > 1000 {
-            problems.push(format!("--max-epochs must be in 1..=1000, got {}", self.max_epochs));
+            problems.push(format!(
+                "--max-epochs must be in 1..=1000, got {}",
+                self.max_epochs
+            ));
         }
         if self.embedding_dim == 0 || self.embedding_dim > 512 {
-            problems.push(format!("--embedding-dim must be in 1..=512, got {}", self.embedding_dim));
+            problems.push(format!(
+                "--embedding-dim must be in 1..=512, got {}",
+                self.embedding_dim
+            ));
         }
         if self.encoder.is_empty() || self.encoder.iter().any(|w| *w == 0 || *w > 4096) {
-            problems.push(format!("--encoder widths must be in 1..=4096, got {:?}", self.encoder));
+            problems.push(format!(
+                "--encoder widths must be in 1..=4096, got {:?}",
+                self.encoder
+            ));
         }
         if self.tower.iter().any(|w| *w == 0 || *w > 4096) {
-            problems.push(format!("--tower widths must be in 1..=4096, got {:?}", self.tower));
+            problems.push(format!(
+                "--tower widths must be in 1..=4096, got {:?}",
+                self.tower
+            ));
         }
         if !(0.0..1.0).contains(&self.id_dropout) {
-            problems.push(format!("--id-dropout must be in [0, 1), got {}", self.id_dropout));
+            problems.push(format!(
+                "--id-dropout must be in [0, 1), got {}",
+                self.id_dropout
+            ));
         }
         if self.min_count == 0 {
             problems.push("--min-count must be at least 1".to_string());
         }
         if self.validation_rows < 100 {
-            problems.push(format!("--validation-rows must be at least 100, got {}", self.validation_rows));
+            problems.push(format!(
+                "--validation-rows must be at least 100, got {}",
+                self.validation_rows
+            ));
         }
         if self.shuffle_buffer < self.batch_size {
             problems.push(format!(
@@ -232,15 +263,19 @@ impl Label {
 }
 
 fn ancillary_heads() -> Vec<HeadPlan> {
-    [("click", Label::Click, ResponseField::Click), ("like", Label::Like, ResponseField::Like), ("follow", Label::Follow, ResponseField::Follow)]
-        .into_iter()
-        .map(|(name, label, field)| HeadPlan {
-            name,
-            label,
-            kinds: CandidateKind::ALL.to_vec(),
-            field,
-        })
-        .collect()
+    [
+        ("click", Label::Click, ResponseField::Click),
+        ("like", Label::Like, ResponseField::Like),
+        ("follow", Label::Follow, ResponseField::Follow),
+    ]
+    .into_iter()
+    .map(|(name, label, field)| HeadPlan {
+        name,
+        label,
+        kinds: CandidateKind::ALL.to_vec(),
+        field,
+    })
+    .collect()
 }
 
 impl Plan {
@@ -266,7 +301,9 @@ impl Plan {
             Variant::AdsAnc => Plan {
                 uses_promotions: false,
                 uses_ads: true,
-                heads: std::iter::once(stream_head("ad_stream", &both)).chain(ancillary_heads()).collect(),
+                heads: std::iter::once(stream_head("ad_stream", &both))
+                    .chain(ancillary_heads())
+                    .collect(),
             },
             Variant::Mtl => Plan {
                 uses_promotions: true,
@@ -305,7 +342,8 @@ pub struct Splits {
 
 pub fn split_days(days: u32) -> Splits {
     let train_end = ((f64::from(days) * TRAIN_FRACTION).floor() as u32).max(1);
-    let validation_end = ((f64::from(days) * (TRAIN_FRACTION + VALIDATION_FRACTION)).floor() as u32)
+    let validation_end = ((f64::from(days) * (TRAIN_FRACTION + VALIDATION_FRACTION)).floor()
+        as u32)
         .max(train_end + 1)
         .min(days);
     Splits {
@@ -321,7 +359,9 @@ pub fn count_days(data: &Path) -> Result<u32> {
     let mut last_day = None;
     for kind in CandidateKind::ALL {
         let path = logs::impressions_path(data, kind);
-        for group in logs::open_impressions(&path).with_context(|| format!("opening {}", path.display()))? {
+        for group in
+            logs::open_impressions(&path).with_context(|| format!("opening {}", path.display()))?
+        {
             let group = group.with_context(|| format!("reading {}", path.display()))?;
             for row in &group {
                 last_day = Some(last_day.map_or(row.day, |d: u32| d.max(row.day)));
@@ -329,12 +369,19 @@ pub fn count_days(data: &Path) -> Result<u32> {
         }
     }
     let last_day = last_day.context("empty world: no impressions in either log")?;
-    ensure!(last_day >= 2, "the logs span {} days; at least 3 are needed for a time split", last_day + 1);
+    ensure!(
+        last_day >= 2,
+        "the logs span {} days; at least 3 are needed for a time split",
+        last_day + 1
+    );
     Ok(last_day + 1)
 }
 
 /// The entity views of one impression, from the snapshot and the impression itself.
-pub fn views<'a>(snapshot: &'a Snapshot, row: &'a Impression) -> (RequestView<'a>, CandidateView<'a>) {
+pub fn views<'a>(
+    snapshot: &'a Snapshot,
+    row: &'a Impression,
+) -> (RequestView<'a>, CandidateView<'a>) {
     (
         RequestView {
             user: snapshot.users.get(&row.user_id),
@@ -345,7 +392,10 @@ pub fn views<'a>(snapshot: &'a Snapshot, row: &'a Impression) -> (RequestView<'a
             show_id: Some(&row.show_id),
             show: snapshot.shows.get(&row.show_id),
             episode_id: row.episode_id.as_deref(),
-            episode: row.episode_id.as_ref().and_then(|id| snapshot.episodes.get(id)),
+            episode: row
+                .episode_id
+                .as_ref()
+                .and_then(|id| snapshot.episodes.get(id)),
             creative: &row.creative,
         },
     )
@@ -368,7 +418,11 @@ impl RunningStats {
     }
 
     fn std(&self) -> f64 {
-        if self.count < 2.0 { 1.0 } else { (self.m2 / (self.count - 1.0)).sqrt().max(1e-6) }
+        if self.count < 2.0 {
+            1.0
+        } else {
+            (self.m2 / (self.count - 1.0)).sqrt().max(1e-6)
+        }
     }
 }
 
@@ -377,9 +431,11 @@ fn transformed_numeric(definition: &FeatureDefinition, value: RawValue<'_>) -> O
         return None;
     };
     match value {
-        RawValue::Number(number) if number.is_finite() => {
-            Some(if log1p { number.max(0.0).ln_1p() } else { number })
-        }
+        RawValue::Number(number) if number.is_finite() => Some(if log1p {
+            number.max(0.0).ln_1p()
+        } else {
+            number
+        }),
         _ => None,
     }
 }
@@ -409,7 +465,9 @@ fn scan(args: &TrainArgs, plan: &Plan, snapshot: &Snapshot, splits: &Splits) -> 
         };
         let path = logs::impressions_path(&args.data, kind);
         let mut validation_rows = 0;
-        for group in logs::open_impressions(&path).with_context(|| format!("opening {}", path.display()))? {
+        for group in
+            logs::open_impressions(&path).with_context(|| format!("opening {}", path.display()))?
+        {
             let group = group.with_context(|| format!("reading {}", path.display()))?;
             for row in group {
                 if splits.validation.contains(&row.day) {
@@ -423,7 +481,12 @@ fn scan(args: &TrainArgs, plan: &Plan, snapshot: &Snapshot, splits: &Splits) -> 
                     continue;
                 }
                 *train_rows.entry(kind).or_insert(0u64) += 1;
-                for (label_name, label) in [("stream", row.stream), ("click", row.click), ("like", row.like), ("follow", row.follow)] {
+                for (label_name, label) in [
+                    ("stream", row.stream),
+                    ("click", row.click),
+                    ("like", row.like),
+                    ("follow", row.follow),
+                ] {
                     if label {
                         *positives.entry((kind, label_name)).or_insert(0u64) += 1;
                     }
@@ -434,7 +497,9 @@ fn scan(args: &TrainArgs, plan: &Plan, snapshot: &Snapshot, splits: &Splits) -> 
                 for (index, spec) in provisional.iter().enumerate() {
                     let value = match spec.scope {
                         features::Scope::Request => features::request_value(spec.source, &request),
-                        features::Scope::Candidate => features::candidate_value(spec.source, &candidate),
+                        features::Scope::Candidate => {
+                            features::candidate_value(spec.source, &candidate)
+                        }
                     };
                     if let Some(value) = transformed_numeric(&definitions[index], value) {
                         stats[index].push(value);
@@ -443,7 +508,10 @@ fn scan(args: &TrainArgs, plan: &Plan, snapshot: &Snapshot, splits: &Splits) -> 
             }
         }
     }
-    for (kind, used) in [(CandidateKind::Promotion, plan.uses_promotions), (CandidateKind::Ad, plan.uses_ads)] {
+    for (kind, used) in [
+        (CandidateKind::Promotion, plan.uses_promotions),
+        (CandidateKind::Ad, plan.uses_ads),
+    ] {
         if used && train_rows.get(&kind).copied().unwrap_or(0) == 0 {
             bail!(
                 "{}: no {} impressions in the training days {:?}",
@@ -453,9 +521,16 @@ fn scan(args: &TrainArgs, plan: &Plan, snapshot: &Snapshot, splits: &Splits) -> 
             );
         }
     }
-    ensure!(!validation.is_empty(), "no impressions in the validation days {:?}", splits.validation);
+    ensure!(
+        !validation.is_empty(),
+        "no impressions in the validation days {:?}",
+        splits.validation
+    );
     for (definition, stat) in definitions.iter_mut().zip(&stats) {
-        if let Transform::Numeric { mean, std, default, .. } = &mut definition.transform {
+        if let Transform::Numeric {
+            mean, std, default, ..
+        } = &mut definition.transform
+        {
             *mean = stat.mean as f32;
             *std = stat.std() as f32;
             // A missing value lands on the mean: 0 after normalization.
@@ -468,14 +543,22 @@ fn scan(args: &TrainArgs, plan: &Plan, snapshot: &Snapshot, splits: &Splits) -> 
         Transform::Id { vocab } | Transform::IdBag { vocab, .. } => Some(vocab.clone()),
         _ => None,
     }) {
-        vocabularies.entry(name).or_insert_with(|| Vocabulary::from_tokens(Vec::new()));
+        vocabularies
+            .entry(name)
+            .or_insert_with(|| Vocabulary::from_tokens(Vec::new()));
     }
     // Numeric defaults are raw values in the manifest; the mean of the log1p'd value maps
     // back through expm1 so that a missing numeric normalizes to 0.
     let specs = specs
         .into_iter()
         .map(|mut spec| {
-            if let Transform::Numeric { log1p, mean, default, .. } = &mut spec.transform {
+            if let Transform::Numeric {
+                log1p,
+                mean,
+                default,
+                ..
+            } = &mut spec.transform
+            {
                 *default = if *log1p { mean.exp_m1() } else { *mean };
             }
             spec
@@ -570,11 +653,38 @@ impl BatchContext<'_> {
                     }
                 }
             }
-            let rows = seen.iter().enumerate().filter(|(_, s)| **s).map(|(i, _)| i as u32).collect();
+            let rows = seen
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s)
+                .map(|(i, _)| i as u32)
+                .collect();
             touched.insert(format!("embedding.{}", spec.name), rows);
         }
         touched
     }
+}
+
+/// Steps until the first source used has been drawn once in full, given each source's
+/// share of a batch.
+fn epoch_steps(
+    train_rows: &BTreeMap<CandidateKind, u64>,
+    plan: &Plan,
+    promo_share: f64,
+    batch_size: usize,
+) -> usize {
+    let share = |kind| match (kind, plan.uses_promotions && plan.uses_ads) {
+        (_, false) => 1.0,
+        (CandidateKind::Promotion, true) => promo_share,
+        (CandidateKind::Ad, true) => 1.0 - promo_share,
+    };
+    train_rows
+        .iter()
+        .filter(|(_, rows)| **rows > 0)
+        .map(|(kind, rows)| (*rows as f64 / (share(*kind) * batch_size as f64)).ceil() as usize)
+        .min()
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Validation rows assembled once, in chunks, with what evaluation needs per row.
@@ -585,11 +695,19 @@ struct ValidationSet {
 
 const VALIDATION_CHUNK: usize = 8192;
 
-fn assemble_validation(assembler: &Assembler<'_>, snapshot: &Snapshot, rows: Vec<Impression>) -> Result<ValidationSet> {
+fn assemble_validation(
+    assembler: &Assembler<'_>,
+    snapshot: &Snapshot,
+    rows: Vec<Impression>,
+) -> Result<ValidationSet> {
     let mut chunks = Vec::new();
     for chunk in rows.chunks(VALIDATION_CHUNK) {
-        let (request_views, candidate_views): (Vec<_>, Vec<_>) = chunk.iter().map(|row| views(snapshot, row)).unzip();
-        chunks.push((assembler.request(&request_views)?, assembler.candidates(&candidate_views)?));
+        let (request_views, candidate_views): (Vec<_>, Vec<_>) =
+            chunk.iter().map(|row| views(snapshot, row)).unzip();
+        chunks.push((
+            assembler.request(&request_views)?,
+            assembler.candidates(&candidate_views)?,
+        ));
     }
     Ok(ValidationSet { chunks, rows })
 }
@@ -606,14 +724,23 @@ fn predict(network: &mut Network, validation: &ValidationSet) -> Result<Vec<f32>
 
 /// Validation AP of each stream head on the rows of the kinds it serves, for the sources
 /// the variant trains on; their mean drives early stopping.
-fn stream_ap(plan: &Plan, heads: usize, logits: &[f32], rows: &[Impression]) -> BTreeMap<String, f64> {
+fn stream_ap(
+    plan: &Plan,
+    heads: usize,
+    logits: &[f32],
+    rows: &[Impression],
+) -> BTreeMap<String, f64> {
     let mut result = BTreeMap::new();
     for kind in CandidateKind::ALL {
         let used = match kind {
             CandidateKind::Promotion => plan.uses_promotions,
             CandidateKind::Ad => plan.uses_ads,
         };
-        let Some(head_index) = plan.heads.iter().position(|h| h.field == ResponseField::Stream && h.kinds.contains(&kind)) else {
+        let Some(head_index) = plan
+            .heads
+            .iter()
+            .position(|h| h.field == ResponseField::Stream && h.kinds.contains(&kind))
+        else {
             continue;
         };
         if !used {
@@ -647,11 +774,15 @@ struct EpochRecord {
 pub fn run(args: &TrainArgs) -> Result<()> {
     args.validate()?;
     if args.out.exists() {
-        bail!("{}: already exists; refusing to overwrite a bundle", args.out.display());
+        bail!(
+            "{}: already exists; refusing to overwrite a bundle",
+            args.out.display()
+        );
     }
     let started = Instant::now();
     let plan = Plan::of(args.variant);
-    let snapshot = logs::read_snapshot(&args.data).with_context(|| format!("reading the snapshot in {}", args.data.display()))?;
+    let snapshot = logs::read_snapshot(&args.data)
+        .with_context(|| format!("reading the snapshot in {}", args.data.display()))?;
     let days = count_days(&args.data)?;
     let splits = split_days(days);
     let pass = scan(args, &plan, &snapshot, &splits)?;
@@ -662,14 +793,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         tower: args.tower.clone(),
     };
     let assembler = Assembler::new(&pass.specs, &pass.vocabularies)?;
-    let mut network = Network::new(&architecture, &pass.specs, &pass.vocabularies, &head_names, args.seed)?;
+    let mut network = Network::new(
+        &architecture,
+        &pass.specs,
+        &pass.vocabularies,
+        &head_names,
+        args.seed,
+    )?;
     let validation = assemble_validation(&assembler, &snapshot, pass.validation)?;
 
-    let larger_source = pass.train_rows.values().copied().max().unwrap_or(0) as usize;
     let steps_per_epoch = if args.steps_per_epoch > 0 {
         args.steps_per_epoch
     } else {
-        larger_source.div_ceil(args.batch_size).max(1)
+        epoch_steps(&pass.train_rows, &plan, args.promo_share, args.batch_size)
     };
     let mut vocab_lengths = BTreeMap::new();
     for spec in &pass.specs {
@@ -686,7 +822,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         vocab_lengths,
     };
     let stream = |kind: CandidateKind, used: bool| {
-        used.then(|| SourceStream::new(logs::impressions_path(&args.data, kind), splits.train.clone(), args.shuffle_buffer))
+        used.then(|| {
+            SourceStream::new(
+                logs::impressions_path(&args.data, kind),
+                splits.train.clone(),
+                args.shuffle_buffer,
+            )
+        })
     };
     let mut sampler = BalancedSampler::new(
         stream(CandidateKind::Promotion, plan.uses_promotions),
@@ -696,7 +838,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         ChaCha8Rng::seed_from_u64(args.seed.wrapping_add(1)),
     );
     let mut log_file = match &args.log {
-        Some(path) => Some(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
+        Some(path) => Some(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        ),
         None => None,
     };
 
@@ -707,8 +851,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         indicatif::ProgressBar::new((steps_per_epoch * args.max_epochs) as u64)
     };
     progress.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut best: Option<(f64, usize, network::NetworkState)> = None;
     let mut history = Vec::new();
@@ -727,7 +873,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             let dropout_rng = &mut dropout_rng;
             scope.spawn(move || {
                 for _ in 0..steps_per_epoch {
-                    let batch = sampler.next_batch().and_then(|rows| context.prepare(&rows, dropout_rng));
+                    let batch = sampler
+                        .next_batch()
+                        .and_then(|rows| context.prepare(&rows, dropout_rng));
                     let failed = batch.is_err();
                     if sender.send(batch).is_err() || failed {
                         return;
@@ -745,11 +893,18 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 let gradients = loss.backward()?;
                 optimizer.step(&network.parameters, &gradients, &batch.touched)?;
                 let loss_value = f64::from(loss.to_scalar::<f32>()?);
-                ensure!(loss_value.is_finite(), "training diverged: loss is {loss_value} at epoch {epoch} step {step}");
+                ensure!(
+                    loss_value.is_finite(),
+                    "training diverged: loss is {loss_value} at epoch {epoch} step {step}"
+                );
                 loss_sum += loss_value;
                 progress.inc(1);
                 if step % 20 == 0 {
-                    progress.set_message(format!("epoch {} loss {:.4}", epoch + 1, loss_sum / (step + 1) as f64));
+                    progress.set_message(format!(
+                        "epoch {} loss {:.4}",
+                        epoch + 1,
+                        loss_sum / (step + 1) as f64
+                    ));
                 }
             }
             Ok(())
@@ -757,7 +912,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         total_steps += steps_per_epoch;
         let logits = predict(&mut network, &validation)?;
         let metrics = stream_ap(&plan, head_names.len(), &logits, &validation.rows);
-        let score = if metrics.is_empty() { 0.0 } else { metrics.values().sum::<f64>() / metrics.len() as f64 };
+        let score = if metrics.is_empty() {
+            0.0
+        } else {
+            metrics.values().sum::<f64>() / metrics.len() as f64
+        };
         let seconds = epoch_started.elapsed().as_secs_f64();
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -778,7 +937,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             writeln!(file, "{}", serde_json::to_string(&record)?)?;
         }
         history.push(record);
-        if best.as_ref().is_none_or(|(best_score, _, _)| score > *best_score) {
+        if best
+            .as_ref()
+            .is_none_or(|(best_score, _, _)| score > *best_score)
+        {
             best = Some((score, epoch + 1, network.snapshot()?));
             epochs_without_gain = 0;
         } else {
@@ -809,8 +971,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             .unzip();
         let calibration = quality::fit_platt(&head_logits, &labels);
         let observed = labels.iter().filter(|l| **l).count() as f64 / labels.len().max(1) as f64;
-        let predicted = head_logits.iter().map(|z| calibration.probability(*z)).sum::<f64>() / head_logits.len().max(1) as f64;
-        calibration_report.insert(head.name.to_string(), json!({"rows": labels.len(), "observed_rate": observed, "mean_calibrated": predicted}));
+        let predicted = head_logits
+            .iter()
+            .map(|z| calibration.probability(*z))
+            .sum::<f64>()
+            / head_logits.len().max(1) as f64;
+        calibration_report.insert(
+            head.name.to_string(),
+            json!({"rows": labels.len(), "observed_rate": observed, "mean_calibrated": predicted}),
+        );
         head_specs.push(HeadSpec {
             name: head.name.to_string(),
             output: bundle::OUTPUT_NAME.to_string(),
@@ -838,7 +1007,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .positives
         .iter()
         .map(|((kind, label), count)| {
-            (format!("{}_{label}", kind.as_str()), *count as f64 / pass.train_rows.get(kind).copied().unwrap_or(1).max(1) as f64)
+            (
+                format!("{}_{label}", kind.as_str()),
+                *count as f64 / pass.train_rows.get(kind).copied().unwrap_or(1).max(1) as f64,
+            )
         })
         .collect();
     let mut manifest = Manifest {
@@ -870,13 +1042,35 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         heads: head_specs,
         golden: Vec::new(),
     };
-    manifest.golden = golden_cases(&mut network, &manifest, &assembler, &snapshot, &validation.rows)?;
+    manifest.golden = golden_cases(
+        &mut network,
+        &manifest,
+        &assembler,
+        &snapshot,
+        &validation.rows,
+    )?;
     let weights = network.export_weights()?;
     let onnx = crate::onnx::export(&manifest, &weights)?;
+    // Prove the export before anything is written: the graph loads in tract and scores
+    // the golden cases (computed by candle) as the server will, within tolerance.
+    crate::scoring::Model::load(
+        Bundle {
+            dir: args.out.clone(),
+            manifest: manifest.clone(),
+            vocabularies: pass.vocabularies.clone(),
+            onnx: onnx.clone(),
+        },
+        &crate::runtime::RuntimeConfig::default(),
+    )
+    .context("the exported bundle fails its own golden check in tract")?;
     Bundle::write(&args.out, &manifest, &pass.vocabularies, &onnx)?;
     if let Some(file) = log_file.as_mut() {
         use std::io::Write;
-        writeln!(file, "{}", json!({"done": true, "bundle": args.out.display().to_string(), "best_epoch": best_epoch, "validation": manifest.metrics["validation"], "train_seconds": train_seconds}))?;
+        writeln!(
+            file,
+            "{}",
+            json!({"done": true, "bundle": args.out.display().to_string(), "best_epoch": best_epoch, "validation": manifest.metrics["validation"], "train_seconds": train_seconds})
+        )?;
     }
     eprintln!(
         "wrote {} (best epoch {best_epoch}, validation stream AP {best_score:.4}, {train_seconds:.0}s training)",
@@ -905,7 +1099,9 @@ fn golden_cases(
         slot: Some("midroll".into()),
         layout: None,
     };
-    let first = promotion.or(ad).context("no validation rows for golden cases")?;
+    let first = promotion
+        .or(ad)
+        .context("no validation rows for golden cases")?;
     // Case 1: a known user and context with a promotion, an ad and an unseen show.
     let mut candidates: Vec<(String, CandidateView<'_>)> = Vec::new();
     for (index, row) in [promotion, ad].into_iter().flatten().enumerate() {
@@ -924,14 +1120,28 @@ fn golden_cases(
         },
     ));
     let (request_view, _) = views(snapshot, first);
-    cases.push(golden_case(network, manifest, assembler, "golden-1", request_view, &candidates)?);
+    cases.push(golden_case(
+        network,
+        manifest,
+        assembler,
+        "golden-1",
+        request_view,
+        &candidates,
+    )?);
     // Case 2: an unknown user with no attributes and no context values.
     let empty_context = ContextRecord::default();
     let unknown = RequestView {
         user: None,
         context: &empty_context,
     };
-    cases.push(golden_case(network, manifest, assembler, "golden-2", unknown, &candidates[..1])?);
+    cases.push(golden_case(
+        network,
+        manifest,
+        assembler,
+        "golden-2",
+        unknown,
+        &candidates[..1],
+    )?);
     Ok(cases)
 }
 
@@ -953,9 +1163,10 @@ fn golden_case(
     let mut expected = Vec::new();
     for (row, view) in views.iter().enumerate() {
         let score = |field| {
-            manifest
-                .head_for(view.kind, field)
-                .map(|head| head.calibration.probability(logits[row * heads + head.index]))
+            manifest.head_for(view.kind, field).map(|head| {
+                head.calibration
+                    .probability(logits[row * heads + head.index])
+            })
         };
         expected.push(GoldenScores {
             stream: score(ResponseField::Stream),
@@ -970,8 +1181,12 @@ fn golden_case(
     };
     let mut context = serde_json::Map::new();
     if let Some(timestamp) = request.context.timestamp {
-        let time = chrono::DateTime::from_timestamp(timestamp, 0).context("timestamp out of range")?;
-        context.insert("timestamp".into(), json!(time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+        let time =
+            chrono::DateTime::from_timestamp(timestamp, 0).context("timestamp out of range")?;
+        context.insert(
+            "timestamp".into(),
+            json!(time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        );
     }
     if let Some(surface) = &request.context.surface {
         context.insert("surface".into(), json!(surface));
@@ -982,7 +1197,8 @@ fn golden_case(
     let candidates_json: Vec<serde_json::Value> = candidates
         .iter()
         .map(|(id, view)| {
-            let mut candidate = json!({"id": id, "kind": view.kind.as_str(), "creative": view.creative});
+            let mut candidate =
+                json!({"id": id, "kind": view.kind.as_str(), "creative": view.creative});
             if let Some(show_id) = view.show_id {
                 candidate["show_id"] = json!(show_id);
             }

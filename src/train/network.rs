@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{D, DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
 use crate::bundle::Architecture;
@@ -31,7 +31,9 @@ pub struct Network {
 }
 
 fn uniform(rng: &mut impl Rng, count: usize, bound: f32) -> Vec<f32> {
-    (0..count).map(|_| rng.random_range(-bound..bound)).collect()
+    (0..count)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect()
 }
 
 impl Network {
@@ -45,10 +47,11 @@ impl Network {
         let device = Device::Cpu;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut parameters = BTreeMap::new();
-        let mut add = |name: String, shape: Vec<usize>, data: Vec<f32>| -> candle_core::Result<()> {
-            parameters.insert(name, Var::from_vec(data, shape, &device)?);
-            Ok(())
-        };
+        let mut add =
+            |name: String, shape: Vec<usize>, data: Vec<f32>| -> candle_core::Result<()> {
+                parameters.insert(name, Var::from_vec(data, shape, &device)?);
+                Ok(())
+            };
         let embedding_dim = architecture.embedding_dim;
         let mut input_width = [0usize; 2];
         for spec in specs {
@@ -92,7 +95,12 @@ impl Network {
         let encoded = *architecture.encoder.last().expect("validated non-empty");
         for head in heads {
             let mut inputs = encoded;
-            for (layer, outputs) in architecture.tower.iter().chain(std::iter::once(&1)).enumerate() {
+            for (layer, outputs) in architecture
+                .tower
+                .iter()
+                .chain(std::iter::once(&1))
+                .enumerate()
+            {
                 linear(&format!("tower.{head}.{layer}"), inputs, *outputs, inputs)?;
                 inputs = *outputs;
             }
@@ -140,12 +148,16 @@ impl Network {
                     let length = spec.width;
                     let columns = bag_ids.narrow(1, spec.slot, length)?.contiguous()?;
                     let mask = bag_mask.narrow(1, spec.slot, length)?.contiguous()?;
-                    let embedded = table
-                        .index_select(&columns.flatten_all()?, 0)?
-                        .reshape((rows, length, self.architecture.embedding_dim))?;
-                    let summed = embedded.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
+                    let embedded = table.index_select(&columns.flatten_all()?, 0)?.reshape((
+                        rows,
+                        length,
+                        self.architecture.embedding_dim,
+                    ))?;
+                    // Masked mean as one batched product `[B,1,L] x [B,L,E]`: candle's sum
+                    // over a middle dimension takes a slow strided path.
                     let count = mask.sum_keepdim(1)?.clamp(1.0f32, f32::MAX)?;
-                    parts.push(summed.broadcast_div(&count)?);
+                    let weights = mask.broadcast_div(&count)?.unsqueeze(1)?;
+                    parts.push(weights.matmul(&embedded)?.squeeze(1)?);
                 }
                 Kind::Dense | Kind::Numeric => parts.push(dense.narrow(1, spec.slot, spec.width)?),
             }
@@ -165,7 +177,9 @@ impl Network {
         let candidate_features = self.scope_features(Scope::Candidate, candidates)?;
         let mut hidden = request_features
             .matmul(self.parameter("encoder.0.request.weight"))?
-            .broadcast_add(&candidate_features.matmul(self.parameter("encoder.0.candidate.weight"))?)?
+            .broadcast_add(
+                &candidate_features.matmul(self.parameter("encoder.0.candidate.weight"))?,
+            )?
             .broadcast_add(self.parameter("encoder.0.request.bias"))?
             .relu()?;
         for layer in 1..self.architecture.encoder.len() {
@@ -209,7 +223,11 @@ impl Network {
         Tensor::cat(&logits, D::Minus1)
     }
 
-    fn update_running_statistics(&mut self, mean: &Tensor, variance: &Tensor) -> candle_core::Result<()> {
+    fn update_running_statistics(
+        &mut self,
+        mean: &Tensor,
+        variance: &Tensor,
+    ) -> candle_core::Result<()> {
         let batch_mean = mean.flatten_all()?.to_vec1::<f32>()?;
         let batch_var = variance.flatten_all()?.to_vec1::<f32>()?;
         for (running, value) in self.running_mean.iter_mut().zip(batch_mean) {
@@ -271,13 +289,20 @@ impl Network {
         let mut scale = Vec::with_capacity(gamma.len());
         let mut shift = Vec::with_capacity(gamma.len());
         for index in 0..gamma.len() {
-            let factor = gamma[index] / (self.running_var[index] + BATCH_NORM_EPSILON as f32).sqrt();
+            let factor =
+                gamma[index] / (self.running_var[index] + BATCH_NORM_EPSILON as f32).sqrt();
             scale.push(factor);
             shift.push(beta[index] - self.running_mean[index] * factor);
         }
         let width = scale.len();
-        put("batch_norm.scale".into(), &Tensor::from_vec(scale, width, &self.device)?)?;
-        put("batch_norm.shift".into(), &Tensor::from_vec(shift, width, &self.device)?)?;
+        put(
+            "batch_norm.scale".into(),
+            &Tensor::from_vec(scale, width, &self.device)?,
+        )?;
+        put(
+            "batch_norm.shift".into(),
+            &Tensor::from_vec(shift, width, &self.device)?,
+        )?;
         Ok(Weights { tensors })
     }
 

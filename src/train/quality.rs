@@ -2,7 +2,7 @@
 //! expected calibration error, and Platt scaling. Pure functions over scores and labels,
 //! shared by the trainer (early stopping, calibration) and the evaluator.
 
-use crate::bundle::{sigmoid, Calibration};
+use crate::bundle::{Calibration, sigmoid};
 
 /// Average precision as scikit-learn computes it: the sum over positives, in descending
 /// score order, of precision at that threshold times the recall step. Tied scores are
@@ -106,6 +106,15 @@ pub fn reliability(scores: &[f64], labels: &[bool], bins: usize) -> (Vec<Reliabi
     (result, ece)
 }
 
+/// `log(1 + exp(x))` without overflow.
+fn softplus(x: f64) -> f64 {
+    if x > 0.0 {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
 fn descending_order(scores: &[f64]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
@@ -123,15 +132,35 @@ pub fn fit_platt(logits: &[f32], labels: &[bool]) -> Calibration {
     }
     let target_positive = (positives + 1.0) / (positives + 2.0);
     let target_negative = 1.0 / (negatives + 2.0);
+    let target = |label: bool| {
+        if label {
+            target_positive
+        } else {
+            target_negative
+        }
+    };
+    // Cross-entropy against the smoothed targets, computed stably from the margin.
+    let loss = |slope: f64, intercept: f64| -> f64 {
+        logits
+            .iter()
+            .zip(labels)
+            .map(|(logit, label)| {
+                let margin = slope * f64::from(*logit) + intercept;
+                let t = target(*label);
+                // -t*log(p) - (1-t)*log(1-p) with p = sigmoid(margin).
+                softplus(-margin) * t + softplus(margin) * (1.0 - t)
+            })
+            .sum()
+    };
     let (mut slope, mut intercept) = (1.0f64, 0.0f64);
-    for _ in 0..50 {
+    let mut current = loss(slope, intercept);
+    for _ in 0..100 {
         let (mut g_slope, mut g_intercept) = (0.0, 0.0);
         let (mut h_ss, mut h_si, mut h_ii) = (1e-9, 0.0, 1e-9);
         for (logit, label) in logits.iter().zip(labels) {
             let x = f64::from(*logit);
-            let target = if *label { target_positive } else { target_negative };
             let p = sigmoid(slope * x + intercept);
-            let residual = p - target;
+            let residual = p - target(*label);
             g_slope += residual * x;
             g_intercept += residual;
             let weight = p * (1.0 - p);
@@ -145,9 +174,29 @@ pub fn fit_platt(logits: &[f32], labels: &[bool]) -> Calibration {
         }
         let step_slope = (h_ii * g_slope - h_si * g_intercept) / determinant;
         let step_intercept = (h_ss * g_intercept - h_si * g_slope) / determinant;
-        slope -= step_slope;
-        intercept -= step_intercept;
-        if step_slope.abs() < 1e-9 && step_intercept.abs() < 1e-9 {
+        // Backtracking, as in Platt's and Lin et al.'s algorithm: pure Newton overshoots
+        // when the optimum is far from the start.
+        let mut fraction = 1.0;
+        let mut improved = false;
+        while fraction > 1e-10 {
+            let (next_slope, next_intercept) = (
+                slope - fraction * step_slope,
+                intercept - fraction * step_intercept,
+            );
+            let next = loss(next_slope, next_intercept);
+            if next < current {
+                slope = next_slope;
+                intercept = next_intercept;
+                current = next;
+                improved = true;
+                break;
+            }
+            fraction /= 2.0;
+        }
+        let moved = (fraction * step_slope)
+            .abs()
+            .max((fraction * step_intercept).abs());
+        if !improved || moved < 1e-10 {
             break;
         }
     }

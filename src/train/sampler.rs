@@ -57,7 +57,8 @@ impl SourceStream {
             let reader = self.reader.as_mut().expect("opened above");
             match reader.next() {
                 Some(group) => {
-                    let group = group.with_context(|| format!("reading {}", self.path.display()))?;
+                    let group =
+                        group.with_context(|| format!("reading {}", self.path.display()))?;
                     let before = self.buffer.len();
                     self.buffer
                         .extend(group.into_iter().filter(|row| self.days.contains(&row.day)));

@@ -296,7 +296,7 @@ fn build_shows(
 
     let mut shows = Vec::with_capacity(show_count);
     let mut episodes = Vec::new();
-    for show_index in 0..show_count {
+    for (show_index, &created) in created_day.iter().enumerate() {
         let genre_count = match rng.random::<f64>() {
             draw if draw < 0.55 => 1,
             draw if draw < 0.90 => 2,
@@ -352,7 +352,7 @@ fn build_shows(
         // Episodes: a release cadence, newest near the end of the window for established
         // shows, from the creation day on for brand-new ones.
         let cadence = *[3i64, 7, 7, 7, 14].choose(&mut rng).unwrap_or(&7);
-        let release_days: Vec<i64> = match created_day[show_index] {
+        let release_days: Vec<i64> = match created {
             Some(created) => (i64::from(created)..i64::from(config.days))
                 .step_by(cadence as usize)
                 .collect(),
@@ -394,7 +394,7 @@ fn build_shows(
             embedding,
             streams_30d: 0.0,
             tier: BRAND_NEW_TIER,
-            created_day: created_day[show_index],
+            created_day: created,
             quality: 0.3 * standard_normal(&mut rng),
             popularity: -1.0,
             first_episode,
@@ -576,10 +576,14 @@ fn build_user(
     }
 }
 
-fn build_campaigns(
-    config: &WorldConfig,
-    shows: &[Show],
-) -> Result<(Vec<PromotionCampaign>, Vec<AdCampaign>, Vec<Creative>), WorldError> {
+/// The campaigns of a world and the ad creatives they run.
+struct Campaigns {
+    promotion: Vec<PromotionCampaign>,
+    ad: Vec<AdCampaign>,
+    creatives: Vec<Creative>,
+}
+
+fn build_campaigns(config: &WorldConfig, shows: &[Show]) -> Result<Campaigns, WorldError> {
     let mut rng = stream_rng(config.seed, Stream::Campaigns, 0);
     let established: Vec<u32> = (0..shows.len() as u32)
         .filter(|&show| shows[show as usize].created_day.is_none())
@@ -678,7 +682,11 @@ fn build_campaigns(
             })
             .collect();
     }
-    Ok((promotion_campaigns, ad_campaigns, creatives))
+    Ok(Campaigns {
+        promotion: promotion_campaigns,
+        ad: ad_campaigns,
+        creatives,
+    })
 }
 
 impl Catalog {
@@ -690,14 +698,14 @@ impl Catalog {
         let brand_new_from_day = config.brand_new_from_day();
         let (shows, episodes) = build_shows(config, &latents, brand_new_from_day)?;
         let users = build_users(config, &latents, &shows, on_users)?;
-        let (promotion_campaigns, ad_campaigns, creatives) = build_campaigns(config, &shows)?;
+        let campaigns = build_campaigns(config, &shows)?;
         Ok(Catalog {
             shows,
             episodes,
             users,
-            promotion_campaigns,
-            ad_campaigns,
-            creatives,
+            promotion_campaigns: campaigns.promotion,
+            ad_campaigns: campaigns.ad,
+            creatives: campaigns.creatives,
             brand_new_from_day,
         })
     }

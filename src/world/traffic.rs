@@ -373,7 +373,7 @@ fn live_ad_show<R: Rng>(
 }
 
 impl Row {
-    pub fn kind(&self) -> CandidateKind {
+    pub fn kind(self) -> CandidateKind {
         if self.is_ad {
             CandidateKind::Ad
         } else {
@@ -382,7 +382,7 @@ impl Row {
     }
 
     /// The row as a log record; `impression_id` is its 1-based position in time order.
-    pub fn to_impression(&self, impression_id: u64) -> Impression {
+    pub fn to_impression(self, impression_id: u64) -> Impression {
         let creative = if self.is_ad {
             CreativeRecord {
                 creative_id: (self.creative != NONE).then(|| catalog::creative_id(self.creative)),

@@ -16,7 +16,12 @@ const CANDIDATE_COUNTS: [usize; 4] = [1, 10, 100, 1000];
 
 fn inference(criterion: &mut Criterion) {
     let bundle = testing::random_bundle(VocabularySizes::shipped_like(), 1);
-    let parameters: usize = bundle.weights.tensors.values().map(|tensor| tensor.data.len()).sum();
+    let parameters: usize = bundle
+        .weights
+        .tensors
+        .values()
+        .map(|tensor| tensor.data.len())
+        .sum();
     let export_started = Instant::now();
     let onnx = onnx::export(&bundle.manifest, &bundle.weights).expect("exports");
     eprintln!(
@@ -36,17 +41,31 @@ fn inference(criterion: &mut Criterion) {
         runtime
     };
     let bucketed = load(&RuntimeConfig::default());
-    let symbolic = load(&RuntimeConfig { buckets: Vec::new() });
+    let symbolic = load(&RuntimeConfig {
+        buckets: Vec::new(),
+    });
 
     let mut group = criterion.benchmark_group("inference");
     for candidates in CANDIDATE_COUNTS {
-        let (request, candidate_tensors) =
-            testing::random_inputs(&bundle.manifest, &bundle.vocabularies, candidates, candidates as u64);
+        let (request, candidate_tensors) = testing::random_inputs(
+            &bundle.manifest,
+            &bundle.vocabularies,
+            candidates,
+            candidates as u64,
+        );
         group.throughput(Throughput::Elements(candidates as u64));
         for (name, runtime) in [("bucketed", &bucketed), ("symbolic", &symbolic)] {
-            group.bench_with_input(BenchmarkId::new(name, candidates), &candidates, |bencher, _| {
-                bencher.iter(|| runtime.infer(black_box(&request), black_box(&candidate_tensors)).expect("infers"))
-            });
+            group.bench_with_input(
+                BenchmarkId::new(name, candidates),
+                &candidates,
+                |bencher, _| {
+                    bencher.iter(|| {
+                        runtime
+                            .infer(black_box(&request), black_box(&candidate_tensors))
+                            .expect("infers")
+                    })
+                },
+            );
         }
     }
     group.finish();

@@ -1,7 +1,7 @@
 //! Training throughput: one full step (forward, masked loss, backward, Adam) of the
 //! default network on a batch of 1024 random rows, in rows per second.
 //!
-//! `benches/torch_reference.py` builds the same network in PyTorch for comparison; the
+//! `tests/benches/torch_reference.py` builds the same network in PyTorch for comparison; the
 //! README reports both.
 
 use std::collections::BTreeMap;
@@ -10,10 +10,13 @@ use candle_core::Tensor;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use podscore::bundle::Architecture;
 use podscore::features::{self, Kind, ScopeTensors, ScopeWidths, Transform, Vocabulary};
+use podscore::train::ALL_HEADS;
 use podscore::train::adam::{Adam, TouchedRows};
 use podscore::train::network::{Network, masked_bce_with_logits};
-use podscore::train::ALL_HEADS;
 use rand::{Rng, SeedableRng};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BATCH: usize = 1024;
 
@@ -28,7 +31,11 @@ fn vocabulary_size(name: &str) -> usize {
     }
 }
 
-fn random_scope(specs: &[features::FeatureSpec], scope: features::Scope, rng: &mut impl Rng) -> ScopeTensors {
+fn random_scope(
+    specs: &[features::FeatureSpec],
+    scope: features::Scope,
+    rng: &mut impl Rng,
+) -> ScopeTensors {
     let widths = ScopeWidths::of(specs, scope);
     let mut tensors = ScopeTensors {
         rows: BATCH,
@@ -36,12 +43,16 @@ fn random_scope(specs: &[features::FeatureSpec], scope: features::Scope, rng: &m
         ids: vec![0; BATCH * widths.ids],
         bag_ids: vec![0; BATCH * widths.bag],
         bag_mask: vec![0.0; BATCH * widths.bag],
-        dense: (0..BATCH * widths.dense).map(|_| rng.random_range(-1.0..1.0)).collect(),
+        dense: (0..BATCH * widths.dense)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect(),
         cold_start: vec![false; BATCH],
     };
     for spec in specs.iter().filter(|s| s.scope == scope) {
         let vocab = match &spec.transform {
-            Transform::Id { vocab } | Transform::IdBag { vocab, .. } => vocabulary_size(vocab) as i64,
+            Transform::Id { vocab } | Transform::IdBag { vocab, .. } => {
+                vocabulary_size(vocab) as i64
+            }
             _ => continue,
         };
         for row in 0..BATCH {
@@ -66,7 +77,9 @@ fn train_step(c: &mut Criterion) {
     let mut vocabularies = BTreeMap::new();
     for spec in &specs {
         if let Transform::Id { vocab } | Transform::IdBag { vocab, .. } = &spec.transform {
-            let tokens = (1..vocabulary_size(vocab)).map(|i| format!("{vocab}{i}")).collect();
+            let tokens = (1..vocabulary_size(vocab))
+                .map(|i| format!("{vocab}{i}"))
+                .collect();
             vocabularies.insert(vocab.clone(), Vocabulary::from_tokens(tokens));
         }
     }
@@ -76,12 +89,15 @@ fn train_step(c: &mut Criterion) {
         tower: vec![64],
     };
     let heads: Vec<String> = ALL_HEADS.iter().map(|h| h.to_string()).collect();
-    let mut network = Network::new(&architecture, &specs, &vocabularies, &heads, 1).expect("network");
+    let mut network =
+        Network::new(&architecture, &specs, &vocabularies, &heads, 1).expect("network");
     eprintln!("parameters: {}", network.parameter_count());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let request = random_scope(&specs, features::Scope::Request, &mut rng);
     let candidates = random_scope(&specs, features::Scope::Candidate, &mut rng);
-    let labels: Vec<f32> = (0..BATCH * heads.len()).map(|_| f32::from(rng.random_bool(0.05))).collect();
+    let labels: Vec<f32> = (0..BATCH * heads.len())
+        .map(|_| f32::from(rng.random_bool(0.05)))
+        .collect();
     let mask = vec![1.0f32; BATCH * heads.len()];
     let device = network.device().clone();
     let labels = Tensor::from_vec(labels, (BATCH, heads.len()), &device).expect("labels");
@@ -94,10 +110,14 @@ fn train_step(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("batch_1024", |b| {
         b.iter(|| {
-            let logits = network.forward(&request, &candidates, true).expect("forward");
+            let logits = network
+                .forward(&request, &candidates, true)
+                .expect("forward");
             let loss = masked_bce_with_logits(&logits, &labels, &mask).expect("loss");
             let gradients = loss.backward().expect("backward");
-            optimizer.step(&network.parameters, &gradients, &touched).expect("step");
+            optimizer
+                .step(&network.parameters, &gradients, &touched)
+                .expect("step");
         })
     });
     group.finish();

@@ -1,0 +1,112 @@
+//! End-to-end latency of `POST /score` with 100 candidates against the shipped default
+//! bundle and the demo feature snapshot: in process through the router (decode, validate,
+//! look up, assemble, infer, encode), and over a loopback socket.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use podscore::api;
+use podscore::serve::{AppState, Reloader};
+use podscore::store::SnapshotStore;
+use serde_json::json;
+use tower::ServiceExt;
+
+const CANDIDATES: usize = 100;
+
+fn request_body(store_dir: &Path) -> String {
+    let snapshot = podscore::logs::read_snapshot(store_dir).expect("demo snapshot");
+    let mut users: Vec<&String> = snapshot.users.keys().collect();
+    users.sort();
+    let mut episodes: Vec<_> = snapshot
+        .episodes
+        .values()
+        .filter(|e| e.show_id.is_some())
+        .collect();
+    episodes.sort_by(|a, b| a.id.cmp(&b.id));
+    let candidates: Vec<_> = episodes
+        .iter()
+        .step_by((episodes.len() / CANDIDATES).max(1))
+        .take(CANDIDATES)
+        .enumerate()
+        .map(|(index, episode)| {
+            let show_id = episode.show_id.clone().unwrap_or_default();
+            if index % 2 == 0 {
+                json!({"id": format!("c{index}"), "kind": "ad", "show_id": show_id, "episode_id": episode.id,
+                       "creative": {"creative_id": "cr3", "campaign_id": "cp1", "format": "audio", "slot": "midroll"}})
+            } else {
+                json!({"id": format!("c{index}"), "kind": "promotion", "show_id": show_id,
+                       "creative": {"campaign_id": "p7", "slot": "home_shelf", "layout": "card"}})
+            }
+        })
+        .collect();
+    json!({"request_id": "bench", "user": {"id": users[users.len() / 2]},
+           "context": {"timestamp": "2026-11-28T10:15:00Z", "surface": "home", "session_length_s": 420},
+           "candidates": candidates})
+    .to_string()
+}
+
+fn score_100(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let features = root.join("models/demo-features");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(SnapshotStore::open(&features).expect("demo features"));
+    let state = AppState::new(api::Config::default(), store, 2).expect("state");
+    Reloader::new(&root.join("models"), None)
+        .reload(&state)
+        .expect("load the shipped bundle");
+    let app = api::app(state);
+    let body = request_body(&features);
+
+    let mut group = c.benchmark_group("score_e2e");
+    group.throughput(Throughput::Elements(CANDIDATES as u64));
+    group.bench_function("in_process_100", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let request = Request::post("/score")
+                    .header("content-type", "application/json")
+                    .body(Body::from(body.clone()))
+                    .unwrap();
+                let response = app.clone().oneshot(request).await.unwrap();
+                assert_eq!(response.status(), 200);
+                axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .unwrap()
+            })
+        })
+    });
+
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    let served = app.clone();
+    runtime.spawn(async move { axum::serve(listener, served).await });
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/score");
+    group.bench_function("loopback_http_100", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                response.bytes().await.unwrap()
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, score_100);
+criterion_main!(benches);
