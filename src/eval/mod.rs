@@ -504,7 +504,7 @@ fn training_budget(preset: Preset) -> (usize, usize) {
 const SMALL_MAX_EPOCHS: usize = 2;
 const SMALL_STEPS_PER_EPOCH: usize = 40;
 const DEFAULT_MAX_EPOCHS: usize = 2;
-const DEFAULT_STEPS_PER_EPOCH: usize = 250;
+const DEFAULT_STEPS_PER_EPOCH: usize = 1000;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReproduceArgs {
