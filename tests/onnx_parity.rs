@@ -1,7 +1,7 @@
 //! The exported graph computes the model: tract and ONNX Runtime agree with the
 //! plain-Rust reference forward pass, and the runtime rejects inputs that do not fit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use podscore::features::ScopeTensors;
@@ -411,11 +411,11 @@ fn tensor_json<T: serde::Serialize>(
 }
 
 fn graph_feeds(
-    bundle: &RandomBundle,
+    manifest: &podscore::bundle::Manifest,
     request: &ScopeTensors,
     candidates: &ScopeTensors,
 ) -> serde_json::Map<String, serde_json::Value> {
-    onnx::graph_inputs(&bundle.manifest)
+    onnx::graph_inputs(manifest)
         .into_iter()
         .map(|input| {
             let tensors = match input.scope {
@@ -435,20 +435,58 @@ fn graph_feeds(
         .collect()
 }
 
-/// ONNX Runtime on the same file and inputs gives the reference probabilities within
-/// 1e-5, and `onnx.checker.check_model(full_check=True)` accepts the file.
-#[test]
-fn onnx_runtime_matches_reference_and_checker_passes() {
+/// The Python that runs `tests/ort_parity.py`: `PODSCORE_PYTHON`, else `.venv/bin/python`.
+/// Missing is a failure, not a skip: `bash tests/run.sh` installs it.
+fn python() -> (PathBuf, PathBuf) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var_os("PODSCORE_PYTHON")
         .map_or_else(|| root.join(".venv/bin/python"), PathBuf::from);
     assert!(
         python.exists(),
         "ONNX Runtime parity needs a Python with onnx, onnxruntime and numpy at {} (or set PODSCORE_PYTHON). \
-         Run the test driver in tests/, which installs them, or: \
-         python3 -m venv .venv && .venv/bin/pip install onnx onnxruntime numpy",
+         Run `bash tests/run.sh`, which installs them, or: \
+         python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt",
         python.display()
     );
+    (root, python)
+}
+
+/// Runs ONNX Runtime and the full ONNX checker on `onnx` for each case (inputs and
+/// expected probabilities); fails unless every probability is within tolerance.
+fn run_onnx_runtime(python: &Path, root: &Path, onnx: &[u8], cases: Vec<serde_json::Value>) {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let model_path = directory.path().join("model.onnx");
+    let cases_path = directory.path().join("cases.json");
+    std::fs::write(&model_path, onnx).expect("writes the model");
+    let spec = serde_json::json!({"tolerance": PROBABILITY_TOLERANCE, "cases": cases});
+    std::fs::write(&cases_path, serde_json::to_vec(&spec).expect("serializes"))
+        .expect("writes the cases");
+
+    let output = std::process::Command::new(python)
+        .arg(root.join("tests/ort_parity.py"))
+        .arg(&model_path)
+        .arg(&cases_path)
+        .output()
+        .unwrap_or_else(|error| panic!("running {}: {error}", python.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tests/ort_parity.py failed ({}):\n{stdout}\n{stderr}\n(exit 3 means missing packages: run the test driver)",
+        output.status
+    );
+    println!("{stdout}");
+    assert!(
+        stdout.contains("full check passed"),
+        "the checker ran: {stdout}"
+    );
+}
+
+/// ONNX Runtime on the same file and inputs gives the reference probabilities within
+/// 1e-5, and `onnx.checker.check_model(full_check=True)` accepts the file.
+#[test]
+fn onnx_runtime_matches_reference_and_checker_passes() {
+    let (root, python) = python();
     let (bundle, onnx) = bundle();
     let heads = bundle.manifest.heads.len();
     let cases: Vec<serde_json::Value> = [(1, 51, false), (7, 52, true), (1000, 53, false)]
@@ -467,37 +505,12 @@ fn onnx_runtime_matches_reference_and_checker_passes() {
                 "name": format!("N={candidates}"),
                 "rows": candidates,
                 "heads": heads,
-                "inputs": graph_feeds(&bundle, &request, &candidate_tensors),
+                "inputs": graph_feeds(&bundle.manifest, &request, &candidate_tensors),
                 "expected_probabilities": probabilities,
             })
         })
         .collect();
-    let directory = tempfile::tempdir().expect("a temporary directory");
-    let model_path = directory.path().join("model.onnx");
-    let cases_path = directory.path().join("cases.json");
-    std::fs::write(&model_path, &onnx).expect("writes the model");
-    let spec = serde_json::json!({"tolerance": PROBABILITY_TOLERANCE, "cases": cases});
-    std::fs::write(&cases_path, serde_json::to_vec(&spec).expect("serializes"))
-        .expect("writes the cases");
-
-    let output = std::process::Command::new(&python)
-        .arg(root.join("tests/ort_parity.py"))
-        .arg(&model_path)
-        .arg(&cases_path)
-        .output()
-        .unwrap_or_else(|error| panic!("running {}: {error}", python.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "tests/ort_parity.py failed ({}):\n{stdout}\n{stderr}\n(exit 3 means missing packages: run the test driver)",
-        output.status
-    );
-    println!("{stdout}");
-    assert!(
-        stdout.contains("full check passed"),
-        "the checker ran: {stdout}"
-    );
+    run_onnx_runtime(&python, &root, &onnx, cases);
 }
 
 /// The exporter refuses manifests it cannot lay out: a head column used twice, or an
@@ -526,4 +539,43 @@ fn export_rejects_inconsistent_manifests() {
         error.to_string().contains("belongs to no feature"),
         "{error}"
     );
+}
+
+/// On the shipped bundle, trained by candle and exported by podscore, ONNX Runtime gives
+/// tract's probabilities within 1e-5 for N = 1, 7 and 1000 (unknown ids and empty bags
+/// included), and the full checker accepts the file.
+#[test]
+fn onnx_runtime_matches_tract_on_the_shipped_bundle() {
+    let (root, python) = python();
+    let bundle =
+        podscore::bundle::Bundle::read(&root.join("models/podcast-mtl/1")).expect("shipped bundle");
+    let runtime = podscore::runtime::Runtime::load(
+        &bundle.manifest,
+        &bundle.onnx,
+        &podscore::runtime::RuntimeConfig::default(),
+    )
+    .expect("loads in tract");
+    let cases = [(1usize, 61u64), (7, 62), (1000, 63)]
+        .into_iter()
+        .map(|(rows, seed)| {
+            let (request, mut candidates) =
+                model::testing::random_inputs(&bundle.manifest, &bundle.vocabularies, rows, seed);
+            // The first candidate is all unknown ids and empty bags: the cold-start path.
+            let widths = candidates.widths;
+            candidates.ids[..widths.ids].fill(0);
+            candidates.bag_ids[..widths.bag].fill(0);
+            candidates.bag_mask[..widths.bag].fill(0.0);
+            let logits = runtime.infer(&request, &candidates).expect("tract infers");
+            let probabilities: Vec<f64> =
+                logits.values.iter().map(|logit| sigmoid(*logit)).collect();
+            serde_json::json!({
+                "name": format!("shipped N={rows}"),
+                "rows": rows,
+                "heads": logits.heads,
+                "inputs": graph_feeds(&bundle.manifest, &request, &candidates),
+                "expected_probabilities": probabilities,
+            })
+        })
+        .collect();
+    run_onnx_runtime(&python, &root, &bundle.onnx, cases);
 }

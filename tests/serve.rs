@@ -73,6 +73,50 @@ async fn golden_requests_score_over_http_as_the_manifest_says() {
     }
 }
 
+/// The shipped bundle, trained by candle, scores its golden cases over HTTP as candle
+/// computed them, served from the shipped models directory with the demo features; and
+/// the README's example request scores with every field in range.
+#[tokio::test]
+async fn shipped_bundle_scores_over_http_as_the_trained_model() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let store = podscore::store::SnapshotStore::open(&root.join("models/demo-features")).unwrap();
+    let state = AppState::new(podscore::api::Config::default(), Arc::new(store), 2).unwrap();
+    Reloader::new(&root.join("models"), None)
+        .reload(&state)
+        .unwrap();
+    let app = podscore::api::app(state);
+    let manifest = Bundle::read(&root.join("models/podcast-mtl/1"))
+        .unwrap()
+        .manifest;
+    for case in &manifest.golden {
+        let reply = score(&app, &case.request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_scores_match(&reply.json(), &case.expected);
+    }
+    let readme_request = json!({"request_id": "r-1", "user": {"id": "u42"},
+        "context": {"timestamp": "2026-11-28T10:15:00Z", "surface": "home", "session_length_s": 420},
+        "candidates": [
+            {"id": "c1", "kind": "ad", "show_id": "s17", "episode_id": "e9",
+             "creative": {"creative_id": "cr3", "campaign_id": "cp1", "format": "audio", "slot": "midroll"}},
+            {"id": "c2", "kind": "promotion", "show_id": "s2",
+             "creative": {"campaign_id": "p7", "slot": "home_shelf", "layout": "card"}}]});
+    let reply = score(&app, &readme_request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["model"], json!({"name": "podcast-mtl", "version": 1}));
+    for candidate in body["candidates"].as_array().unwrap() {
+        assert_eq!(
+            candidate["cold_start"],
+            json!(false),
+            "s17 and s2 are in the demo snapshot"
+        );
+        for field in ["stream", "click", "like", "follow"] {
+            let value = candidate[field].as_f64().unwrap();
+            assert!(value > 0.0 && value < 1.0, "{field}: {value}");
+        }
+    }
+}
+
 /// A response has one entry per candidate in request order, calibrated probabilities in
 /// [0, 1], per-stage timings in the body and in Server-Timing, and the request id echoed.
 #[tokio::test]
