@@ -1,7 +1,7 @@
 //! PNG plots of the report, drawn with plotters' bitmap backend.
 //!
 //! Text needs a font, and a fresh machine may have none: the binary carries a 13 KB
-//! subset of DejaVu Sans (printable ASCII and a few symbols; `assets/`, with its
+//! subset of DejaVu Sans (printable ASCII and a few symbols; `src/eval/font/`, with its
 //! license), registered once as plotters' `sans-serif`.
 
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use plotters::style::{FontStyle, register_font};
 
 use super::TIERS;
 
-const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
+const FONT: &[u8] = include_bytes!("font/DejaVuSans-subset.ttf");
 const FONT_FAMILY: &str = "sans-serif";
 const WIDTH: u32 = 1100;
 const HEIGHT: u32 = 520;
@@ -24,7 +24,7 @@ fn ensure_font() -> Result<()> {
         *REGISTERED.get_or_init(|| register_font(FONT_FAMILY, FontStyle::Normal, FONT).is_ok());
     if !registered {
         return Err(anyhow!(
-            "the bundled font assets/DejaVuSans-subset.ttf did not load"
+            "the bundled font src/eval/font/DejaVuSans-subset.ttf did not load"
         ));
     }
     Ok(())
