@@ -84,7 +84,8 @@ pub struct UserInput {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContextInput {
-    /// RFC 3339; the server's clock when absent.
+    /// RFC 3339. When absent it stays absent: the hour and weekday features take their
+    /// unknown index, as in training (the server's clock would make golden checks flaky).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
