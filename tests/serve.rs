@@ -73,9 +73,9 @@ async fn golden_requests_score_over_http_as_the_manifest_says() {
     }
 }
 
-/// The shipped bundle, trained by candle, scores its golden cases over HTTP as candle
-/// computed them, served from the shipped models directory with the demo features; and
-/// the README's example request scores with every field in range.
+/// The real server on 127.0.0.1 (port 0), serving the shipped models directory with the
+/// demo features, scores the shipped bundle's golden cases as candle computed them at
+/// training (within 1e-5), and the README's example request with every field in range.
 #[tokio::test]
 async fn shipped_bundle_scores_over_http_as_the_trained_model() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -84,14 +84,26 @@ async fn shipped_bundle_scores_over_http_as_the_trained_model() {
     Reloader::new(&root.join("models"), None)
         .reload(&state)
         .unwrap();
-    let app = podscore::api::app(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(podscore::serve::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let post = |body: &Value| {
+        client
+            .post(format!("http://{address}/score"))
+            .json(body)
+            .send()
+    };
     let manifest = Bundle::read(&root.join("models/podcast-mtl/1"))
         .unwrap()
         .manifest;
     for case in &manifest.golden {
-        let reply = score(&app, &case.request).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        assert_scores_match(&reply.json(), &case.expected);
+        let response = post(&case.request).await.unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        assert_scores_match(&response.json::<Value>().await.unwrap(), &case.expected);
     }
     let readme_request = json!({"request_id": "r-1", "user": {"id": "u42"},
         "context": {"timestamp": "2026-11-28T10:15:00Z", "surface": "home", "session_length_s": 420},
@@ -100,9 +112,9 @@ async fn shipped_bundle_scores_over_http_as_the_trained_model() {
              "creative": {"creative_id": "cr3", "campaign_id": "cp1", "format": "audio", "slot": "midroll"}},
             {"id": "c2", "kind": "promotion", "show_id": "s2",
              "creative": {"campaign_id": "p7", "slot": "home_shelf", "layout": "card"}}]});
-    let reply = score(&app, &readme_request).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let body = reply.json();
+    let response = post(&readme_request).await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
     assert_eq!(body["model"], json!({"name": "podcast-mtl", "version": 1}));
     for candidate in body["candidates"].as_array().unwrap() {
         assert_eq!(
@@ -115,6 +127,12 @@ async fn shipped_bundle_scores_over_http_as_the_trained_model() {
             assert!(value > 0.0 && value < 1.0, "{field}: {value}");
         }
     }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 /// A response has one entry per candidate in request order, calibrated probabilities in
