@@ -11,8 +11,8 @@ use podscore::features::ScopeTensors;
 use podscore::model::testing::{self, VocabularySizes};
 use podscore::runtime::{Runtime, RuntimeConfig};
 use podscore::scoring::Model;
-use podscore::train::adam::{Adam, TouchedRows};
-use podscore::train::network::{Network, masked_bce_with_logits};
+use podscore::train::adam::Adam;
+use podscore::train::network::Network;
 use podscore::train::{self, MaskMode, TrainArgs, Variant};
 use podscore::world::{self, Preset, WorldConfig};
 
@@ -162,10 +162,10 @@ fn candle_and_tract_agree_on_the_exported_graph() {
     )
     .unwrap();
     let mut optimizer = Adam::new(1e-2);
+    let initial = network.export_weights().unwrap();
     for step in 0..5 {
         let (request, candidates) =
             testing::random_inputs(&manifest, &bundle.vocabularies, 64, step);
-        let logits = network.forward(&request, &candidates, true).unwrap();
         let labels = Tensor::from_vec(
             (0..64 * heads.len())
                 .map(|i| f32::from(i % 7 == 0))
@@ -176,14 +176,22 @@ fn candle_and_tract_agree_on_the_exported_graph() {
         .unwrap();
         let mask =
             Tensor::ones((64, heads.len()), candle_core::DType::F32, network.device()).unwrap();
-        let loss = masked_bce_with_logits(&logits, &labels, &mask).unwrap();
-        optimizer
-            .step(
-                &network.parameters,
-                &loss.backward().unwrap(),
-                &TouchedRows::new(),
-            )
+        let loss = network
+            .train_step(&mut optimizer, &request, &candidates, &labels, &mask)
             .unwrap();
+        assert!(loss.is_finite());
+    }
+    // The steps moved the embedding tables (trained outside autograd) as well as the rest.
+    let trained = network.export_weights().unwrap();
+    for name in [
+        "embedding.user_history",
+        "embedding.show_id",
+        "encoder.0.request_weight",
+    ] {
+        assert_ne!(
+            initial.tensors[name].data, trained.tensors[name].data,
+            "{name} did not move"
+        );
     }
     let onnx = podscore::onnx::export(&manifest, &network.export_weights().unwrap()).unwrap();
     let runtime = Runtime::load(&manifest, &onnx, &RuntimeConfig::default()).unwrap();

@@ -3,8 +3,8 @@
 //! candle's AdamW builds a dozen temporary tensors per parameter per step (about 26 ms a
 //! step for a 1.2M-parameter model on this machine); this optimizer reads the gradient and
 //! writes the parameter and both moments in a single loop through a candle in-place op.
-//! Embedding tables are updated lazily: only the rows the batch touched, as TensorFlow's
-//! LazyAdam does, since an untouched row's gradient is exactly zero.
+//! Embedding tables, which the network keeps outside autograd, are updated lazily with
+//! [`Adam::update_rows`]: only the rows the batch touched, as TensorFlow's LazyAdam does.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -20,9 +20,6 @@ pub struct Adam {
     step: u64,
     moments: BTreeMap<String, (Vec<f32>, Vec<f32>)>,
 }
-
-/// Which rows of which embedding table a batch touched; other parameters are dense.
-pub type TouchedRows = BTreeMap<String, Vec<u32>>;
 
 impl Adam {
     pub fn new(learning_rate: f64) -> Adam {
@@ -44,17 +41,26 @@ impl Adam {
         self.learning_rate
     }
 
+    /// The step size and the square root of the second bias correction at this step.
+    fn corrections(&self) -> (f32, f32) {
+        let step = self.step.min(i32::MAX as u64) as i32;
+        let correction1 = 1.0 - self.beta1.powi(step);
+        let correction2 = 1.0 - self.beta2.powi(step);
+        (
+            (self.learning_rate / correction1) as f32,
+            correction2.sqrt() as f32,
+        )
+    }
+
+    /// Starts a step and updates every dense parameter that has a gradient.
     pub fn step(
         &mut self,
         parameters: &BTreeMap<String, Var>,
         gradients: &GradStore,
-        touched: &TouchedRows,
     ) -> candle_core::Result<()> {
         self.step += 1;
-        let step = self.step as i32;
-        let correction1 = 1.0 - self.beta1.powi(step);
-        let correction2 = 1.0 - self.beta2.powi(step);
-        let step_size = (self.learning_rate / correction1) as f32;
+        let (step_size, bias_correction2_sqrt) = self.corrections();
+        let hyper = self.hyper(step_size, bias_correction2_sqrt);
         for (name, var) in parameters {
             let Some(gradient) = gradients.get(var.as_tensor()) else {
                 continue;
@@ -64,28 +70,55 @@ impl Adam {
                 .moments
                 .entry(name.clone())
                 .or_insert_with(|| (vec![0.0; count], vec![0.0; count]));
-            let row_width = var.dims().last().copied().unwrap_or(1);
             let op = AdamUpdate {
                 state: Mutex::new((first, second)),
-                rows: touched.get(name).map(Vec::as_slice),
-                row_width,
-                beta1: self.beta1 as f32,
-                beta2: self.beta2 as f32,
-                epsilon: self.epsilon as f32,
-                step_size,
-                bias_correction2_sqrt: correction2.sqrt() as f32,
+                hyper,
             };
             var.as_tensor().inplace_op2(gradient, &op)?;
         }
         Ok(())
     }
+
+    fn hyper(&self, step_size: f32, bias_correction2_sqrt: f32) -> Hyper {
+        Hyper {
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            epsilon: self.epsilon as f32,
+            step_size,
+            bias_correction2_sqrt,
+        }
+    }
+
+    /// Updates the listed rows of a table (`width` values each) with their gradients
+    /// (`rows.len() * width` values, in the order of `rows`), at the current step.
+    pub fn update_rows(
+        &self,
+        values: &mut [f32],
+        first: &mut [f32],
+        second: &mut [f32],
+        rows: &[u32],
+        gradients: &[f32],
+        width: usize,
+    ) {
+        let (step_size, bias_correction2_sqrt) = self.corrections();
+        let hyper = self.hyper(step_size, bias_correction2_sqrt);
+        for (position, row) in rows.iter().enumerate() {
+            let range = *row as usize * width..(*row as usize + 1) * width;
+            if range.end > values.len() {
+                continue;
+            }
+            hyper.update(
+                &mut values[range.clone()],
+                &gradients[position * width..(position + 1) * width],
+                &mut first[range.clone()],
+                &mut second[range],
+            );
+        }
+    }
 }
 
-struct AdamUpdate<'a> {
-    /// Held only inside `cpu_fwd`, which candle calls once, synchronously.
-    state: Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
-    rows: Option<&'a [u32]>,
-    row_width: usize,
+#[derive(Debug, Clone, Copy)]
+struct Hyper {
     beta1: f32,
     beta2: f32,
     epsilon: f32,
@@ -93,7 +126,13 @@ struct AdamUpdate<'a> {
     bias_correction2_sqrt: f32,
 }
 
-impl AdamUpdate<'_> {
+struct AdamUpdate<'a> {
+    /// Held only inside `cpu_fwd`, which candle calls once, synchronously.
+    state: Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+    hyper: Hyper,
+}
+
+impl Hyper {
     #[inline]
     fn update(
         &self,
@@ -145,24 +184,7 @@ impl candle_core::InplaceOp2 for AdamUpdate<'_> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (first, second) = &mut *state;
-        match self.rows {
-            Some(rows) => {
-                let width = self.row_width;
-                for row in rows {
-                    let range = *row as usize * width..(*row as usize + 1) * width;
-                    if range.end > parameters.len() {
-                        continue;
-                    }
-                    self.update(
-                        &mut parameters[range.clone()],
-                        &gradients[range.clone()],
-                        &mut first[range.clone()],
-                        &mut second[range],
-                    );
-                }
-            }
-            None => self.update(parameters, gradients, first, second),
-        }
+        self.hyper.update(parameters, gradients, first, second);
         Ok(())
     }
 }

@@ -35,7 +35,7 @@ use crate::features::{
 };
 use crate::logs::{self, Impression, Snapshot};
 
-use adam::{Adam, TouchedRows};
+use adam::Adam;
 use network::Network;
 use sampler::{BalancedSampler, SourceStream};
 
@@ -573,14 +573,12 @@ fn scan(args: &TrainArgs, plan: &Plan, snapshot: &Snapshot, splits: &Splits) -> 
     })
 }
 
-/// A batch ready for the network: assembled inputs, labels and loss mask per head, and the
-/// embedding rows it touches.
+/// A batch ready for the network: assembled inputs, labels and loss mask per head.
 struct PreparedBatch {
     request: ScopeTensors,
     candidates: ScopeTensors,
     labels: Vec<f32>,
     mask: Vec<f32>,
-    touched: TouchedRows,
 }
 
 struct BatchContext<'a> {
@@ -589,7 +587,6 @@ struct BatchContext<'a> {
     plan: &'a Plan,
     mask: MaskMode,
     id_dropout: f64,
-    vocab_lengths: BTreeMap<String, usize>,
 }
 
 impl BatchContext<'_> {
@@ -619,49 +616,12 @@ impl BatchContext<'_> {
                 mask.push(mask_weight(self.mask, row.kind, head.name));
             }
         }
-        let touched = self.touched_rows(&request, &candidates);
         Ok(PreparedBatch {
             request,
             candidates,
             labels,
             mask,
-            touched,
         })
-    }
-
-    fn touched_rows(&self, request: &ScopeTensors, candidates: &ScopeTensors) -> TouchedRows {
-        let mut touched = TouchedRows::new();
-        for spec in self.assembler.specs() {
-            if !matches!(spec.kind, Kind::Id | Kind::IdBag) {
-                continue;
-            }
-            let tensors = match spec.scope {
-                features::Scope::Request => request,
-                features::Scope::Candidate => candidates,
-            };
-            let (values, width) = match spec.kind {
-                Kind::Id => (&tensors.ids, tensors.widths.ids),
-                _ => (&tensors.bag_ids, tensors.widths.bag),
-            };
-            let vocab_len = self.vocab_lengths.get(&spec.name).copied().unwrap_or(1);
-            let mut seen = vec![false; vocab_len];
-            for row in 0..tensors.rows {
-                for column in spec.slot..spec.slot + spec.width {
-                    let id = values[row * width + column];
-                    if let Some(flag) = seen.get_mut(id as usize) {
-                        *flag = true;
-                    }
-                }
-            }
-            let rows = seen
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| **s)
-                .map(|(i, _)| i as u32)
-                .collect();
-            touched.insert(format!("embedding.{}", spec.name), rows);
-        }
-        touched
     }
 }
 
@@ -807,19 +767,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     } else {
         epoch_steps(&pass.train_rows, &plan, args.promo_share, args.batch_size)
     };
-    let mut vocab_lengths = BTreeMap::new();
-    for spec in &pass.specs {
-        if let Transform::Id { vocab } | Transform::IdBag { vocab, .. } = &spec.transform {
-            vocab_lengths.insert(spec.name.clone(), pass.vocabularies[vocab].len());
-        }
-    }
     let context = BatchContext {
         assembler: &assembler,
         snapshot: &snapshot,
         plan: &plan,
         mask: args.mask,
         id_dropout: args.id_dropout,
-        vocab_lengths,
     };
     let stream = |kind: CandidateKind, used: bool| {
         used.then(|| {
@@ -886,13 +839,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 let batch = receiver.recv().context("batch producer stopped")??;
                 let rows = batch.request.rows;
                 let heads = head_names.len();
-                let logits = network.forward(&batch.request, &batch.candidates, true)?;
                 let labels = Tensor::from_vec(batch.labels, (rows, heads), network.device())?;
                 let mask = Tensor::from_vec(batch.mask, (rows, heads), network.device())?;
-                let loss = network::masked_bce_with_logits(&logits, &labels, &mask)?;
-                let gradients = loss.backward()?;
-                optimizer.step(&network.parameters, &gradients, &batch.touched)?;
-                let loss_value = f64::from(loss.to_scalar::<f32>()?);
+                let loss = network.train_step(
+                    &mut optimizer,
+                    &batch.request,
+                    &batch.candidates,
+                    &labels,
+                    &mask,
+                )?;
+                let loss_value = f64::from(loss);
                 ensure!(
                     loss_value.is_finite(),
                     "training diverged: loss is {loss_value} at epoch {epoch} step {step}"

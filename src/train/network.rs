@@ -4,6 +4,12 @@
 //!
 //! Parameter names and layouts are the ones `onnx::Weights` expects, so that export is a
 //! copy: linear weights are `[in, out]`, embeddings `[vocab_len, dim]`.
+//!
+//! Embedding look-ups and bag pooling run outside candle's autograd: the network gathers
+//! each scope's input matrix by hand, lets candle differentiate everything above it, and
+//! scatters the input gradient into the rows the batch touched, which Adam then updates.
+//! Through candle, every step built a zeroed gradient the size of every table (50k rows
+//! for episodes) and gathered through its strided index path: a third of a step.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +19,7 @@ use rand::{Rng, SeedableRng};
 use crate::bundle::Architecture;
 use crate::features::{FeatureSpec, Kind, Scope, ScopeTensors, Vocabularies};
 use crate::onnx::{WeightTensor, Weights};
+use crate::train::adam::Adam;
 
 const BATCH_NORM_EPSILON: f64 = 1e-5;
 /// Running statistics follow PyTorch's default momentum.
@@ -22,12 +29,43 @@ pub struct Network {
     pub architecture: Architecture,
     pub heads: Vec<String>,
     specs: Vec<FeatureSpec>,
-    /// Trainable parameters by export name, in a stable order for the optimizer.
+    /// Dense trainable parameters by export name, in a stable order for the optimizer.
     pub parameters: BTreeMap<String, Var>,
+    /// Embedding tables by feature name, trained outside autograd.
+    tables: BTreeMap<String, Table>,
+    /// Columns of each scope's input matrix.
+    input_width: [usize; 2],
     /// Batch norm running statistics, updated outside autograd.
     running_mean: Vec<f32>,
     running_var: Vec<f32>,
     device: Device,
+}
+
+/// One embedding table with its Adam moments, updated row by row.
+struct Table {
+    dim: usize,
+    values: Vec<f32>,
+    first_moment: Vec<f32>,
+    second_moment: Vec<f32>,
+    /// Per row: its position in the current step's gradient rows, or `UNTOUCHED`.
+    gradient_slot: Vec<u32>,
+}
+
+const UNTOUCHED: u32 = u32::MAX;
+
+impl Table {
+    fn rows(&self) -> usize {
+        self.values.len() / self.dim
+    }
+
+    /// The table row of an id; ids come from assembly and are in range, and anything else
+    /// reads the unknown row rather than panic.
+    fn row(&self, id: i64) -> usize {
+        usize::try_from(id)
+            .ok()
+            .filter(|row| *row < self.rows())
+            .unwrap_or(0)
+    }
 }
 
 fn uniform(rng: &mut impl Rng, count: usize, bound: f32) -> Vec<f32> {
@@ -47,33 +85,35 @@ impl Network {
         let device = Device::Cpu;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut parameters = BTreeMap::new();
+        let mut tables = BTreeMap::new();
+        let embedding_dim = architecture.embedding_dim;
+        let mut input_width = [0usize; 2];
+        for spec in specs {
+            let width = match &spec.transform {
+                crate::features::Transform::Id { vocab }
+                | crate::features::Transform::IdBag { vocab, .. } => {
+                    let rows = vocabularies.get(vocab).map_or(1, |v| v.len());
+                    tables.insert(
+                        spec.name.clone(),
+                        Table {
+                            dim: embedding_dim,
+                            values: uniform(&mut rng, rows * embedding_dim, 0.05),
+                            first_moment: vec![0.0; rows * embedding_dim],
+                            second_moment: vec![0.0; rows * embedding_dim],
+                            gradient_slot: vec![UNTOUCHED; rows],
+                        },
+                    );
+                    embedding_dim
+                }
+                _ => spec.width,
+            };
+            input_width[spec.scope as usize] += width;
+        }
         let mut add =
             |name: String, shape: Vec<usize>, data: Vec<f32>| -> candle_core::Result<()> {
                 parameters.insert(name, Var::from_vec(data, shape, &device)?);
                 Ok(())
             };
-        let embedding_dim = architecture.embedding_dim;
-        let mut input_width = [0usize; 2];
-        for spec in specs {
-            let width = match spec.kind {
-                Kind::Id | Kind::IdBag => {
-                    let vocab = match &spec.transform {
-                        crate::features::Transform::Id { vocab }
-                        | crate::features::Transform::IdBag { vocab, .. } => vocab,
-                        _ => unreachable!("id kinds have vocab transforms"),
-                    };
-                    let rows = vocabularies.get(vocab).map_or(1, |v| v.len());
-                    add(
-                        format!("embedding.{}", spec.name),
-                        vec![rows, embedding_dim],
-                        uniform(&mut rng, rows * embedding_dim, 0.05),
-                    )?;
-                    embedding_dim
-                }
-                Kind::Dense | Kind::Numeric => spec.width,
-            };
-            input_width[spec.scope as usize] += width;
-        }
         // Kaiming-uniform bounds for ReLU layers.
         let mut linear = |name: &str, inputs: usize, outputs: usize, fan_in: usize| {
             let bound = (6.0 / fan_in as f32).sqrt();
@@ -114,6 +154,8 @@ impl Network {
             heads: heads.to_vec(),
             specs: specs.to_vec(),
             parameters,
+            tables,
+            input_width,
             running_mean: vec![0.0; encoded],
             running_var: vec![1.0; encoded],
             device,
@@ -127,42 +169,128 @@ impl Network {
             .as_tensor()
     }
 
-    /// One scope's feature vector `[rows, width]`: embeddings, pooled bags, dense columns.
-    fn scope_features(&self, scope: Scope, tensors: &ScopeTensors) -> candle_core::Result<Tensor> {
+    /// One scope's input matrix `[rows, width]`, row-major: per feature in spec order, its
+    /// embedding row, the masked mean of its bag's rows, or its dense columns.
+    fn gather(&self, scope: Scope, tensors: &ScopeTensors) -> Vec<f32> {
         let rows = tensors.rows;
         let widths = tensors.widths;
-        let ids = Tensor::from_slice(&tensors.ids, (rows, widths.ids), &self.device)?;
-        let bag_ids = Tensor::from_slice(&tensors.bag_ids, (rows, widths.bag), &self.device)?;
-        let bag_mask = Tensor::from_slice(&tensors.bag_mask, (rows, widths.bag), &self.device)?;
-        let dense = Tensor::from_slice(&tensors.dense, (rows, widths.dense), &self.device)?;
-        let mut parts = Vec::new();
+        let width = self.input_width[scope as usize];
+        let mut input = vec![0.0f32; rows * width];
+        let mut start = 0;
         for spec in self.specs.iter().filter(|spec| spec.scope == scope) {
             match spec.kind {
-                Kind::Id => {
-                    let table = self.parameter(&format!("embedding.{}", spec.name));
-                    let column = ids.narrow(1, spec.slot, 1)?.squeeze(1)?.contiguous()?;
-                    parts.push(table.index_select(&column, 0)?);
+                Kind::Id | Kind::IdBag => {
+                    let table = &self.tables[&spec.name];
+                    let dim = table.dim;
+                    for row in 0..rows {
+                        let out = &mut input[row * width + start..row * width + start + dim];
+                        for_each_weighted_row(spec, tensors, row, |id, weight| {
+                            let offset = table.row(id) * dim;
+                            for (value, embedded) in
+                                out.iter_mut().zip(&table.values[offset..offset + dim])
+                            {
+                                *value += weight * embedded;
+                            }
+                        });
+                    }
+                    start += dim;
                 }
-                Kind::IdBag => {
-                    let table = self.parameter(&format!("embedding.{}", spec.name));
-                    let length = spec.width;
-                    let columns = bag_ids.narrow(1, spec.slot, length)?.contiguous()?;
-                    let mask = bag_mask.narrow(1, spec.slot, length)?.contiguous()?;
-                    let embedded = table.index_select(&columns.flatten_all()?, 0)?.reshape((
-                        rows,
-                        length,
-                        self.architecture.embedding_dim,
-                    ))?;
-                    // Masked mean as one batched product `[B,1,L] x [B,L,E]`: candle's sum
-                    // over a middle dimension takes a slow strided path.
-                    let count = mask.sum_keepdim(1)?.clamp(1.0f32, f32::MAX)?;
-                    let weights = mask.broadcast_div(&count)?.unsqueeze(1)?;
-                    parts.push(weights.matmul(&embedded)?.squeeze(1)?);
+                Kind::Dense | Kind::Numeric => {
+                    for row in 0..rows {
+                        let source = row * widths.dense + spec.slot;
+                        input[row * width + start..row * width + start + spec.width]
+                            .copy_from_slice(&tensors.dense[source..source + spec.width]);
+                    }
+                    start += spec.width;
                 }
-                Kind::Dense | Kind::Numeric => parts.push(dense.narrow(1, spec.slot, spec.width)?),
             }
         }
-        Tensor::cat(&parts, 1)
+        input
+    }
+
+    /// Adds `weight * d_input` into each touched row's gradient, then lets Adam update
+    /// exactly those rows of each table.
+    fn scatter(&mut self, scope: Scope, tensors: &ScopeTensors, d_input: &[f32], optimizer: &Adam) {
+        let width = self.input_width[scope as usize];
+        let mut start = 0;
+        for spec in self.specs.iter().filter(|spec| spec.scope == scope) {
+            if !matches!(spec.kind, Kind::Id | Kind::IdBag) {
+                start += spec.width;
+                continue;
+            }
+            let table = self
+                .tables
+                .get_mut(&spec.name)
+                .expect("a table per id feature");
+            let dim = table.dim;
+            let mut touched: Vec<u32> = Vec::new();
+            let mut gradients: Vec<f32> = Vec::new();
+            for row in 0..tensors.rows {
+                let d_row = &d_input[row * width + start..row * width + start + dim];
+                for_each_weighted_row(spec, tensors, row, |id, weight| {
+                    let table_row = table.row(id);
+                    let mut slot = table.gradient_slot[table_row];
+                    if slot == UNTOUCHED {
+                        slot = touched.len() as u32;
+                        table.gradient_slot[table_row] = slot;
+                        touched.push(table_row as u32);
+                        gradients.resize(gradients.len() + dim, 0.0);
+                    }
+                    let slot = slot as usize * dim;
+                    for (gradient, d) in gradients[slot..slot + dim].iter_mut().zip(d_row) {
+                        *gradient += weight * d;
+                    }
+                });
+            }
+            optimizer.update_rows(
+                &mut table.values,
+                &mut table.first_moment,
+                &mut table.second_moment,
+                &touched,
+                &gradients,
+                dim,
+            );
+            for row in touched {
+                table.gradient_slot[row as usize] = UNTOUCHED;
+            }
+            start += dim;
+        }
+    }
+
+    /// One training step: forward in training mode, masked loss, backward, Adam on the
+    /// dense parameters and on the touched embedding rows. Returns the loss.
+    pub fn train_step(
+        &mut self,
+        optimizer: &mut Adam,
+        request: &ScopeTensors,
+        candidates: &ScopeTensors,
+        labels: &Tensor,
+        mask: &Tensor,
+    ) -> candle_core::Result<f32> {
+        let request_input = Var::from_vec(
+            self.gather(Scope::Request, request),
+            (request.rows, self.input_width[0]),
+            &self.device,
+        )?;
+        let candidate_input = Var::from_vec(
+            self.gather(Scope::Candidate, candidates),
+            (candidates.rows, self.input_width[1]),
+            &self.device,
+        )?;
+        let logits = self.encode(request_input.as_tensor(), candidate_input.as_tensor(), true)?;
+        let loss = masked_bce_with_logits(&logits, labels, mask)?;
+        let gradients = loss.backward()?;
+        optimizer.step(&self.parameters, &gradients)?;
+        for (scope, input, tensors) in [
+            (Scope::Request, &request_input, request),
+            (Scope::Candidate, &candidate_input, candidates),
+        ] {
+            if let Some(d_input) = gradients.get(input.as_tensor()) {
+                let d_input = d_input.flatten_all()?.to_vec1::<f32>()?;
+                self.scatter(scope, tensors, &d_input, optimizer);
+            }
+        }
+        loss.to_scalar::<f32>()
     }
 
     /// Logits `[rows, heads]`. In training mode batch norm uses batch statistics and
@@ -173,8 +301,26 @@ impl Network {
         candidates: &ScopeTensors,
         training: bool,
     ) -> candle_core::Result<Tensor> {
-        let request_features = self.scope_features(Scope::Request, request)?;
-        let candidate_features = self.scope_features(Scope::Candidate, candidates)?;
+        let request_input = Tensor::from_vec(
+            self.gather(Scope::Request, request),
+            (request.rows, self.input_width[0]),
+            &self.device,
+        )?;
+        let candidate_input = Tensor::from_vec(
+            self.gather(Scope::Candidate, candidates),
+            (candidates.rows, self.input_width[1]),
+            &self.device,
+        )?;
+        self.encode(&request_input, &candidate_input, training)
+    }
+
+    /// Everything above the input matrices: the encoder, batch norm and the towers.
+    fn encode(
+        &mut self,
+        request_features: &Tensor,
+        candidate_features: &Tensor,
+        training: bool,
+    ) -> candle_core::Result<Tensor> {
         let mut hidden = request_features
             .matmul(self.parameter("encoder.0.request.weight"))?
             .broadcast_add(
@@ -245,8 +391,14 @@ impl Network {
         for (name, var) in &self.parameters {
             values.insert(name.clone(), var.as_tensor().copy()?);
         }
+        let tables = self
+            .tables
+            .iter()
+            .map(|(name, table)| (name.clone(), table.values.clone()))
+            .collect();
         Ok(NetworkState {
             values,
+            tables,
             running_mean: self.running_mean.clone(),
             running_var: self.running_var.clone(),
         })
@@ -255,6 +407,9 @@ impl Network {
     pub fn restore(&mut self, state: &NetworkState) -> candle_core::Result<()> {
         for (name, var) in &self.parameters {
             var.set(&state.values[name])?;
+        }
+        for (name, table) in &mut self.tables {
+            table.values.clone_from(&state.tables[name]);
         }
         self.running_mean = state.running_mean.clone();
         self.running_var = state.running_var.clone();
@@ -303,11 +458,28 @@ impl Network {
             "batch_norm.shift".into(),
             &Tensor::from_vec(shift, width, &self.device)?,
         )?;
+        for (name, table) in &self.tables {
+            tensors.insert(
+                format!("embedding.{name}"),
+                WeightTensor {
+                    shape: vec![table.rows(), table.dim],
+                    data: table.values.clone(),
+                },
+            );
+        }
         Ok(Weights { tensors })
     }
 
     pub fn parameter_count(&self) -> usize {
-        self.parameters.values().map(|var| var.elem_count()).sum()
+        self.parameters
+            .values()
+            .map(|var| var.elem_count())
+            .sum::<usize>()
+            + self
+                .tables
+                .values()
+                .map(|table| table.values.len())
+                .sum::<usize>()
     }
 
     pub fn device(&self) -> &Device {
@@ -317,6 +489,7 @@ impl Network {
 
 pub struct NetworkState {
     values: BTreeMap<String, Tensor>,
+    tables: BTreeMap<String, Vec<f32>>,
     running_mean: Vec<f32>,
     running_var: Vec<f32>,
 }
@@ -340,4 +513,29 @@ pub fn masked_bce_with_logits(
 
 pub fn dtype() -> DType {
     DType::F32
+}
+
+/// Calls `visit(id, weight)` for each table row feeding `row` of an id or bag feature: the
+/// id itself with weight 1, or each masked bag slot with `mask / max(sum of mask, 1)`.
+fn for_each_weighted_row(
+    spec: &FeatureSpec,
+    tensors: &ScopeTensors,
+    row: usize,
+    mut visit: impl FnMut(i64, f32),
+) {
+    let widths = tensors.widths;
+    match spec.kind {
+        Kind::Id => visit(tensors.ids[row * widths.ids + spec.slot], 1.0),
+        Kind::IdBag => {
+            let start = row * widths.bag + spec.slot;
+            let masks = &tensors.bag_mask[start..start + spec.width];
+            let count = masks.iter().sum::<f32>().max(1.0);
+            for (id, mask) in tensors.bag_ids[start..start + spec.width].iter().zip(masks) {
+                if *mask != 0.0 {
+                    visit(*id, mask / count);
+                }
+            }
+        }
+        Kind::Dense | Kind::Numeric => {}
+    }
 }

@@ -4,7 +4,10 @@ Builds the same network as podscore's trainer (features::default_definitions, E=
 encoder 256-128 with the first layer split by scope, batch norm, five 64-wide towers),
 trains it on one random batch of 1024 rows with Adam, and prints rows per second.
 
-    python tests/benches/torch_reference.py --threads 2 [--fused]
+    python tests/benches/torch_reference.py --threads 2 [--fused | --sparse]
+
+`--sparse` uses sparse embedding gradients with SparseAdam (only the rows a batch touched
+are updated, as podscore's trainer does) and Adam for the dense parameters.
 """
 
 import argparse
@@ -51,13 +54,13 @@ def vocab_size(name):
 
 
 class Network(nn.Module):
-    def __init__(self):
+    def __init__(self, sparse=False):
         super().__init__()
         self.tables = nn.ModuleDict()
         widths = {"request": 0, "candidate": 0}
         for name, scope, kind, vocab, _ in FEATURES:
             if kind in ("id", "bag"):
-                self.tables[name] = nn.Embedding(vocab_size(vocab), EMBEDDING)
+                self.tables[name] = nn.Embedding(vocab_size(vocab), EMBEDDING, sparse=sparse)
                 widths[scope] += EMBEDDING
             else:
                 widths[scope] += vocab
@@ -109,22 +112,31 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fused", action="store_true")
+    parser.add_argument("--sparse", action="store_true")
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    network = Network()
+    network = Network(sparse=args.sparse)
     parameters = sum(p.numel() for p in network.parameters())
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3, fused=args.fused or None)
+    if args.sparse:
+        tables = list(network.tables.parameters())
+        table_ids = {id(p) for p in tables}
+        dense = [p for p in network.parameters() if id(p) not in table_ids]
+        optimizers = [torch.optim.SparseAdam(tables, lr=1e-3), torch.optim.Adam(dense, lr=1e-3)]
+    else:
+        optimizers = [torch.optim.Adam(network.parameters(), lr=1e-3, fused=args.fused or None)]
     batch = random_batch()
     labels = (torch.rand(BATCH, len(HEADS)) < 0.05).float()
     loss_fn = nn.BCEWithLogitsLoss()
 
     def step():
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(network(batch), labels)
         loss.backward()
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
 
     for _ in range(10):
         step()
@@ -133,7 +145,7 @@ def main():
         step()
     seconds = time.perf_counter() - started
     print(
-        f"torch {torch.__version__} threads={args.threads} fused={args.fused} parameters={parameters} "
+        f"torch {torch.__version__} threads={args.threads} fused={args.fused} sparse={args.sparse} parameters={parameters} "
         f"step_ms={seconds / args.steps * 1e3:.2f} rows_per_s={BATCH * args.steps / seconds:.0f}"
     )
 
