@@ -263,16 +263,20 @@ impl Iterator for ImpressionReader {
         if self.failed {
             return None;
         }
-        let outcome = match self.batches.next()? {
-            Ok(batch) => {
+        let batches = &mut self.batches;
+        let next = super::guard_decoding(&self.path, || Ok(batches.next()));
+        let outcome = match next {
+            Ok(None) => return None,
+            Ok(Some(Ok(batch))) => {
                 let decoded = impressions_from_batch(&batch, &self.path, self.rows_read);
                 self.rows_read += batch.num_rows() as u64;
                 decoded
             }
-            Err(source) => Err(LogError::Arrow {
+            Ok(Some(Err(source))) => Err(LogError::Arrow {
                 path: self.path.clone(),
                 source,
             }),
+            Err(error) => Err(error),
         };
         self.failed = outcome.is_err();
         Some(outcome)
@@ -284,11 +288,18 @@ impl Iterator for ImpressionReader {
 /// without impressions of a kind cannot be trained or evaluated.
 pub fn open_impressions(path: &Path) -> Result<ImpressionReader, LogError> {
     let file = File::open(path).map_err(|source| LogError::open(path, source))?;
+    let file_length = file
+        .metadata()
+        .map_err(|source| LogError::open(path, source))?
+        .len();
     let corrupt = |source| LogError::CorruptParquet {
         path: path.to_path_buf(),
         source,
     };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(corrupt)?;
+    let builder = super::guard_decoding(path, || {
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(corrupt)
+    })?;
+    super::check_column_chunks(builder.metadata(), path, file_length)?;
     // Decoding an empty batch of the file's schema runs every column check.
     impressions_from_batch(&RecordBatch::new_empty(builder.schema().clone()), path, 0)?;
     let rows_total = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);

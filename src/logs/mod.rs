@@ -319,3 +319,58 @@ mod tests {
         );
     }
 }
+
+/// Checks every column chunk's byte range against the file before any page is read: the
+/// parquet crate asserts (panics) on a negative offset or size in a damaged footer, and
+/// nothing may panic on input.
+pub(crate) fn check_column_chunks(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    path: &Path,
+    file_length: u64,
+) -> Result<(), LogError> {
+    for (group_index, group) in metadata.row_groups().iter().enumerate() {
+        for column in group.columns() {
+            let start = column
+                .dictionary_page_offset()
+                .unwrap_or_else(|| column.data_page_offset());
+            let length = column.compressed_size();
+            let in_file = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(length).ok())
+                .and_then(|(start, length)| start.checked_add(length))
+                .is_some_and(|end| end <= file_length);
+            if !in_file {
+                return Err(LogError::CorruptParquet {
+                    path: path.to_path_buf(),
+                    source: parquet::errors::ParquetError::General(format!(
+                        "row group {group_index}, column `{}`: byte range {start}+{length} lies outside the {file_length}-byte file",
+                        column.column_path()
+                    )),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs Parquet decoding so that a panic inside the parquet or arrow crates on a damaged
+/// file becomes a `CorruptParquet` error naming the file. Their decoders assert on some
+/// malformed pages (found by `tests/world.rs`'s damaged-file property test), and nothing
+/// may panic on input. What the closure touches is discarded on a panic, so observing
+/// it half-updated is impossible.
+pub(crate) fn guard_decoding<T>(
+    path: &Path,
+    decode: impl FnOnce() -> Result<T, LogError>,
+) -> Result<T, LogError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the decoder panicked".to_string());
+        Err(LogError::CorruptParquet {
+            path: path.to_path_buf(),
+            source: parquet::errors::ParquetError::General(format!("damaged data: {message}")),
+        })
+    })
+}

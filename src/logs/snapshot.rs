@@ -253,11 +253,18 @@ fn read_file<T>(
     decode: impl Fn(&RecordBatch, &Place) -> Result<Vec<T>, LogError>,
 ) -> Result<Vec<T>, LogError> {
     let file = File::open(path).map_err(|source| LogError::open(path, source))?;
+    let file_length = file
+        .metadata()
+        .map_err(|source| LogError::open(path, source))?
+        .len();
     let corrupt = |source| LogError::CorruptParquet {
         path: path.to_path_buf(),
         source,
     };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(corrupt)?;
+    let builder = super::guard_decoding(path, || {
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(corrupt)
+    })?;
+    super::check_column_chunks(builder.metadata(), path, file_length)?;
     decode(
         &RecordBatch::new_empty(builder.schema().clone()),
         &Place { path, first_row: 0 },
@@ -267,7 +274,8 @@ fn read_file<T>(
         .build()
         .map_err(corrupt)?;
     let mut rows = Vec::new();
-    for batch in reader {
+    let mut reader = reader;
+    while let Some(batch) = super::guard_decoding(path, || Ok(reader.next()))? {
         let batch = batch.map_err(batch_error(path))?;
         let place = Place {
             path,
