@@ -285,41 +285,6 @@ pub fn write_world_info(dir: &Path, info: &WorldInfo) -> Result<(), LogError> {
     std::fs::write(&path, text).map_err(|source| LogError::Io { path, source })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Impression files sit under `logs/`, one per candidate kind.
-    #[test]
-    fn impression_paths_follow_the_layout() {
-        assert_eq!(
-            impressions_path(Path::new("w"), CandidateKind::Ad),
-            Path::new("w/logs/ad_impressions.parquet")
-        );
-        assert_eq!(
-            impressions_path(Path::new("w"), CandidateKind::Promotion),
-            Path::new("w/logs/promotion_impressions.parquet")
-        );
-    }
-
-    /// The snapshot folder is found from the world folder or given directly.
-    #[test]
-    fn snapshot_dir_accepts_world_or_snapshot_folder() {
-        let temp = tempfile::tempdir().expect("temp dir");
-        let temp = temp.path();
-        let snapshot = temp.join(SNAPSHOT_DIR);
-        std::fs::create_dir_all(&snapshot).expect("folders");
-        std::fs::write(snapshot.join(USERS_FILE), b"").expect("file");
-        assert_eq!(snapshot_dir(temp), snapshot);
-        assert_eq!(snapshot_dir(&snapshot), snapshot);
-        // Neither holds users.parquet: the world layout is assumed, so the error names it.
-        assert_eq!(
-            snapshot_dir(Path::new("nowhere")),
-            Path::new("nowhere/snapshot")
-        );
-    }
-}
-
 /// Checks every column chunk's byte range against the file before any page is read: the
 /// parquet crate asserts (panics) on a negative offset or size in a damaged footer, and
 /// nothing may panic on input.
@@ -373,4 +338,39 @@ pub(crate) fn guard_decoding<T>(
             source: parquet::errors::ParquetError::General(format!("damaged data: {message}")),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Impression files sit under `logs/`, one per candidate kind.
+    #[test]
+    fn impression_paths_follow_the_layout() {
+        assert_eq!(
+            impressions_path(Path::new("w"), CandidateKind::Ad),
+            Path::new("w/logs/ad_impressions.parquet")
+        );
+        assert_eq!(
+            impressions_path(Path::new("w"), CandidateKind::Promotion),
+            Path::new("w/logs/promotion_impressions.parquet")
+        );
+    }
+
+    /// The snapshot folder is found from the world folder or given directly.
+    #[test]
+    fn snapshot_dir_accepts_world_or_snapshot_folder() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let temp = temp.path();
+        let snapshot = temp.join(SNAPSHOT_DIR);
+        std::fs::create_dir_all(&snapshot).expect("folders");
+        std::fs::write(snapshot.join(USERS_FILE), b"").expect("file");
+        assert_eq!(snapshot_dir(temp), snapshot);
+        assert_eq!(snapshot_dir(&snapshot), snapshot);
+        // Neither holds users.parquet: the world layout is assumed, so the error names it.
+        assert_eq!(
+            snapshot_dir(Path::new("nowhere")),
+            Path::new("nowhere/snapshot")
+        );
+    }
 }
