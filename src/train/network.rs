@@ -321,18 +321,25 @@ impl Network {
         candidate_features: &Tensor,
         training: bool,
     ) -> candle_core::Result<Tensor> {
-        let mut hidden = request_features
-            .matmul(self.parameter("encoder.0.request.weight"))?
-            .broadcast_add(
-                &candidate_features.matmul(self.parameter("encoder.0.candidate.weight"))?,
-            )?
-            .broadcast_add(self.parameter("encoder.0.request.bias"))?
-            .relu()?;
+        let rows = candidate_features.dims()[0];
+        let ones = Tensor::ones((rows, 1), DType::F32, &self.device)?;
+        let mut hidden = add_bias(
+            &request_features
+                .matmul(self.parameter("encoder.0.request.weight"))?
+                .broadcast_add(
+                    &candidate_features.matmul(self.parameter("encoder.0.candidate.weight"))?,
+                )?,
+            self.parameter("encoder.0.request.bias"),
+            &ones,
+        )?
+        .relu()?;
         for layer in 1..self.architecture.encoder.len() {
-            hidden = hidden
-                .matmul(self.parameter(&format!("encoder.{layer}.weight")))?
-                .broadcast_add(self.parameter(&format!("encoder.{layer}.bias")))?
-                .relu()?;
+            hidden = add_bias(
+                &hidden.matmul(self.parameter(&format!("encoder.{layer}.weight")))?,
+                self.parameter(&format!("encoder.{layer}.bias")),
+                &ones,
+            )?
+            .relu()?;
         }
         let (mean, variance) = if training {
             let mean = hidden.mean_keepdim(0)?;
@@ -357,9 +364,11 @@ impl Network {
             let mut tower = normalized.clone();
             let layers = self.architecture.tower.len() + 1;
             for layer in 0..layers {
-                tower = tower
-                    .matmul(self.parameter(&format!("tower.{head}.{layer}.weight")))?
-                    .broadcast_add(self.parameter(&format!("tower.{head}.{layer}.bias")))?;
+                tower = add_bias(
+                    &tower.matmul(self.parameter(&format!("tower.{head}.{layer}.weight")))?,
+                    self.parameter(&format!("tower.{head}.{layer}.bias")),
+                    &ones,
+                )?;
                 if layer + 1 < layers {
                     tower = tower.relu()?;
                 }
@@ -513,6 +522,13 @@ pub fn masked_bce_with_logits(
 
 pub fn dtype() -> DType {
     DType::F32
+}
+
+/// `x + bias` for every row, written as `x + ones @ bias` so that the bias gradient is a
+/// matrix product: candle differentiates a broadcast add with a sum over the batch
+/// dimension, which takes its slow strided reduction path.
+fn add_bias(x: &Tensor, bias: &Tensor, ones: &Tensor) -> candle_core::Result<Tensor> {
+    x.add(&ones.matmul(&bias.unsqueeze(0)?)?)
 }
 
 /// Calls `visit(id, weight)` for each table row feeding `row` of an id or bag feature: the
