@@ -10,7 +10,7 @@ use arrow_array::builder::{BooleanBuilder, Float64Builder, StringBuilder};
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, UInt8Array, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
 use super::columns::{BooleanColumn, FloatColumn, IntegerColumn, Place, StringColumn};
 use super::{LogError, ROWS_PER_ROW_GROUP, writer_properties};
@@ -287,19 +287,11 @@ impl Iterator for ImpressionReader {
 /// type fails here, not half-way through), and refuses a file with no rows: a world
 /// without impressions of a kind cannot be trained or evaluated.
 pub fn open_impressions(path: &Path) -> Result<ImpressionReader, LogError> {
-    let file = File::open(path).map_err(|source| LogError::open(path, source))?;
-    let file_length = file
-        .metadata()
-        .map_err(|source| LogError::open(path, source))?
-        .len();
+    let builder = super::open_parquet(path)?;
     let corrupt = |source| LogError::CorruptParquet {
         path: path.to_path_buf(),
         source,
     };
-    let builder = super::guard_decoding(path, || {
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(corrupt)
-    })?;
-    super::check_column_chunks(builder.metadata(), path, file_length)?;
     // Decoding an empty batch of the file's schema runs every column check.
     impressions_from_batch(&RecordBatch::new_empty(builder.schema().clone()), path, 0)?;
     let rows_total = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);

@@ -285,6 +285,29 @@ pub fn write_world_info(dir: &Path, info: &WorldInfo) -> Result<(), LogError> {
     std::fs::write(&path, text).map_err(|source| LogError::Io { path, source })
 }
 
+/// Opens a Parquet file for reading: its footer decoded (a decoder panic becomes
+/// `CorruptParquet`) and every column chunk's byte range checked against the file.
+pub(crate) fn open_parquet(
+    path: &Path,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder<std::fs::File>, LogError>
+{
+    let file = std::fs::File::open(path).map_err(|source| LogError::open(path, source))?;
+    let file_length = file
+        .metadata()
+        .map_err(|source| LogError::open(path, source))?
+        .len();
+    let builder = guard_decoding(path, || {
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).map_err(
+            |source| LogError::CorruptParquet {
+                path: path.to_path_buf(),
+                source,
+            },
+        )
+    })?;
+    check_column_chunks(builder.metadata(), path, file_length)?;
+    Ok(builder)
+}
+
 /// Checks every column chunk's byte range against the file before any page is read: the
 /// parquet crate asserts (panics) on a negative offset or size in a damaged footer, and
 /// nothing may panic on input.

@@ -13,7 +13,6 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::columns::{
     FloatColumn, FloatListColumn, IntegerColumn, Place, StringColumn, StringListColumn,
@@ -252,19 +251,11 @@ fn read_file<T>(
     path: &Path,
     decode: impl Fn(&RecordBatch, &Place) -> Result<Vec<T>, LogError>,
 ) -> Result<Vec<T>, LogError> {
-    let file = File::open(path).map_err(|source| LogError::open(path, source))?;
-    let file_length = file
-        .metadata()
-        .map_err(|source| LogError::open(path, source))?
-        .len();
+    let builder = super::open_parquet(path)?;
     let corrupt = |source| LogError::CorruptParquet {
         path: path.to_path_buf(),
         source,
     };
-    let builder = super::guard_decoding(path, || {
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(corrupt)
-    })?;
-    super::check_column_chunks(builder.metadata(), path, file_length)?;
     decode(
         &RecordBatch::new_empty(builder.schema().clone()),
         &Place { path, first_row: 0 },
