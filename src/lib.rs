@@ -36,6 +36,7 @@
 //! - [`metrics`]: the Prometheus registry and every metric the service exports.
 //! - [`api`]: the HTTP layer (axum): routes, extractors, the one error-to-status table.
 //! - [`serve`]: `podscore serve` and `podscore score`: configuration and lifecycle.
+//! - [`healthcheck`]: `podscore healthcheck`, the container image's readiness probe.
 //!
 //! ## Invariants
 //!
@@ -54,6 +55,7 @@ pub mod entities;
 #[cfg(feature = "train")]
 pub mod eval;
 pub mod features;
+pub mod healthcheck;
 pub mod logs;
 pub mod metrics;
 pub mod model;

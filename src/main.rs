@@ -36,6 +36,8 @@ enum Command {
     Serve(podscore::serve::ServeArgs),
     /// Score one request offline, without a server.
     Score(podscore::serve::ScoreArgs),
+    /// Ask the server on this host whether it is ready (a container's HEALTHCHECK).
+    Healthcheck(podscore::healthcheck::HealthcheckArgs),
 }
 
 /// candle's CPU pool spins at its barriers, and the trainer runs a batch-preparation
@@ -76,6 +78,7 @@ fn main() {
         Command::Reproduce(args) => podscore::eval::reproduce(&args),
         Command::Serve(args) => podscore::serve::run(&args),
         Command::Score(args) => podscore::serve::score(&args),
+        Command::Healthcheck(args) => podscore::healthcheck::run(&args),
     };
     if let Err(error) = outcome {
         // One line: the cause chain joined, as the README promises.
