@@ -400,6 +400,33 @@ fn compose_file_validates_and_its_mounts_exist() {
     );
 }
 
+/// `cargo run --release` and `cargo test --release` compile every dependency they share
+/// with the same features, so that one build in one target directory serves both: a
+/// dependency whose features differ is compiled twice, and for tract that is minutes.
+#[test]
+fn run_and_test_builds_compile_shared_dependencies_once() {
+    let features = |edges: &str| -> BTreeSet<String> {
+        let tree = run(Command::new(env!("CARGO"))
+            .args(["tree", "--locked", "--offline", "--prefix", "none"])
+            .args(["--edges", edges, "--format", "{p} [{f}]"])
+            .current_dir(root()));
+        stdout(&tree)
+            .lines()
+            .map(|line| line.trim_end_matches(" (*)").to_string())
+            .collect()
+    };
+    let run_build = features("normal,build");
+    let test_build = features("normal,build,dev");
+    assert!(run_build.len() > 100, "{run_build:?}");
+    let differing: Vec<&String> = run_build.difference(&test_build).collect();
+    assert!(
+        differing.is_empty(),
+        "the run command builds these with other features than the tests do, so each is \
+         compiled twice; add the test build's features (`cargo tree -e normal,build,dev -i \
+         CRATE -f '{{p}} [{{f}}]'`) to the `cfg(all())` table of Cargo.toml: {differing:#?}"
+    );
+}
+
 /// hadolint finds nothing to flag in deploy/Dockerfile.
 #[test]
 fn dockerfile_passes_hadolint() {
