@@ -163,24 +163,28 @@ impl HostServer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("podscore serve starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let address = loop {
-            let line = lines
-                .next()
-                .expect("podscore serve logs `serving` before it exits")
-                .expect("log lines are UTF-8");
-            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if entry["fields"]["message"] == "serving" {
-                break entry["fields"]["address"]
-                    .as_str()
-                    .expect("the serving line names its address")
-                    .to_string();
+        // The log line `serving` names the port; the rest of the log is read and dropped
+        // so that the pipe never fills.
+        let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if entry["fields"]["message"] == "serving"
+                    && let Some(address) = entry["fields"]["address"].as_str()
+                {
+                    let _ = sender.send(address.to_string());
+                }
             }
-        };
-        // Keep reading the request log so that the pipe never fills.
-        std::thread::spawn(move || lines.for_each(drop));
+        });
+        let address = receiver.recv_timeout(READY_WITHIN).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!(
+                "podscore serve logged no `serving` line with its address within {READY_WITHIN:?}"
+            )
+        });
         HostServer { child, address }
     }
 }
