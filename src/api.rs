@@ -26,7 +26,7 @@ use serde_json::json;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tracing::Instrument;
 
-use crate::features::{Scope, ScopeWidths};
+use crate::graph::{self, Dim, Element};
 use crate::scoring::{
     self, CandidateScores, InvalidField, InvalidReason, Limits, ModelRef, ScoreError, ScoreRequest,
     ScoreResponse, StageTimings,
@@ -660,42 +660,44 @@ async fn model_metadata(
         .models
         .get(&name)
         .ok_or_else(|| ApiError::ModelNotFound(truncate(&name, 256).to_string()))?;
-    let mut inputs = Vec::new();
-    for scope in Scope::ALL {
-        let widths = ScopeWidths::of(&model.manifest.features, scope);
-        let rows: i64 = match scope {
-            Scope::Request => 1,
-            Scope::Candidate => -1,
-        };
-        for (suffix, width, datatype) in [
-            ("ids", widths.ids, "INT64"),
-            ("bag_ids", widths.bag, "INT64"),
-            ("bag_mask", widths.bag, "FP32"),
-            ("dense", widths.dense, "FP32"),
-        ] {
-            if width > 0 {
-                inputs.push(json!({
-                    "name": crate::features::input_name(scope, suffix),
-                    "datatype": datatype,
-                    "shape": [rows, width],
-                }));
-            }
-        }
-    }
-    let heads = model
-        .manifest
-        .heads
+    let inputs: Vec<serde_json::Value> = graph::inputs(&model.manifest.features)
         .iter()
-        .map(|head| head.index + 1)
-        .max()
-        .unwrap_or(0);
+        .map(|input| {
+            json!({
+                "name": input.name(),
+                "datatype": kserve_datatype(input.element()),
+                "shape": input.shape().map(kserve_dim),
+            })
+        })
+        .collect();
+    let heads = model.manifest.heads.len();
     Ok(Json(json!({
         "name": model.name(),
         "versions": [model.version().to_string()],
         "platform": "onnx_tract",
         "inputs": inputs,
-        "outputs": [{"name": crate::bundle::OUTPUT_NAME, "datatype": "FP32", "shape": [-1, heads]}],
+        "outputs": [{
+            "name": graph::OUTPUT_NAME,
+            "datatype": kserve_datatype(Element::Float32),
+            "shape": [kserve_dim(Dim::Symbolic(graph::CANDIDATES_DIM)), kserve_dim(Dim::Fixed(heads))],
+        }],
     })))
+}
+
+/// The Open Inference Protocol's name of a tensor element type.
+fn kserve_datatype(element: Element) -> &'static str {
+    match element {
+        Element::Int64 => "INT64",
+        Element::Float32 => "FP32",
+    }
+}
+
+/// The Open Inference Protocol's form of a dimension: its size, or -1 when variable.
+fn kserve_dim(dim: Dim) -> i64 {
+    match dim {
+        Dim::Fixed(size) => i64::try_from(size).unwrap_or(i64::MAX),
+        Dim::Symbolic(_) => -1,
+    }
 }
 
 async fn openapi() -> Response {

@@ -12,12 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::entities::CandidateKind;
 use crate::features::{FeatureSpec, Vocabularies, Vocabulary};
+use crate::graph::OUTPUT_NAME;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const MODEL_FILE: &str = "model.onnx";
 pub const VOCAB_DIR: &str = "vocab";
-/// The graph's one output: logits, `[N, heads]`, column `index` of each head.
-pub const OUTPUT_NAME: &str = "logits";
 
 /// The response field a head fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -36,6 +35,11 @@ impl ResponseField {
         ResponseField::Like,
         ResponseField::Follow,
     ];
+
+    /// Position in [`ResponseField::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Platt scaling on the head's logit: `p = sigmoid(slope * logit + intercept)`. Fitted on
@@ -131,10 +135,37 @@ pub struct Manifest {
 
 impl Manifest {
     /// The head that fills `field` for candidates of `kind`, if the bundle has one.
+    /// [`Heads::resolve`] checks that there is at most one.
     pub fn head_for(&self, kind: CandidateKind, field: ResponseField) -> Option<&HeadSpec> {
         self.heads
             .iter()
             .find(|head| head.field == field && head.kinds.contains(&kind))
+    }
+
+    /// Heads sorted by their output column, checked to fill columns `0..heads` of the
+    /// graph's one output exactly once.
+    pub fn heads_by_column(&self) -> Result<Vec<&HeadSpec>, HeadsError> {
+        let mut heads: Vec<&HeadSpec> = self.heads.iter().collect();
+        heads.sort_by_key(|head| head.index);
+        if heads.is_empty() {
+            return Err(HeadsError::NoHeads);
+        }
+        for (column, head) in heads.iter().enumerate() {
+            if head.index != column {
+                return Err(HeadsError::Columns {
+                    heads: heads.len(),
+                    head: head.name.clone(),
+                    index: head.index,
+                });
+            }
+            if head.output != OUTPUT_NAME {
+                return Err(HeadsError::Output {
+                    head: head.name.clone(),
+                    output: head.output.clone(),
+                });
+            }
+        }
+        Ok(heads)
     }
 
     /// Vocabulary names the features refer to.
@@ -151,6 +182,113 @@ impl Manifest {
         names.sort();
         names.dedup();
         names
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HeadsError {
+    #[error("the manifest has no heads")]
+    NoHeads,
+    #[error("head indices must be 0..{heads} without gaps or repeats; `{head}` has {index}")]
+    Columns {
+        heads: usize,
+        head: String,
+        index: usize,
+    },
+    #[error("head `{head}` reads output `{output}`, the graph has only `{OUTPUT_NAME}`")]
+    Output { head: String, output: String },
+    #[error("heads `{first}` and `{second}` both fill `{field:?}` for {kind:?} candidates")]
+    Ambiguous {
+        first: String,
+        second: String,
+        kind: CandidateKind,
+        field: ResponseField,
+    },
+    #[error("a logits row has {got} values, the heads fill {expected}")]
+    RowWidth { expected: usize, got: usize },
+    #[error("head `{head}` gives a non-finite probability for logit {logit}")]
+    NotFinite { head: String, logit: f32 },
+}
+
+/// The column and calibration of the head that fills one field for one kind.
+#[derive(Debug, Clone, PartialEq)]
+struct HeadColumn {
+    name: String,
+    index: usize,
+    calibration: Calibration,
+}
+
+/// Which head fills each response field for each candidate kind, with its calibration,
+/// resolved once from a manifest. [`Heads::probability`] is the one rule turning a row
+/// of the graph's output into served probabilities: the server, the evaluator and the
+/// trainer's golden cases all call it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heads {
+    /// Values in one row of the graph's output.
+    width: usize,
+    /// `columns[kind.index()][field.index()]`.
+    columns: [[Option<HeadColumn>; ResponseField::ALL.len()]; CandidateKind::ALL.len()],
+}
+
+impl Heads {
+    /// Checks that the heads fill the output's columns exactly once and that no two fill
+    /// the same field for the same kind, then resolves every (kind, field) pair.
+    pub fn resolve(manifest: &Manifest) -> Result<Heads, HeadsError> {
+        let width = manifest.heads_by_column()?.len();
+        let mut columns: [[Option<HeadColumn>; ResponseField::ALL.len()];
+            CandidateKind::ALL.len()] = Default::default();
+        for head in &manifest.heads {
+            for &kind in &head.kinds {
+                let slot = &mut columns[kind.index()][head.field.index()];
+                if let Some(first) = slot {
+                    return Err(HeadsError::Ambiguous {
+                        first: first.name.clone(),
+                        second: head.name.clone(),
+                        kind,
+                        field: head.field,
+                    });
+                }
+                *slot = Some(HeadColumn {
+                    name: head.name.clone(),
+                    index: head.index,
+                    calibration: head.calibration.clone(),
+                });
+            }
+        }
+        Ok(Heads { width, columns })
+    }
+
+    /// Values in one row of the graph's output.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The calibrated probability that fills `field` for a candidate of `kind`, from its
+    /// row of the graph's output; `None` when no head fills that field for that kind.
+    pub fn probability(
+        &self,
+        kind: CandidateKind,
+        field: ResponseField,
+        logits: &[f32],
+    ) -> Result<Option<f64>, HeadsError> {
+        if logits.len() != self.width {
+            return Err(HeadsError::RowWidth {
+                expected: self.width,
+                got: logits.len(),
+            });
+        }
+        let Some(head) = &self.columns[kind.index()][field.index()] else {
+            return Ok(None);
+        };
+        let logit = logits[head.index];
+        let probability = head.calibration.probability(logit);
+        if !probability.is_finite() {
+            return Err(HeadsError::NotFinite {
+                head: head.name.clone(),
+                logit,
+            });
+        }
+        Ok(Some(probability))
     }
 }
 
@@ -301,4 +439,80 @@ pub fn discover(root: &Path) -> Result<Vec<BundleLocation>, BundleError> {
     }
     found.sort_by(|a, b| a.name.cmp(&b.name).then(a.version.cmp(&b.version)));
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(name: &str, index: usize, kinds: &[CandidateKind], field: ResponseField) -> HeadSpec {
+        HeadSpec {
+            name: name.into(),
+            output: OUTPUT_NAME.into(),
+            index,
+            kinds: kinds.to_vec(),
+            field,
+            calibration: Calibration {
+                method: "platt".into(),
+                slope: 2.0,
+                intercept: -1.0,
+            },
+        }
+    }
+
+    /// The head serving a candidate's kind fills its field, calibrated; a field no head
+    /// fills is null; a wrong-width row and two heads for one (kind, field) are refused.
+    #[test]
+    fn heads_select_by_kind_and_calibrate() {
+        let mut manifest: Manifest = serde_json::from_value(serde_json::json!({
+            "name": "m", "version": 1, "created_at": "", "settings": {}, "data_summary": {},
+            "metrics": {}, "architecture": {"embedding_dim": 1, "encoder": [1], "tower": []},
+            "features": [], "heads": [], "golden": []
+        }))
+        .unwrap();
+        manifest.heads = vec![
+            head(
+                "promo_stream",
+                0,
+                &[CandidateKind::Promotion],
+                ResponseField::Stream,
+            ),
+            head("ad_stream", 1, &[CandidateKind::Ad], ResponseField::Stream),
+            head("click", 2, &CandidateKind::ALL, ResponseField::Click),
+        ];
+        let heads = Heads::resolve(&manifest).unwrap();
+        let logits = [0.5, -0.25, 1.0];
+        let stream = |kind| {
+            heads
+                .probability(kind, ResponseField::Stream, &logits)
+                .unwrap()
+        };
+        assert_eq!(
+            stream(CandidateKind::Promotion),
+            Some(sigmoid(2.0 * 0.5 - 1.0))
+        );
+        assert_eq!(stream(CandidateKind::Ad), Some(sigmoid(2.0 * -0.25 - 1.0)));
+        let like = heads.probability(CandidateKind::Ad, ResponseField::Like, &logits);
+        assert_eq!(like, Ok(None));
+        assert_eq!(
+            heads.probability(CandidateKind::Ad, ResponseField::Click, &logits[..2]),
+            Err(HeadsError::RowWidth {
+                expected: 3,
+                got: 2
+            })
+        );
+        manifest.heads[1].kinds.push(CandidateKind::Promotion);
+        assert!(matches!(
+            Heads::resolve(&manifest),
+            Err(HeadsError::Ambiguous { .. })
+        ));
+    }
+
+    /// `index` is the position in `ALL`, which fixed-size tables rely on.
+    #[test]
+    fn field_index_is_its_position() {
+        for (position, field) in ResponseField::ALL.into_iter().enumerate() {
+            assert_eq!(field.index(), position);
+        }
+    }
 }

@@ -5,73 +5,112 @@
 //! This module knows field names and types only. It knows nothing of vocabularies,
 //! tensors, Parquet, HTTP or JSON wire details beyond serde derives.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
-/// What a listener looks like to the model. Every attribute is optional: a user the
-/// store has never seen is just an id, and assembly fills defaults (the cold-start path).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserRecord {
-    pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub country: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age_bucket: Option<String>,
-    /// Show ids the user listened to recently, most recent first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub history: Option<Vec<String>>,
-    /// Show ids the user follows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub follows: Option<Vec<String>>,
-    /// Topics of the user's recent searches.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub search_topics: Option<Vec<String>>,
+/// Inline fields win over stored ones, field by field: how a request's own values
+/// combine with the feature store's record of the same entity.
+pub trait Overlay: Clone {
+    /// `self`'s fields where present, `stored`'s elsewhere.
+    fn overlay(&self, stored: &Self) -> Self;
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShowRecord {
-    pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub genres: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topics: Option<Vec<String>>,
-    /// Output of a pretrained content encoder: a noisy view of the show's content.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub embedding: Option<Vec<f32>>,
-    /// Streams over the rolling 30-day window; the popularity tier derives from it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub streams_30d: Option<f64>,
-    /// Popularity tier 0 (most streamed) to 7; absent for brand-new shows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<u8>,
+/// The record a request's inline fields and the store's record make together; absent
+/// when neither knows the entity. Borrowed, not copied, when only one side is present.
+pub fn overlay<'a, T: Overlay>(inline: Option<&'a T>, stored: Option<&'a T>) -> Option<Cow<'a, T>> {
+    match (inline, stored) {
+        (Some(inline), Some(stored)) => Some(Cow::Owned(inline.overlay(stored))),
+        (Some(only), None) | (None, Some(only)) => Some(Cow::Borrowed(only)),
+        (None, None) => None,
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EpisodeRecord {
-    pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub show_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topics: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_s: Option<f64>,
+/// Defines an entity record from one field list: every field optional (a request may
+/// carry any subset, the store may not know one), serialized only when present, unknown
+/// fields refused, and its [`Overlay`]. The wire format of `POST /score` uses these same
+/// types for inline entities, so that the list is written once.
+macro_rules! record {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_meta:meta])* pub $field:ident: $type:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $(
+                $(#[$field_meta])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$type>,
+            )*
+        }
+
+        impl Overlay for $name {
+            fn overlay(&self, stored: &Self) -> Self {
+                $name {
+                    $( $field: self.$field.clone().or_else(|| stored.$field.clone()), )*
+                }
+            }
+        }
+    };
 }
 
-/// The moment and place of an impression.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ContextRecord {
-    /// Unix seconds, UTC. The API accepts RFC 3339 and converts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timestamp: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub surface: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_length_s: Option<f64>,
+record! {
+    /// What a listener looks like to the model. A user the store has never seen is just
+    /// an id, and assembly fills defaults (the cold-start path).
+    pub struct UserRecord {
+        /// Always present in the store; a request may leave it out.
+        pub id: String,
+        pub country: String,
+        pub platform: String,
+        pub age_bucket: String,
+        /// Show ids the user listened to recently, most recent first.
+        pub history: Vec<String>,
+        /// Show ids the user follows.
+        pub follows: Vec<String>,
+        /// Topics of the user's recent searches.
+        pub search_topics: Vec<String>,
+    }
+}
+
+record! {
+    pub struct ShowRecord {
+        /// Always present in the store; inline, it names the show when the candidate has
+        /// no `show_id`.
+        pub id: String,
+        pub genres: Vec<String>,
+        pub topics: Vec<String>,
+        /// Output of a pretrained content encoder: a noisy view of the show's content.
+        pub embedding: Vec<f32>,
+        /// Streams over the rolling 30-day window; the popularity tier derives from it.
+        pub streams_30d: f64,
+        /// Popularity tier 0 (most streamed) to 7; absent for brand-new shows.
+        pub tier: u8,
+    }
+}
+
+record! {
+    pub struct EpisodeRecord {
+        /// Always present in the store; inline, it names the episode when the candidate
+        /// has no `episode_id`.
+        pub id: String,
+        pub show_id: String,
+        pub topics: Vec<String>,
+        pub duration_s: f64,
+    }
+}
+
+record! {
+    /// The moment and place of an impression.
+    pub struct ContextRecord {
+        /// Unix seconds, UTC. The API accepts RFC 3339 and converts.
+        pub timestamp: i64,
+        pub surface: String,
+        pub session_length_s: f64,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -83,6 +122,11 @@ pub enum CandidateKind {
 
 impl CandidateKind {
     pub const ALL: [CandidateKind; 2] = [CandidateKind::Ad, CandidateKind::Promotion];
+
+    /// Position in [`CandidateKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -100,23 +144,18 @@ impl CandidateKind {
     }
 }
 
-/// The creative of an ad or the placement of a promotion.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreativeRecord {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creative_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub campaign_id: Option<String>,
-    /// Ads: `audio` or `video`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
-    /// Where it shows: `preroll`, `midroll`, `home_shelf`, ...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slot: Option<String>,
-    /// Promotions: `card`, `banner`, ...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub layout: Option<String>,
+record! {
+    /// The creative of an ad or the placement of a promotion.
+    pub struct CreativeRecord {
+        pub creative_id: String,
+        pub campaign_id: String,
+        /// Ads: `audio` or `video`.
+        pub format: String,
+        /// Where it shows: `preroll`, `midroll`, `home_shelf`, ...
+        pub slot: String,
+        /// Promotions: `card`, `banner`, ...
+        pub layout: String,
+    }
 }
 
 /// Everything about one request that is the same for all its candidates.
@@ -136,4 +175,42 @@ pub struct CandidateView<'a> {
     pub episode_id: Option<&'a str>,
     pub episode: Option<&'a EpisodeRecord>,
     pub creative: &'a CreativeRecord,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inline fields override stored ones one by one; absent ones keep the stored value;
+    /// an entity neither side knows stays absent, and one side alone is borrowed.
+    #[test]
+    fn inline_fields_override_stored_fields_one_by_one() {
+        let stored = UserRecord {
+            id: Some("u1".into()),
+            country: Some("se".into()),
+            platform: Some("ios".into()),
+            ..UserRecord::default()
+        };
+        let inline = UserRecord {
+            country: Some("us".into()),
+            ..UserRecord::default()
+        };
+        let merged = overlay(Some(&inline), Some(&stored)).unwrap();
+        assert_eq!(merged.id.as_deref(), Some("u1"));
+        assert_eq!(merged.country.as_deref(), Some("us"));
+        assert_eq!(merged.platform.as_deref(), Some("ios"));
+        assert_eq!(overlay::<UserRecord>(None, None), None);
+        assert!(matches!(
+            overlay(None, Some(&stored)),
+            Some(Cow::Borrowed(_))
+        ));
+    }
+
+    /// `index` is the position in `ALL`, which fixed-size tables rely on.
+    #[test]
+    fn kind_index_is_its_position() {
+        for (position, kind) in CandidateKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), position);
+        }
+    }
 }

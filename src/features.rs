@@ -2,14 +2,17 @@
 //!
 //! The trainer, the evaluator and the server all call [`Assembler`], so that
 //! training-serving skew is designed out: a feature is described once, by a
-//! [`FeatureSpec`] in the bundle's manifest, and turned into numbers here only.
+//! [`FeatureSpec`] in the bundle's manifest, and turned into numbers here only. The rules
+//! behind it are defined here once each: which entity field a feature reads
+//! ([`raw_value`]), and how a numeric is shaped ([`shape`]) and standardized by the
+//! statistics the trainer fits with the same shaping ([`NumericStats`]).
 //!
 //! Tensors are split by scope. Request-scope features (user, context) fill one row per
 //! request; candidate-scope features (content, creative, candidate kind) one row per
-//! candidate. Each scope has four model inputs, named `{scope}_ids` (int64, one column
-//! per id feature), `{scope}_bag_ids` and `{scope}_bag_mask` (int64 and float32, `max_len`
-//! columns per bag feature), and `{scope}_dense` (float32, `dim` columns per dense
-//! feature, one per numeric). A feature's `slot` is its first column in its input.
+//! candidate. Each scope's [`ScopeTensors`] holds the four parts the graph takes (see
+//! `graph`): ids (one column per id feature), bag ids and bag mask (`max_len` columns per
+//! bag feature), and dense values (`dim` columns per dense feature, one per numeric). A
+//! feature's `slot` is its first column in its part.
 //!
 //! Index 0 of every vocabulary is reserved for unknown or missing ids: the cold-start
 //! path. Assembly never emits an id outside its vocabulary (tract's Gather would panic)
@@ -19,6 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -138,7 +142,8 @@ pub enum Transform {
     IdBag { vocab: String, max_len: usize },
     /// A vector copied as is; zeros when missing.
     Dense { dim: usize },
-    /// `((log1p(x) if log1p else x) - mean) / std`; missing becomes `default` before that.
+    /// `(shape(x) - mean) / std` ([`shape`]: `log1p` of `x` clamped at 0 when `log1p`, else
+    /// `x`); missing becomes `default` before that.
     Numeric {
         log1p: bool,
         mean: f32,
@@ -155,7 +160,7 @@ pub struct FeatureSpec {
     pub scope: Scope,
     pub kind: Kind,
     pub source: Source,
-    /// The ONNX input this feature feeds, e.g. `candidate_ids`.
+    /// The graph input this feature feeds, e.g. `candidate_ids` (see `graph`).
     pub input: String,
     /// First column of this feature in `input`.
     pub slot: usize,
@@ -167,7 +172,8 @@ pub struct FeatureSpec {
     pub marks_cold_start: bool,
 }
 
-/// A feature before slots are assigned: what the trainer declares.
+/// A feature before slots are assigned (`graph::lay_out` assigns them): what the trainer
+/// declares.
 #[derive(Debug, Clone)]
 pub struct FeatureDefinition {
     pub name: &'static str,
@@ -176,45 +182,6 @@ pub struct FeatureDefinition {
     pub transform: Transform,
     pub marks_cold_start: bool,
 }
-
-/// Assigns inputs and slots in declaration order, the layout every consumer reads back.
-pub fn lay_out(definitions: &[FeatureDefinition]) -> Vec<FeatureSpec> {
-    let mut next_slot: HashMap<String, usize> = HashMap::new();
-    let mut specs = Vec::with_capacity(definitions.len());
-    for definition in definitions {
-        let scope = definition.source.scope();
-        let (kind, input_suffix, width) = match &definition.transform {
-            Transform::Id { .. } => (Kind::Id, "ids", 1),
-            Transform::IdBag { max_len, .. } => (Kind::IdBag, "bag_ids", *max_len),
-            Transform::Dense { dim } => (Kind::Dense, "dense", *dim),
-            Transform::Numeric { .. } => (Kind::Numeric, "dense", 1),
-        };
-        let input = input_name(scope, input_suffix);
-        let slot = next_slot.entry(input.clone()).or_insert(0);
-        specs.push(FeatureSpec {
-            name: definition.name.to_string(),
-            group: definition.group,
-            scope,
-            kind,
-            source: definition.source,
-            input,
-            slot: *slot,
-            width,
-            transform: definition.transform.clone(),
-            marks_cold_start: definition.marks_cold_start,
-        });
-        *slot += width;
-    }
-    specs
-}
-
-/// `request_ids`, `candidate_bag_mask`, ...
-pub fn input_name(scope: Scope, suffix: &str) -> String {
-    format!("{}_{suffix}", scope.as_str())
-}
-
-/// The four input suffixes of a scope, in the order the graph declares them.
-pub const INPUT_SUFFIXES: [&str; 4] = ["ids", "bag_ids", "bag_mask", "dense"];
 
 /// Column counts of one scope's inputs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -399,8 +366,22 @@ fn number(value: Option<f64>) -> RawValue<'static> {
     value.map_or(RawValue::Missing, RawValue::Number)
 }
 
+/// The raw value `source` reads: from the request view for request-scope sources, from
+/// the candidate view for candidate-scope ones. The one dispatch from sources to entity
+/// fields, used by assembly, the trainer's statistics and the evaluator's data checks.
+pub fn raw_value<'a>(
+    source: Source,
+    request: &RequestView<'a>,
+    candidate: &CandidateView<'a>,
+) -> RawValue<'a> {
+    match source.scope() {
+        Scope::Request => request_value(source, request),
+        Scope::Candidate => candidate_value(source, candidate),
+    }
+}
+
 /// The raw value of a request-scope source.
-pub fn request_value<'a>(source: Source, view: &RequestView<'a>) -> RawValue<'a> {
+fn request_value<'a>(source: Source, view: &RequestView<'a>) -> RawValue<'a> {
     let user = view.user;
     let context = view.context;
     match source {
@@ -425,7 +406,7 @@ pub fn request_value<'a>(source: Source, view: &RequestView<'a>) -> RawValue<'a>
 }
 
 /// The raw value of a candidate-scope source.
-pub fn candidate_value<'a>(source: Source, view: &CandidateView<'a>) -> RawValue<'a> {
+fn candidate_value<'a>(source: Source, view: &CandidateView<'a>) -> RawValue<'a> {
     let show = view.show;
     let episode = view.episode;
     let creative = view.creative;
@@ -433,7 +414,7 @@ pub fn candidate_value<'a>(source: Source, view: &CandidateView<'a>) -> RawValue
         Source::CandidateKind => RawValue::Text(view.kind.as_str()),
         Source::ShowId => view
             .show_id
-            .or(show.map(|s| s.id.as_str()))
+            .or(show.and_then(|s| s.id.as_deref()))
             .map_or(RawValue::Missing, RawValue::Text),
         Source::ShowGenres => show.map_or(RawValue::Missing, |s| texts(s.genres.as_ref())),
         Source::ShowTopics => show.map_or(RawValue::Missing, |s| texts(s.topics.as_ref())),
@@ -443,7 +424,7 @@ pub fn candidate_value<'a>(source: Source, view: &CandidateView<'a>) -> RawValue
         Source::ShowStreams30d => show.map_or(RawValue::Missing, |s| number(s.streams_30d)),
         Source::EpisodeId => view
             .episode_id
-            .or(episode.map(|e| e.id.as_str()))
+            .or(episode.and_then(|e| e.id.as_deref()))
             .map_or(RawValue::Missing, RawValue::Text),
         Source::EpisodeTopics => episode.map_or(RawValue::Missing, |e| texts(e.topics.as_ref())),
         Source::EpisodeDuration => episode.map_or(RawValue::Missing, |e| number(e.duration_s)),
@@ -453,6 +434,78 @@ pub fn candidate_value<'a>(source: Source, view: &CandidateView<'a>) -> RawValue
         Source::CreativeSlot => text(creative.slot.as_ref()),
         Source::CreativeLayout => text(creative.layout.as_ref()),
         _ => RawValue::Missing,
+    }
+}
+
+/// The one shaping rule of numeric features, applied before standardization both when
+/// the trainer fits the statistics ([`NumericStats`]) and when assembly applies them:
+/// `log1p` of the value clamped at zero, or the value itself. Counts and durations are
+/// never below zero, and a NaN from `log1p` of a negative would poison every head.
+pub fn shape(raw: f64, log1p: bool) -> f64 {
+    if log1p { raw.max(0.0).ln_1p() } else { raw }
+}
+
+/// Running mean and variance (Welford) of one numeric feature's shaped values: the trainer
+/// feeds it every training row's raw value, and [`NumericStats::transform`] is what the
+/// manifest records and assembly applies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NumericStats {
+    log1p: bool,
+    count: f64,
+    mean: f64,
+    m2: f64,
+}
+
+/// Smallest standard deviation a numeric feature is divided by: a constant feature
+/// standardizes to 0 instead of dividing by zero.
+const MIN_STD: f64 = 1e-6;
+
+impl NumericStats {
+    pub fn new(log1p: bool) -> NumericStats {
+        NumericStats {
+            log1p,
+            count: 0.0,
+            mean: 0.0,
+            m2: 0.0,
+        }
+    }
+
+    /// Counts one raw value. Missing and non-finite values are left out: assembly maps
+    /// a missing value to the default (the mean) and refuses a non-finite one.
+    pub fn observe(&mut self, value: RawValue<'_>) {
+        let RawValue::Number(number) = value else {
+            return;
+        };
+        if !number.is_finite() {
+            return;
+        }
+        let shaped = shape(number, self.log1p);
+        self.count += 1.0;
+        let delta = shaped - self.mean;
+        self.mean += delta / self.count;
+        self.m2 += delta * (shaped - self.mean);
+    }
+
+    /// Sample standard deviation; 1 (no scaling) below two values.
+    fn std(&self) -> f64 {
+        if self.count < 2.0 {
+            1.0
+        } else {
+            (self.m2 / (self.count - 1.0)).sqrt().max(MIN_STD)
+        }
+    }
+
+    /// The fitted transform: observed values standardize to mean 0 and standard deviation
+    /// 1, and a missing value to 0, because its default is the raw value shaped to the
+    /// mean (`expm1(mean)` under `log1p`).
+    pub fn transform(&self) -> Transform {
+        let mean = self.mean as f32;
+        Transform::Numeric {
+            log1p: self.log1p,
+            mean,
+            std: self.std() as f32,
+            default: if self.log1p { mean.exp_m1() } else { mean },
+        }
     }
 }
 
@@ -483,21 +536,25 @@ impl ScopeTensors {
     }
 }
 
-/// A feature spec checked against its vocabularies, ready to assemble many times.
-#[derive(Debug)]
-pub struct Assembler<'a> {
-    specs: &'a [FeatureSpec],
-    vocabularies: Vec<Option<&'a Vocabulary>>,
+/// A feature spec checked against its vocabularies, ready to assemble many times: built
+/// once per loaded model (or training run) and shared. It holds its own copy of the spec
+/// and of the vocabularies the spec names, so that it can live beside the bundle it came
+/// from; features that share a vocabulary share one copy.
+#[derive(Debug, Clone)]
+pub struct Assembler {
+    specs: Vec<FeatureSpec>,
+    vocabularies: Vec<Option<Arc<Vocabulary>>>,
     widths: [ScopeWidths; 2],
 }
 
-impl<'a> Assembler<'a> {
+impl Assembler {
     /// Checks that every id feature has its vocabulary and that the slots are sane, so
     /// that assembly itself cannot fail on the spec, only on values.
     pub fn new(
-        specs: &'a [FeatureSpec],
-        vocabularies: &'a Vocabularies,
-    ) -> Result<Assembler<'a>, AssemblyError> {
+        specs: &[FeatureSpec],
+        vocabularies: &Vocabularies,
+    ) -> Result<Assembler, AssemblyError> {
+        let mut shared: HashMap<&str, Arc<Vocabulary>> = HashMap::new();
         let mut resolved = Vec::with_capacity(specs.len());
         for spec in specs {
             let bad = |reason: String| AssemblyError::BadSpec {
@@ -529,19 +586,24 @@ impl<'a> Assembler<'a> {
             }
             let vocabulary = match &spec.transform {
                 Transform::Id { vocab } | Transform::IdBag { vocab, .. } => {
-                    Some(vocabularies.get(vocab).ok_or_else(|| {
-                        AssemblyError::MissingVocabulary {
-                            feature: spec.name.clone(),
-                            vocab: vocab.clone(),
-                        }
-                    })?)
+                    let (name, vocabulary) =
+                        vocabularies.get_key_value(vocab).ok_or_else(|| {
+                            AssemblyError::MissingVocabulary {
+                                feature: spec.name.clone(),
+                                vocab: vocab.clone(),
+                            }
+                        })?;
+                    let copy = shared
+                        .entry(name.as_str())
+                        .or_insert_with(|| Arc::new(vocabulary.clone()));
+                    Some(Arc::clone(copy))
                 }
                 _ => None,
             };
             resolved.push(vocabulary);
         }
         Ok(Assembler {
-            specs,
+            specs: specs.to_vec(),
             vocabularies: resolved,
             widths: [
                 ScopeWidths::of(specs, Scope::Request),
@@ -550,8 +612,8 @@ impl<'a> Assembler<'a> {
         })
     }
 
-    pub fn specs(&self) -> &'a [FeatureSpec] {
-        self.specs
+    pub fn specs(&self) -> &[FeatureSpec] {
+        &self.specs
     }
 
     pub fn widths(&self, scope: Scope) -> ScopeWidths {
@@ -586,7 +648,7 @@ impl<'a> Assembler<'a> {
             }
             for row in 0..rows {
                 let value = value_of(spec.source, row);
-                write_feature(spec, *vocabulary, value, row, &mut out)?;
+                write_feature(spec, vocabulary.as_deref(), value, row, &mut out)?;
             }
         }
         Ok(out)
@@ -664,10 +726,7 @@ fn write_feature(
                     row,
                 });
             }
-            // Negative inputs to log1p are clamped: counts and durations are never below
-            // zero, and a NaN here would poison every head.
-            let shaped = if *log1p { raw.max(0.0).ln_1p() } else { raw };
-            let normalized = ((shaped - f64::from(*mean)) / f64::from(*std)) as f32;
+            let normalized = ((shape(raw, *log1p) - f64::from(*mean)) / f64::from(*std)) as f32;
             out.dense[row * widths.dense + spec.slot] = if normalized.is_finite() {
                 normalized
             } else {

@@ -18,21 +18,32 @@
 //!
 //! ## Code map
 //!
-//! - [`entities`]: raw records (user, show, episode, context, creative) and the per-request
-//!   and per-candidate views of them.
-//! - [`features`]: the one feature-assembly module: feature specs, vocabularies, and the
+//! - [`entities`]: raw records (user, show, episode, context, creative), defined once each
+//!   with their overlay (inline fields win over stored ones, field by field), and the
+//!   per-request and per-candidate views of them.
+//! - [`features`]: the one feature-assembly module: feature specs, vocabularies, which
+//!   entity field each feature reads ([`features::raw_value`]), numeric shaping and its
+//!   statistics ([`features::shape`], [`features::NumericStats`]), and the
 //!   [`features::Assembler`] that turns views into model tensors.
+//! - [`graph`]: the graph contract: input names, scopes, parts, element types and shapes,
+//!   the output, the candidate dimension, the embedding-rows metadata, and the layout of
+//!   features onto inputs.
 //! - [`logs`]: the Parquet formats of impression logs and the feature snapshot.
+//! - [`dataset`]: the logs as learning data: the day split and the entity views of an
+//!   impression, shared by the trainer and the evaluator.
 //! - [`world`]: `podscore simulate`, the synthetic world.
-//! - [`bundle`]: model bundles on disk: manifest, vocabularies, ONNX bytes, discovery.
+//! - [`bundle`]: model bundles on disk: manifest, vocabularies, ONNX bytes, discovery, and
+//!   [`bundle::Heads`], the one rule of head selection by kind and calibration.
 //! - [`onnx`]: writes the network as a standard ONNX graph.
 //! - [`model`]: the network's forward pass in plain Rust, the reference for parity tests.
 //! - [`runtime`]: runs a bundle's graph in tract with plans optimized per size bucket.
-//! - `train` (feature `train`): the candle trainer, its sampler, optimizer and metrics.
+//! - [`quality`]: average precision, ROC AUC, calibration error and Platt scaling.
+//! - `train` (feature `train`): the candle trainer in four phases (scan, fit, calibrate,
+//!   package), its sampler, network and optimizer.
 //! - `eval` (feature `train`): offline evaluation and `podscore reproduce`.
 //! - [`store`]: feature stores: the in-memory snapshot behind a trait Redis can implement.
-//! - [`scoring`]: the request path as plain functions: validate, look up, assemble, infer,
-//!   respond; also golden checks.
+//! - [`scoring`]: the `/score` request and response types, validation, the loaded
+//!   [`scoring::Model`], and scoring one validated request; also golden checks.
 //! - [`metrics`]: the Prometheus registry and every metric the service exports.
 //! - [`api`]: the HTTP layer (axum): routes, extractors, the one error-to-status table.
 //! - [`serve`]: `podscore serve` and `podscore score`: configuration and lifecycle.
@@ -51,15 +62,18 @@
 
 pub mod api;
 pub mod bundle;
+pub mod dataset;
 pub mod entities;
 #[cfg(feature = "train")]
 pub mod eval;
 pub mod features;
+pub mod graph;
 pub mod healthcheck;
 pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod onnx;
+pub mod quality;
 pub mod runtime;
 pub mod scoring;
 pub mod serve;

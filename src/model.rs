@@ -207,9 +207,7 @@ pub mod testing {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    use crate::bundle::{
-        Architecture, Calibration, HeadSpec, Manifest, OUTPUT_NAME, ResponseField,
-    };
+    use crate::bundle::{Architecture, Calibration, HeadSpec, Manifest, ResponseField};
     use crate::entities::{
         CandidateKind, CandidateView, ContextRecord, CreativeRecord, EpisodeRecord, RequestView,
         ShowRecord, UserRecord,
@@ -281,7 +279,7 @@ pub mod testing {
         let head =
             |name: &str, index: usize, kinds: Vec<CandidateKind>, field: ResponseField| HeadSpec {
                 name: name.into(),
-                output: OUTPUT_NAME.into(),
+                output: crate::graph::OUTPUT_NAME.into(),
                 index,
                 kinds,
                 field,
@@ -307,7 +305,7 @@ pub mod testing {
             data_summary: serde_json::json!({}),
             metrics: serde_json::json!({}),
             architecture: default_architecture(),
-            features: features::lay_out(&features::default_definitions()),
+            features: crate::graph::lay_out(&features::default_definitions()),
             heads: default_heads(),
             golden: Vec::new(),
         }
@@ -428,7 +426,7 @@ pub mod testing {
             rng: ChaCha8Rng::seed_from_u64(seed),
         };
         let user = UserRecord {
-            id: "user".into(),
+            id: Some("user".into()),
             country: source.maybe_token(Source::UserCountry),
             platform: source.maybe_token(Source::UserPlatform),
             age_bucket: source.maybe_token(Source::UserAgeBucket),
@@ -457,7 +455,7 @@ pub mod testing {
                 CandidateKind::Promotion
             };
             let show = ShowRecord {
-                id: source.token(Source::ShowId),
+                id: Some(source.token(Source::ShowId)),
                 genres: source.tokens(Source::ShowGenres, 4),
                 topics: source.tokens(Source::ShowTopics, 7),
                 embedding: Some(
@@ -469,8 +467,8 @@ pub mod testing {
                 tier: None,
             };
             let episode = EpisodeRecord {
-                id: source.token(Source::EpisodeId),
-                show_id: Some(show.id.clone()),
+                id: Some(source.token(Source::EpisodeId)),
+                show_id: show.id.clone(),
                 topics: source.tokens(Source::EpisodeTopics, 7),
                 duration_s: source.number(7_200.0),
             };
@@ -502,9 +500,9 @@ pub mod testing {
             .iter()
             .map(|(kind, show, episode, creative)| CandidateView {
                 kind: *kind,
-                show_id: show.as_ref().map(|show| show.id.as_str()),
+                show_id: show.as_ref().and_then(|show| show.id.as_deref()),
                 show: show.as_ref(),
-                episode_id: episode.as_ref().map(|episode| episode.id.as_str()),
+                episode_id: episode.as_ref().and_then(|episode| episode.id.as_deref()),
                 episode: episode.as_ref(),
                 creative,
             })

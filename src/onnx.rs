@@ -2,11 +2,11 @@
 //!
 //! The graph is written with the protobuf structs that `tract_onnx::pb` makes public and
 //! encoded with `prost`, so that the file tract reads is the file we wrote, field for
-//! field. Its shape is the contract of `DESIGN.md`:
+//! field. Its inputs, output and metadata are those of the graph contract (`graph`):
 //!
-//! - inputs `{scope}_ids`, `{scope}_bag_ids`, `{scope}_bag_mask`, `{scope}_dense` per
-//!   scope, in that order, request scope first; an input with no columns is left out.
-//!   Request-scope inputs have leading dimension 1, candidate-scope ones the symbolic `N`;
+//! - the inputs of [`graph::inputs`]: per scope, request first, ids, bag ids, bag mask and
+//!   dense values, each left out when it has no columns; request-scope inputs have
+//!   leading dimension 1, candidate-scope ones the symbolic `N`;
 //! - per scope, a feature vector: the concatenation, in spec order, of an embedding per
 //!   id feature, a masked mean of embeddings per bag, and the raw columns of dense and
 //!   numeric features. The graph computes the same first-layer product from three
@@ -16,8 +16,8 @@
 //!   bias) is computed once per request and broadcast over the `N` candidates;
 //! - the rest of the encoder, the folded batch norm, and one tower per head, written as
 //!   one fused tower (see [`export`]) whose output is `logits`, `[N, heads]`;
-//! - metadata `podscore.embedding_rows.<feature>`: each id feature's table size, which
-//!   the runtime checks ids against (the tables are stacked in the graph).
+//! - metadata [`graph::embedding_rows_key`]: each id feature's table size, which the
+//!   runtime checks ids against (the tables are stacked in the graph).
 //!
 //! [`Weights`] is the hand-over format between the trainer and this module: plain
 //! row-major `f32` tensors by name. This module knows protobuf and the ONNX operator set;
@@ -29,10 +29,9 @@ use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 
-use crate::bundle::{Manifest, OUTPUT_NAME};
-use crate::features::{
-    FeatureSpec, INPUT_SUFFIXES, Kind, Scope, ScopeWidths, Transform, Vocabularies,
-};
+use crate::bundle::Manifest;
+use crate::features::{FeatureSpec, Kind, Scope, ScopeWidths, Transform, Vocabularies};
+use crate::graph::{self, CANDIDATES_DIM, Dim, Element, OUTPUT_NAME, Part};
 
 /// ONNX operator set the graph is written against. 13 is the first with `ReduceSum` and
 /// `Unsqueeze` taking their axes as inputs, which tract, ONNX Runtime and the checker
@@ -40,8 +39,6 @@ use crate::features::{
 pub const OPSET_VERSION: i64 = 13;
 /// IR version 8 (ONNX 1.10) is read by every runtime we test against and allows opset 13.
 pub const IR_VERSION: i64 = 8;
-/// The symbolic leading dimension of candidate-scope inputs and of the output.
-pub const CANDIDATES_DIM: &str = "N";
 pub const PRODUCER_NAME: &str = "podscore";
 
 /// One weight tensor, row-major.
@@ -131,30 +128,12 @@ pub fn feature_vector_width(manifest: &Manifest, scope: Scope) -> usize {
         .sum()
 }
 
-/// Heads sorted by their output column, checked to fill columns `0..heads` exactly once.
-pub fn heads_by_column(manifest: &Manifest) -> Result<Vec<&crate::bundle::HeadSpec>, ExportError> {
-    let mut heads: Vec<_> = manifest.heads.iter().collect();
-    heads.sort_by_key(|head| head.index);
-    if heads.is_empty() {
-        return Err(invalid("the manifest has no heads"));
-    }
-    for (column, head) in heads.iter().enumerate() {
-        if head.index != column {
-            return Err(invalid(format!(
-                "head indices must be 0..{} without gaps or repeats; `{}` has {}",
-                heads.len(),
-                head.name,
-                head.index
-            )));
-        }
-        if head.output != OUTPUT_NAME {
-            return Err(invalid(format!(
-                "head `{}` reads output `{}`, the graph has only `{OUTPUT_NAME}`",
-                head.name, head.output
-            )));
-        }
-    }
-    Ok(heads)
+/// Heads sorted by their output column (see [`Manifest::heads_by_column`]), a layout the
+/// exporter cannot write otherwise.
+fn heads_by_column(manifest: &Manifest) -> Result<Vec<&crate::bundle::HeadSpec>, ExportError> {
+    manifest
+        .heads_by_column()
+        .map_err(|error| invalid(error.to_string()))
 }
 
 fn invalid(reason: impl Into<String>) -> ExportError {
@@ -354,48 +333,6 @@ fn validate(manifest: &Manifest, weights: &Weights) -> Result<(), ExportError> {
     Ok(())
 }
 
-/// One graph input: its name, scope, element type and column count.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GraphInput {
-    pub name: String,
-    pub scope: Scope,
-    /// `ids`, `bag_ids`, `bag_mask` or `dense`.
-    pub suffix: &'static str,
-    pub columns: usize,
-}
-
-impl GraphInput {
-    pub fn is_integer(&self) -> bool {
-        matches!(self.suffix, "ids" | "bag_ids")
-    }
-}
-
-/// The graph's inputs in declaration order: request scope then candidate scope, each in
-/// [`INPUT_SUFFIXES`] order, leaving out inputs with no columns (ONNX Runtime rejects
-/// zero-sized dimensions in some kernels, and there is nothing to feed).
-pub fn graph_inputs(manifest: &Manifest) -> Vec<GraphInput> {
-    let mut inputs = Vec::new();
-    for scope in Scope::ALL {
-        let widths = ScopeWidths::of(&manifest.features, scope);
-        for suffix in INPUT_SUFFIXES {
-            let columns = match suffix {
-                "ids" => widths.ids,
-                "bag_ids" | "bag_mask" => widths.bag,
-                _ => widths.dense,
-            };
-            if columns > 0 {
-                inputs.push(GraphInput {
-                    name: crate::features::input_name(scope, suffix),
-                    scope,
-                    suffix,
-                    columns,
-                });
-            }
-        }
-    }
-    inputs
-}
-
 /// Builds `model.onnx` from a manifest and trained weights.
 ///
 /// The towers are written fused: the heads' first tower layers become one matrix
@@ -407,24 +344,10 @@ pub fn export(manifest: &Manifest, weights: &Weights) -> Result<Vec<u8>, ExportE
     validate(manifest, weights)?;
     let architecture = &manifest.architecture;
     let mut graph = GraphBuilder::default();
-    let inputs = graph_inputs(manifest);
-    let mut value_infos = Vec::new();
-    for input in &inputs {
-        let rows = match input.scope {
-            Scope::Request => Dimension::Fixed(1),
-            Scope::Candidate => Dimension::Symbolic(CANDIDATES_DIM),
-        };
-        let element = if input.is_integer() {
-            DataType::Int64
-        } else {
-            DataType::Float
-        };
-        value_infos.push(value_info(
-            &input.name,
-            element,
-            &[rows, Dimension::Fixed(input.columns)],
-        ));
-    }
+    let value_infos: Vec<pb::ValueInfoProto> = graph::inputs(&manifest.features)
+        .iter()
+        .map(|input| value_info(&input.name(), input.element(), &input.shape()))
+        .collect();
 
     let candidate_part = graph.first_layer_part(
         manifest,
@@ -488,11 +411,8 @@ pub fn export(manifest: &Manifest, weights: &Weights) -> Result<Vec<u8>, ExportE
     }
     let output = value_info(
         OUTPUT_NAME,
-        DataType::Float,
-        &[
-            Dimension::Symbolic(CANDIDATES_DIM),
-            Dimension::Fixed(heads.len()),
-        ],
+        Element::Float32,
+        &[Dim::Symbolic(CANDIDATES_DIM), Dim::Fixed(heads.len())],
     );
 
     let model = pb::ModelProto {
@@ -522,11 +442,6 @@ pub fn export(manifest: &Manifest, weights: &Weights) -> Result<Vec<u8>, ExportE
     Ok(model.encode_to_vec())
 }
 
-/// Prefix of the metadata entries giving each id feature's table rows: the graph stacks
-/// the tables, so a reader that must check ids (the runtime) finds each feature's bound
-/// here rather than in an initializer's shape.
-pub const EMBEDDING_ROWS_KEY_PREFIX: &str = "podscore.embedding_rows.";
-
 fn embedding_rows_metadata(
     manifest: &Manifest,
     weights: &Weights,
@@ -538,7 +453,7 @@ fn embedding_rows_metadata(
         .filter_map(|spec| {
             let table = weights.tensors.get(&embedding_weight_name(&spec.name))?;
             Some(pb::StringStringEntryProto {
-                key: format!("{EMBEDDING_ROWS_KEY_PREFIX}{}", spec.name),
+                key: graph::embedding_rows_key(&spec.name),
                 value: table.shape[0].to_string(),
             })
         })
@@ -561,17 +476,17 @@ impl<'a> ColumnOwners<'a> {
         let mut bag: Vec<Option<&FeatureSpec>> = vec![None; widths.bag];
         let mut dense: Vec<Option<&FeatureSpec>> = vec![None; widths.dense];
         for spec in manifest.features.iter().filter(|spec| spec.scope == scope) {
-            let (columns, suffix) = match spec.kind {
-                Kind::Id => (&mut ids, "ids"),
-                Kind::IdBag => (&mut bag, "bag_ids"),
-                Kind::Dense | Kind::Numeric => (&mut dense, "dense"),
+            let part = Part::holding(spec.kind);
+            let columns = match part {
+                Part::Ids => &mut ids,
+                Part::BagIds | Part::BagMask => &mut bag,
+                Part::Dense => &mut dense,
             };
-            if spec.input != crate::features::input_name(scope, suffix) {
+            let expected = graph::input_name(scope, part);
+            if spec.input != expected {
                 return Err(invalid(format!(
-                    "feature `{}` reads `{}`, its kind and scope put it in `{}_{suffix}`",
-                    spec.name,
-                    spec.input,
-                    scope.as_str()
+                    "feature `{}` reads `{}`, its kind and scope put it in `{expected}`",
+                    spec.name, spec.input
                 )));
             }
             for column in &mut columns[spec.slot..spec.slot + spec.width] {
@@ -584,7 +499,7 @@ impl<'a> ColumnOwners<'a> {
             }
         }
         let complete = |columns: Vec<Option<&'a FeatureSpec>>,
-                        suffix: &str|
+                        part: Part|
          -> Result<Vec<&'a FeatureSpec>, ExportError> {
             columns
                 .into_iter()
@@ -592,17 +507,17 @@ impl<'a> ColumnOwners<'a> {
                 .map(|(column, owner)| {
                     owner.ok_or_else(|| {
                         invalid(format!(
-                            "column {column} of `{}_{suffix}` belongs to no feature",
-                            scope.as_str()
+                            "column {column} of `{}` belongs to no feature",
+                            graph::input_name(scope, part)
                         ))
                     })
                 })
                 .collect()
         };
         Ok(ColumnOwners {
-            ids: complete(ids, "ids")?,
-            bag: complete(bag, "bag_ids")?,
-            dense: complete(dense, "dense")?,
+            ids: complete(ids, Part::Ids)?,
+            bag: complete(bag, Part::BagIds)?,
+            dense: complete(dense, Part::Dense)?,
         })
     }
 }
@@ -647,22 +562,29 @@ fn fused_tower_layer(
     Ok((matrix, bias))
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Dimension {
-    Fixed(usize),
-    Symbolic(&'static str),
+/// The ONNX type of a graph element.
+pub fn data_type(element: Element) -> DataType {
+    match element {
+        Element::Int64 => DataType::Int64,
+        Element::Float32 => DataType::Float,
+    }
 }
 
-fn value_info(name: &str, element: DataType, dims: &[Dimension]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{Dimension as PbDimension, dimension::Value};
+/// The ONNX form of a graph dimension.
+pub fn dimension(dim: Dim) -> pb::tensor_shape_proto::dimension::Value {
+    use pb::tensor_shape_proto::dimension::Value;
+    match dim {
+        Dim::Fixed(size) => Value::DimValue(size as i64),
+        Dim::Symbolic(name) => Value::DimParam(name.to_string()),
+    }
+}
+
+fn value_info(name: &str, element: Element, dims: &[Dim]) -> pb::ValueInfoProto {
     let dim = dims
         .iter()
-        .map(|dimension| PbDimension {
+        .map(|dim| pb::tensor_shape_proto::Dimension {
             denotation: String::new(),
-            value: Some(match dimension {
-                Dimension::Fixed(size) => Value::DimValue(*size as i64),
-                Dimension::Symbolic(name) => Value::DimParam((*name).to_string()),
-            }),
+            value: Some(dimension(*dim)),
         })
         .collect();
     pb::ValueInfoProto {
@@ -670,7 +592,7 @@ fn value_info(name: &str, element: DataType, dims: &[Dimension]) -> pb::ValueInf
         r#type: Some(pb::TypeProto {
             denotation: String::new(),
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: element as i32,
+                elem_type: data_type(element) as i32,
                 shape: Some(pb::TensorShapeProto { dim }),
             })),
         }),
@@ -828,7 +750,7 @@ impl GraphBuilder {
                     (0..embedding_dim).map(|value| block_start[spec.name.as_str()] + value),
                 );
             }
-            let input = crate::features::input_name(scope, "ids");
+            let input = graph::input_name(scope, Part::Ids);
             let indices = self.node(
                 "Add",
                 &[&input, &offsets],
@@ -872,8 +794,8 @@ impl GraphBuilder {
                 );
             }
             let prefix = format!("{scope_name}.bags");
-            let bag_ids = crate::features::input_name(scope, "bag_ids");
-            let mask = crate::features::input_name(scope, "bag_mask");
+            let bag_ids = graph::input_name(scope, Part::BagIds);
+            let mask = graph::input_name(scope, Part::BagMask);
             let slot_to_bag = self.initializer_f32(
                 &format!("{prefix}.slot_to_bag"),
                 &[slots, bags.len()],
@@ -960,7 +882,7 @@ impl GraphBuilder {
             for (column, spec) in owners.dense.iter().enumerate() {
                 source_rows.push(block_start[spec.name.as_str()] + column - spec.slot);
             }
-            pieces.push(crate::features::input_name(scope, "dense"));
+            pieces.push(graph::input_name(scope, Part::Dense));
         }
 
         let columns = weight.shape[1];

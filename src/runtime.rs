@@ -2,7 +2,7 @@
 //! load, run many times concurrently.
 //!
 //! tract runs a plan optimized for concrete shapes several times faster than one with
-//! the symbolic candidate count `N` (see `docs/README-inference.md`), so [`Runtime::load`]
+//! the symbolic candidate count `N` (the README's "Serving figures"), so [`Runtime::load`]
 //! optimizes one plan per size bucket of [`RuntimeConfig::buckets`] and pads each call's
 //! candidates up to the smallest bucket that holds them; the symbolic plan serves the
 //! calls larger than every bucket. Padding rows are all zeros: unknown ids (row 0 of
@@ -28,18 +28,17 @@ use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dimension;
 
-use crate::bundle::{Manifest, OUTPUT_NAME};
+use crate::bundle::Manifest;
 use crate::features::{Kind, Scope, ScopeTensors, ScopeWidths};
-use crate::onnx::{
-    CANDIDATES_DIM, EMBEDDING_ROWS_KEY_PREFIX, GraphInput, graph_inputs, heads_by_column,
-};
+use crate::graph::{self, CANDIDATES_DIM, Input, OUTPUT_NAME, Part, Values};
+use crate::onnx::{data_type, dimension};
 
 /// Sizes 1.33x to 1.5x apart up to 1024: above 4 candidates a call pads to at most 1.5
 /// times its rows, so padding costs at most half the work of the real rows (below 4 the
 /// call is per-operator overhead, not rows). Each plan optimizes in milliseconds, so the
-/// nineteen load in a small part of the server's 2 s readiness budget (measured in
-/// `docs/README-inference.md`). Ad requests carry a handful to a few hundred candidates;
-/// the rare call above 1024 runs on the symbolic plan.
+/// nineteen load in a small part of the server's 2 s readiness budget (the README's
+/// "Serving figures"). Ad requests carry a handful to a few hundred candidates; the rare
+/// call above 1024 runs on the symbolic plan.
 pub const DEFAULT_BUCKETS: [usize; 19] = [
     1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
 ];
@@ -155,7 +154,7 @@ pub struct LoadTimings {
 
 /// A loaded model, ready for concurrent calls.
 pub struct Runtime {
-    inputs: Vec<GraphInput>,
+    inputs: Vec<Input>,
     widths: [ScopeWidths; 2],
     id_columns: Vec<IdColumns>,
     heads: usize,
@@ -173,11 +172,7 @@ impl std::fmt::Debug for Runtime {
             .debug_struct("Runtime")
             .field(
                 "inputs",
-                &self
-                    .inputs
-                    .iter()
-                    .map(|input| &input.name)
-                    .collect::<Vec<_>>(),
+                &self.inputs.iter().map(Input::name).collect::<Vec<_>>(),
             )
             .field("heads", &self.heads)
             .field("buckets", &self.buckets())
@@ -203,7 +198,8 @@ impl Runtime {
                 reason: "a bucket of 0 candidates".into(),
             });
         }
-        let heads = heads_by_column(manifest)
+        let heads = manifest
+            .heads_by_column()
             .map_err(|error| mismatch(error.to_string()))?
             .len();
         let framework = tract_onnx::onnx();
@@ -215,13 +211,13 @@ impl Runtime {
             .as_ref()
             .ok_or_else(|| mismatch("the file has no graph"))?;
 
-        let inputs = graph_inputs(manifest);
+        let inputs = graph::inputs(&manifest.features);
         let declared: Vec<&str> = graph
             .input
             .iter()
             .map(|input| input.name.as_str())
             .collect();
-        let expected: Vec<&str> = inputs.iter().map(|input| input.name.as_str()).collect();
+        let expected: Vec<String> = inputs.iter().map(Input::name).collect();
         if declared != expected {
             return Err(mismatch(format!(
                 "graph inputs are {declared:?}, the manifest implies {expected:?}"
@@ -229,24 +225,13 @@ impl Runtime {
         }
         for (declared, input) in graph.input.iter().zip(&inputs) {
             let (element, dims) = declared_type(declared)
-                .ok_or_else(|| mismatch(format!("input `{}` has no tensor type", input.name)))?;
-            let expected_element = if input.is_integer() {
-                DataType::Int64
-            } else {
-                DataType::Float
-            };
-            let expected_rows = match input.scope {
-                Scope::Request => Dimension::DimValue(1),
-                Scope::Candidate => Dimension::DimParam(CANDIDATES_DIM.into()),
-            };
-            let expected_dims = [
-                Some(expected_rows),
-                Some(Dimension::DimValue(input.columns as i64)),
-            ];
+                .ok_or_else(|| mismatch(format!("input `{}` has no tensor type", input.name())))?;
+            let expected_element = data_type(input.element());
+            let expected_dims = input.shape().map(|dim| Some(dimension(dim)));
             if element != expected_element as i32 || dims != expected_dims {
                 return Err(mismatch(format!(
                     "input `{}` is {:?} {dims:?}, the manifest implies {expected_element:?} {expected_dims:?}",
-                    input.name,
+                    input.name(),
                     DataType::try_from(element).unwrap_or(DataType::Undefined),
                 )));
             }
@@ -260,7 +245,7 @@ impl Runtime {
             .metadata_props
             .iter()
             .filter_map(|entry| {
-                let feature = entry.key.strip_prefix(EMBEDDING_ROWS_KEY_PREFIX)?;
+                let feature = graph::embedding_rows_feature(&entry.key)?;
                 Some((feature, entry.value.parse().ok()?))
             })
             .collect();
@@ -271,8 +256,9 @@ impl Runtime {
             }
             let rows = *table_rows.get(spec.name.as_str()).ok_or_else(|| {
                 mismatch(format!(
-                    "no `{EMBEDDING_ROWS_KEY_PREFIX}{}` entry: the table size of feature `{}` is unknown",
-                    spec.name, spec.name
+                    "no `{}` entry: the table size of feature `{}` is unknown",
+                    graph::embedding_rows_key(&spec.name),
+                    spec.name
                 ))
             })?;
             id_columns.push(IdColumns {
@@ -437,29 +423,25 @@ impl Runtime {
             });
         }
         let rows = tensors.rows;
-        let lengths = [
-            ("ids", tensors.ids.len(), expected.ids),
-            ("bag_ids", tensors.bag_ids.len(), expected.bag),
-            ("bag_mask", tensors.bag_mask.len(), expected.bag),
-            ("dense", tensors.dense.len(), expected.dense),
-        ];
-        for (suffix, got, width) in lengths {
+        for part in Part::ALL {
+            let width = part.columns(expected);
+            let got = part.values(tensors).len();
             if got != rows * width {
                 return Err(RuntimeError::Length {
-                    input: crate::features::input_name(scope, suffix),
+                    input: graph::input_name(scope, part),
                     expected: rows * width,
                     got,
                 });
             }
         }
-        for (suffix, values, width) in [
-            ("bag_mask", &tensors.bag_mask, expected.bag),
-            ("dense", &tensors.dense, expected.dense),
-        ] {
+        for part in Part::ALL {
+            let Values::Float32(values) = part.values(tensors) else {
+                continue;
+            };
             if let Some(position) = values.iter().position(|value| !value.is_finite()) {
                 return Err(RuntimeError::NotFinite {
-                    input: crate::features::input_name(scope, suffix),
-                    row: position / width.max(1),
+                    input: graph::input_name(scope, part),
+                    row: position / part.columns(expected).max(1),
                 });
             }
         }
@@ -512,18 +494,16 @@ fn optimize(model: TypedModel) -> Result<Arc<TypedSimplePlan>, RuntimeError> {
 
 /// One graph input for `rows` rows: the scope's values, then zero rows up to `rows`.
 fn input_tensor(
-    input: &GraphInput,
+    input: &Input,
     tensors: &ScopeTensors,
     rows: usize,
 ) -> Result<TValue, RuntimeError> {
     let shape = [rows, input.columns];
     let used = tensors.rows * input.columns;
     let padded = rows * input.columns;
-    let tensor = match input.suffix {
-        "ids" => padded_tensor(&shape, &tensors.ids[..used], padded),
-        "bag_ids" => padded_tensor(&shape, &tensors.bag_ids[..used], padded),
-        "bag_mask" => padded_tensor(&shape, &tensors.bag_mask[..used], padded),
-        _ => padded_tensor(&shape, &tensors.dense[..used], padded),
+    let tensor = match input.values(tensors) {
+        Values::Int64(values) => padded_tensor(&shape, &values[..used], padded),
+        Values::Float32(values) => padded_tensor(&shape, &values[..used], padded),
     };
     tensor
         .map(IntoTValue::into_tvalue)

@@ -10,20 +10,22 @@
 //! plain CPU work that the caller runs off the async workers. Feature and head names come
 //! from the manifest only.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{
-    self, Bundle, BundleError, Calibration, GoldenCase, GoldenScores, Manifest, ResponseField,
+    Bundle, BundleError, GoldenCase, GoldenScores, Heads, HeadsError, Manifest, ResponseField,
 };
 use crate::entities::{
     CandidateKind, CandidateView, ContextRecord, CreativeRecord, EpisodeRecord, RequestView,
-    ShowRecord, UserRecord,
+    ShowRecord, UserRecord, overlay,
 };
-use crate::features::{Assembler, AssemblyError, Source, Vocabularies};
+use crate::features::{Assembler, AssemblyError, Source};
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
 use crate::store::{LookupKeys, StoreRecords};
 
@@ -54,31 +56,12 @@ pub struct ScoreRequest {
     /// Which served model to use; the default model when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The user: an id to look up, and any fields to use instead of the stored ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<UserInput>,
+    pub user: Option<UserRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<ContextInput>,
     pub candidates: Vec<CandidateInput>,
-}
-
-/// The user: an id to look up, and any fields to use instead of the stored ones.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserInput {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub country: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age_bucket: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub history: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub follows: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub search_topics: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -94,6 +77,25 @@ pub struct ContextInput {
     pub session_length_s: Option<f64>,
 }
 
+impl ContextInput {
+    /// The wire form of `record`, which [`validate`] turns back into it; `None` when the
+    /// timestamp is outside what RFC 3339 can write.
+    pub fn from_record(record: &ContextRecord) -> Option<ContextInput> {
+        let timestamp = match record.timestamp {
+            None => None,
+            Some(seconds) => Some(
+                chrono::DateTime::from_timestamp(seconds, 0)?
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ),
+        };
+        Some(ContextInput {
+            timestamp,
+            surface: record.surface.clone(),
+            session_length_s: record.session_length_s,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CandidateInput {
@@ -106,43 +108,11 @@ pub struct CandidateInput {
     pub episode_id: Option<String>,
     /// Show fields to use instead of the stored ones (brand-new shows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub show: Option<ShowInput>,
+    pub show: Option<ShowRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub episode: Option<EpisodeInput>,
+    pub episode: Option<EpisodeRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creative: Option<CreativeRecord>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShowInput {
-    /// The show's id when the candidate has no `show_id` (a stored record's shape).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub genres: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topics: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub embedding: Option<Vec<f32>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub streams_30d: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<u8>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EpisodeInput {
-    /// The episode's id when the candidate has no `episode_id`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub show_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topics: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_s: Option<f64>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -215,7 +185,7 @@ pub struct ValidatedRequest {
     pub request_id: Option<String>,
     pub model: Option<String>,
     pub user_id: Option<String>,
-    pub user: UserInput,
+    pub user: Option<UserRecord>,
     pub context: ContextRecord,
     pub candidates: Vec<ValidatedCandidate>,
 }
@@ -226,8 +196,8 @@ pub struct ValidatedCandidate {
     pub kind: CandidateKind,
     pub show_id: Option<String>,
     pub episode_id: Option<String>,
-    pub show: Option<ShowInput>,
-    pub episode: Option<EpisodeInput>,
+    pub show: Option<ShowRecord>,
+    pub episode: Option<EpisodeRecord>,
     pub creative: CreativeRecord,
 }
 
@@ -276,14 +246,15 @@ pub fn validate(raw: ScoreRequest, limits: &Limits) -> Result<ValidatedRequest, 
     check.optional_text(raw.request_id.as_deref(), "request_id")?;
     check.optional_text(raw.model.as_deref(), "model")?;
 
-    let user = raw.user.unwrap_or_default();
-    check.optional_text(user.id.as_deref(), "user.id")?;
-    check.optional_text(user.country.as_deref(), "user.country")?;
-    check.optional_text(user.platform.as_deref(), "user.platform")?;
-    check.optional_text(user.age_bucket.as_deref(), "user.age_bucket")?;
-    check.texts(user.history.as_deref(), "user.history")?;
-    check.texts(user.follows.as_deref(), "user.follows")?;
-    check.texts(user.search_topics.as_deref(), "user.search_topics")?;
+    if let Some(user) = &raw.user {
+        check.optional_text(user.id.as_deref(), "user.id")?;
+        check.optional_text(user.country.as_deref(), "user.country")?;
+        check.optional_text(user.platform.as_deref(), "user.platform")?;
+        check.optional_text(user.age_bucket.as_deref(), "user.age_bucket")?;
+        check.texts(user.history.as_deref(), "user.history")?;
+        check.texts(user.follows.as_deref(), "user.follows")?;
+        check.texts(user.search_topics.as_deref(), "user.search_topics")?;
+    }
 
     let context = raw.context.unwrap_or_default();
     let timestamp = match &context.timestamp {
@@ -369,8 +340,8 @@ pub fn validate(raw: ScoreRequest, limits: &Limits) -> Result<ValidatedRequest, 
     Ok(ValidatedRequest {
         request_id: raw.request_id,
         model: raw.model,
-        user_id: user.id.clone(),
-        user,
+        user_id: raw.user.as_ref().and_then(|user| user.id.clone()),
+        user: raw.user,
         context: ContextRecord {
             timestamp,
             surface: context.surface,
@@ -442,22 +413,15 @@ impl Checker<'_> {
 // ---------------------------------------------------------------------------------------
 // Models.
 
-/// The column and calibration of the head that fills one response field for one kind.
-#[derive(Debug, Clone, PartialEq)]
-struct HeadColumn {
-    index: usize,
-    calibration: Calibration,
-}
-
-/// A bundle ready to score: its spec checked against its vocabularies, its graph loaded
-/// into the runtime, its golden cases passed. Immutable once built.
+/// A bundle ready to score: its spec checked against its vocabularies and held as an
+/// [`Assembler`], its heads resolved, its graph loaded into the runtime, its golden cases
+/// passed. Built once at load and immutable afterwards.
 #[derive(Debug)]
 pub struct Model {
     pub manifest: Manifest,
-    pub vocabularies: Vocabularies,
+    assembler: Assembler,
+    heads: Heads,
     runtime: Runtime,
-    /// `heads[kind][field]`, resolved once from the manifest.
-    heads: [[Option<HeadColumn>; 4]; 2],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -467,7 +431,7 @@ pub enum ModelError {
     #[error("feature spec: {0}")]
     Spec(#[from] AssemblyError),
     #[error("heads: {0}")]
-    Heads(String),
+    Heads(#[from] HeadsError),
     #[error("runtime: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("golden check: {0}")]
@@ -497,33 +461,14 @@ impl Model {
             onnx,
             ..
         } = bundle;
-        Assembler::new(&manifest.features, &vocabularies)?;
-        let mut heads: [[Option<HeadColumn>; 4]; 2] = Default::default();
-        for head in &manifest.heads {
-            if head.output != bundle::OUTPUT_NAME {
-                return Err(ModelError::Heads(format!(
-                    "head `{}` reads output `{}`; the graph has only `{}`",
-                    head.name,
-                    head.output,
-                    bundle::OUTPUT_NAME
-                )));
-            }
-        }
-        for kind in CandidateKind::ALL {
-            for field in ResponseField::ALL {
-                heads[kind_index(kind)][field_index(field)] =
-                    manifest.head_for(kind, field).map(|head| HeadColumn {
-                        index: head.index,
-                        calibration: head.calibration.clone(),
-                    });
-            }
-        }
+        let assembler = Assembler::new(&manifest.features, &vocabularies)?;
+        let heads = Heads::resolve(&manifest)?;
         let runtime = Runtime::load(&manifest, &onnx, config)?;
         Ok(Model {
             manifest,
-            vocabularies,
-            runtime,
+            assembler,
             heads,
+            runtime,
         })
     }
 
@@ -533,22 +478,6 @@ impl Model {
 
     pub fn version(&self) -> u32 {
         self.manifest.version
-    }
-}
-
-fn kind_index(kind: CandidateKind) -> usize {
-    match kind {
-        CandidateKind::Ad => 0,
-        CandidateKind::Promotion => 1,
-    }
-}
-
-fn field_index(field: ResponseField) -> usize {
-    match field {
-        ResponseField::Stream => 0,
-        ResponseField::Click => 1,
-        ResponseField::Like => 2,
-        ResponseField::Follow => 3,
     }
 }
 
@@ -650,45 +579,32 @@ pub fn score(
         name: model.manifest.name.clone(),
         message,
     };
-    let assembler = Assembler::new(&model.manifest.features, &model.vocabularies)
-        .map_err(|error| model_error(error.to_string()))?;
-
-    let user = merge_user(
-        request.user_id.as_deref(),
-        records.user.as_deref(),
-        &request.user,
-    );
+    let assembler = &model.assembler;
+    let user = overlay(request.user.as_ref(), records.user.as_deref());
     let request_view = RequestView {
-        user: user.as_ref(),
+        user: user.as_deref(),
         context: &request.context,
     };
-    let shows: Vec<Option<ShowRecord>> = request
+    fn stored<'a, T>(records: &'a HashMap<String, Arc<T>>, id: &Option<String>) -> Option<&'a T> {
+        id.as_ref().and_then(|id| records.get(id)).map(Arc::as_ref)
+    }
+    let shows: Vec<Option<Cow<'_, ShowRecord>>> = request
         .candidates
         .iter()
         .map(|candidate| {
-            let stored = candidate
-                .show_id
-                .as_ref()
-                .and_then(|id| records.shows.get(id));
-            merge_show(
-                candidate.show_id.as_deref(),
-                stored.map(|s| &**s),
+            overlay(
                 candidate.show.as_ref(),
+                stored(&records.shows, &candidate.show_id),
             )
         })
         .collect();
-    let episodes: Vec<Option<EpisodeRecord>> = request
+    let episodes: Vec<Option<Cow<'_, EpisodeRecord>>> = request
         .candidates
         .iter()
         .map(|candidate| {
-            let stored = candidate
-                .episode_id
-                .as_ref()
-                .and_then(|id| records.episodes.get(id));
-            merge_episode(
-                candidate.episode_id.as_deref(),
-                stored.map(|e| &**e),
+            overlay(
                 candidate.episode.as_ref(),
+                stored(&records.episodes, &candidate.episode_id),
             )
         })
         .collect();
@@ -699,14 +615,14 @@ pub fn score(
         .map(|(candidate, (show, episode))| CandidateView {
             kind: candidate.kind,
             show_id: candidate.show_id.as_deref(),
-            show: show.as_ref(),
+            show: show.as_deref(),
             episode_id: candidate.episode_id.as_deref(),
-            episode: episode.as_ref(),
+            episode: episode.as_deref(),
             creative: &candidate.creative,
         })
         .collect();
 
-    let assembly_error = |error: AssemblyError| match locate(&assembler, &error) {
+    let assembly_error = |error: AssemblyError| match locate(assembler, &error) {
         Some(invalid) => ScoreError::Invalid(invalid),
         None => model_error(error.to_string()),
     };
@@ -742,23 +658,11 @@ pub fn score(
             cold_start: candidate_tensors.cold_start[row] || show.is_none(),
         };
         for field in ResponseField::ALL {
-            let Some(head) = &model.heads[kind_index(candidate.kind)][field_index(field)] else {
-                continue;
-            };
-            if head.index >= logits.heads {
-                return Err(model_error(format!(
-                    "head column {} is outside the output's {} heads",
-                    head.index, logits.heads
-                )));
-            }
-            let logit = logits.values[row * logits.heads + head.index];
-            let probability = head.calibration.probability(logit);
-            if !probability.is_finite() {
-                return Err(model_error(format!(
-                    "non-finite output for `{field:?}` at row {row}"
-                )));
-            }
-            scores.set(field, Some(probability));
+            let probability = model
+                .heads
+                .probability(candidate.kind, field, logits.row(row))
+                .map_err(|error| model_error(format!("row {row}: {error}")))?;
+            scores.set(field, probability);
         }
         candidates.push(scores);
     }
@@ -785,73 +689,8 @@ impl ScoreResponse {
     }
 }
 
-/// Inline fields win over stored ones, field by field.
-fn merge_user(
-    id: Option<&str>,
-    stored: Option<&UserRecord>,
-    inline: &UserInput,
-) -> Option<UserRecord> {
-    let inline_has_any = inline.country.is_some()
-        || inline.platform.is_some()
-        || inline.age_bucket.is_some()
-        || inline.history.is_some()
-        || inline.follows.is_some()
-        || inline.search_topics.is_some();
-    if stored.is_none() && !inline_has_any {
-        return None;
-    }
-    let base = stored.cloned().unwrap_or_default();
-    Some(UserRecord {
-        id: id.map_or(base.id, str::to_string),
-        country: inline.country.clone().or(base.country),
-        platform: inline.platform.clone().or(base.platform),
-        age_bucket: inline.age_bucket.clone().or(base.age_bucket),
-        history: inline.history.clone().or(base.history),
-        follows: inline.follows.clone().or(base.follows),
-        search_topics: inline.search_topics.clone().or(base.search_topics),
-    })
-}
-
-fn merge_show(
-    id: Option<&str>,
-    stored: Option<&ShowRecord>,
-    inline: Option<&ShowInput>,
-) -> Option<ShowRecord> {
-    if stored.is_none() && inline.is_none() {
-        return None;
-    }
-    let base = stored.cloned().unwrap_or_default();
-    let inline = inline.cloned().unwrap_or_default();
-    Some(ShowRecord {
-        id: id.map_or(base.id, str::to_string),
-        genres: inline.genres.or(base.genres),
-        topics: inline.topics.or(base.topics),
-        embedding: inline.embedding.or(base.embedding),
-        streams_30d: inline.streams_30d.or(base.streams_30d),
-        tier: inline.tier.or(base.tier),
-    })
-}
-
-fn merge_episode(
-    id: Option<&str>,
-    stored: Option<&EpisodeRecord>,
-    inline: Option<&EpisodeInput>,
-) -> Option<EpisodeRecord> {
-    if stored.is_none() && inline.is_none() {
-        return None;
-    }
-    let base = stored.cloned().unwrap_or_default();
-    let inline = inline.cloned().unwrap_or_default();
-    Some(EpisodeRecord {
-        id: id.map_or(base.id, str::to_string),
-        show_id: inline.show_id.or(base.show_id),
-        topics: inline.topics.or(base.topics),
-        duration_s: inline.duration_s.or(base.duration_s),
-    })
-}
-
 /// The request field an assembly error is about, found through the feature's source.
-fn locate(assembler: &Assembler<'_>, error: &AssemblyError) -> Option<InvalidField> {
+fn locate(assembler: &Assembler, error: &AssemblyError) -> Option<InvalidField> {
     let (feature, row, reason) = match error {
         AssemblyError::NotFinite { feature, row } => (feature, *row, InvalidReason::NotFinite),
         AssemblyError::WrongDimension { feature, row, .. } => {
@@ -1088,9 +927,9 @@ mod tests {
             Err((InvalidReason::StringTooLong, "candidates[0].show_id")),
         );
         let mut infinite = candidate("promotion");
-        infinite.show = Some(ShowInput {
+        infinite.show = Some(ShowRecord {
             embedding: Some(vec![0.0, f32::INFINITY]),
-            ..ShowInput::default()
+            ..ShowRecord::default()
         });
         check(
             request(vec![candidate("ad"), infinite]),
@@ -1106,9 +945,9 @@ mod tests {
             Err((InvalidReason::InvalidTimestamp, "context.timestamp")),
         );
         let mut long_history = request(vec![candidate("ad")]);
-        long_history.user = Some(UserInput {
+        long_history.user = Some(UserRecord {
             history: Some(vec!["s".into(), "x".repeat(300)]),
-            ..UserInput::default()
+            ..UserRecord::default()
         });
         check(
             long_history,
@@ -1132,25 +971,6 @@ mod tests {
         );
     }
 
-    /// Inline fields override stored ones one by one; absent ones keep the stored value.
-    #[test]
-    fn inline_user_fields_override_stored_fields_one_by_one() {
-        let stored = UserRecord {
-            id: "u1".into(),
-            country: Some("se".into()),
-            platform: Some("ios".into()),
-            ..UserRecord::default()
-        };
-        let inline = UserInput {
-            country: Some("us".into()),
-            ..UserInput::default()
-        };
-        let merged = merge_user(Some("u1"), Some(&stored), &inline).unwrap();
-        assert_eq!(merged.country.as_deref(), Some("us"));
-        assert_eq!(merged.platform.as_deref(), Some("ios"));
-        assert_eq!(merge_user(Some("u2"), None, &UserInput::default()), None);
-    }
-
     /// Lookup keys list each show and episode once, in first-seen order.
     #[test]
     fn lookup_keys_are_deduplicated() {
@@ -1160,9 +980,9 @@ mod tests {
         second.show_id = Some("s1".into());
         second.episode_id = Some("e1".into());
         let mut raw = request(vec![first, second]);
-        raw.user = Some(UserInput {
+        raw.user = Some(UserRecord {
             id: Some("u1".into()),
-            ..UserInput::default()
+            ..UserRecord::default()
         });
         let keys = validate(raw, &Limits::default()).unwrap().lookup_keys();
         assert_eq!(keys.user.as_deref(), Some("u1"));

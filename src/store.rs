@@ -201,14 +201,14 @@ mod tests {
         snapshot.users.insert(
             "u1".into(),
             UserRecord {
-                id: "u1".into(),
+                id: Some("u1".into()),
                 ..Default::default()
             },
         );
         snapshot.shows.insert(
             "s1".into(),
             ShowRecord {
-                id: "s1".into(),
+                id: Some("s1".into()),
                 ..Default::default()
             },
         );
@@ -258,7 +258,7 @@ mod tests {
         keys.add_show("s1");
         assert_eq!(keys.shows, ["s1", "s2"]);
         let records = store.lookup(&keys).await.unwrap();
-        assert_eq!(records.user.unwrap().id, "u1");
+        assert_eq!(records.user.unwrap().id.as_deref(), Some("u1"));
         assert!(records.shows.contains_key("s1"));
         assert!(!records.shows.contains_key("s2"));
     }

@@ -295,8 +295,8 @@ fn eval_refuses_an_empty_test_split() {
     let world = scratch.path().join("world");
     copy_dir(&reproduction().join("world"), &world);
     let promotions = podscore::logs::impressions_path(&world, CandidateKind::Promotion);
-    let days = podscore::train::count_days(&world).unwrap();
-    let test_start = podscore::train::split_days(days).test.start;
+    let days = podscore::dataset::count_days(&world).unwrap();
+    let test_start = podscore::dataset::split_days(days).test.start;
     let rows: Vec<_> = podscore::logs::read_impressions(&promotions)
         .unwrap()
         .into_iter()
@@ -396,7 +396,7 @@ fn head_metrics_match_a_hand_computed_ap() {
     ];
     let test = TestSet {
         data: PathBuf::from("hand-made"),
-        splits: podscore::train::split_days(10),
+        splits: podscore::dataset::split_days(10),
         snapshot: Snapshot::default(),
         rows,
     };

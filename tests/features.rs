@@ -8,15 +8,15 @@ use podscore::entities::{
     ShowRecord, UserRecord,
 };
 use podscore::features::{
-    self, Assembler, AssemblyError, Kind, Scope, ScopeTensors, Transform, Vocabularies, Vocabulary,
-    VocabularyBuilder,
+    self, Assembler, AssemblyError, Kind, NumericStats, RawValue, Scope, ScopeTensors, Source,
+    Transform, Vocabularies, Vocabulary, VocabularyBuilder,
 };
 use proptest::prelude::*;
 
 /// A vocabulary per name over tokens `t0`..`t9`, so that generated tokens `t10`.. and any
 /// other string are unknown.
 fn vocabularies() -> Vocabularies {
-    let specs = features::lay_out(&features::default_definitions());
+    let specs = podscore::graph::lay_out(&features::default_definitions());
     let mut vocabularies = BTreeMap::new();
     for spec in &specs {
         if let Transform::Id { vocab } | Transform::IdBag { vocab, .. } = &spec.transform {
@@ -50,7 +50,7 @@ prop_compose! {
     fn user()(id in token(), country in proptest::option::of(token()), platform in proptest::option::of(token()),
               age_bucket in proptest::option::of(token()), history in tokens(), follows in tokens(),
               search_topics in tokens()) -> UserRecord {
-        UserRecord { id, country, platform, age_bucket, history, follows, search_topics }
+        UserRecord { id: Some(id), country, platform, age_bucket, history, follows, search_topics }
     }
 }
 
@@ -65,13 +65,13 @@ prop_compose! {
     fn show()(id in token(), genres in tokens(), topics in tokens(),
               embedding in proptest::option::of(proptest::collection::vec(-10.0..10.0f32, 16)),
               streams_30d in number(), tier in proptest::option::of(0..8u8)) -> ShowRecord {
-        ShowRecord { id, genres, topics, embedding, streams_30d, tier }
+        ShowRecord { id: Some(id), genres, topics, embedding, streams_30d, tier }
     }
 }
 
 prop_compose! {
     fn episode()(id in token(), topics in tokens(), duration_s in number()) -> EpisodeRecord {
-        EpisodeRecord { id, show_id: None, topics, duration_s }
+        EpisodeRecord { id: Some(id), show_id: None, topics, duration_s }
     }
 }
 
@@ -106,7 +106,7 @@ fn views(candidates: &[Candidate]) -> Vec<CandidateView<'_>> {
             kind: c.kind,
             show_id: c.show_id.as_deref(),
             show: c.show.as_ref(),
-            episode_id: c.episode.as_ref().map(|e| e.id.as_str()),
+            episode_id: c.episode.as_ref().and_then(|e| e.id.as_deref()),
             episode: c.episode.as_ref(),
             creative: &c.creative,
         })
@@ -115,7 +115,7 @@ fn views(candidates: &[Candidate]) -> Vec<CandidateView<'_>> {
 
 /// Every id of every feature lies inside its vocabulary and every mask is 0 or 1.
 fn check_tensors(
-    assembler: &Assembler<'_>,
+    assembler: &Assembler,
     vocabularies: &Vocabularies,
     scope: Scope,
     tensors: &ScopeTensors,
@@ -165,7 +165,7 @@ proptest! {
         context in context(),
         candidates in proptest::collection::vec(candidate(), 0..12),
     ) {
-        let specs = features::lay_out(&features::default_definitions());
+        let specs = podscore::graph::lay_out(&features::default_definitions());
         let vocabularies = vocabularies();
         let assembler = Assembler::new(&specs, &vocabularies).unwrap();
         let request_view = RequestView { user: user.as_ref(), context: &context };
@@ -178,7 +178,7 @@ proptest! {
             Ok(tensors) => {
                 check_tensors(&assembler, &vocabularies, Scope::Candidate, &tensors, candidates.len());
                 for (row, candidate) in candidates.iter().enumerate() {
-                    let known = candidate.show_id.as_deref().or(candidate.show.as_ref().map(|s| s.id.as_str()))
+                    let known = candidate.show_id.as_deref().or(candidate.show.as_ref().and_then(|s| s.id.as_deref()))
                         .is_some_and(|id| vocabularies["show"].lookup(id) != 0);
                     prop_assert_eq!(tensors.cold_start[row], !known);
                 }
@@ -192,11 +192,11 @@ proptest! {
 /// unknown tokens as 0 with mask 1, and are truncated at `max_len`.
 #[test]
 fn unknown_ids_map_to_zero() {
-    let specs = features::lay_out(&features::default_definitions());
+    let specs = podscore::graph::lay_out(&features::default_definitions());
     let vocabularies = vocabularies();
     let assembler = Assembler::new(&specs, &vocabularies).unwrap();
     let user = UserRecord {
-        id: "u".into(),
+        id: Some("u".into()),
         country: Some("t3".into()),
         platform: Some("never-seen".into()),
         history: Some(
@@ -241,7 +241,7 @@ fn unknown_ids_map_to_zero() {
 /// embedding of the wrong width.
 #[test]
 fn non_finite_numerics_are_rejected_by_name() {
-    let specs = features::lay_out(&features::default_definitions());
+    let specs = podscore::graph::lay_out(&features::default_definitions());
     let vocabularies = vocabularies();
     let assembler = Assembler::new(&specs, &vocabularies).unwrap();
     let context = ContextRecord {
@@ -260,7 +260,7 @@ fn non_finite_numerics_are_rejected_by_name() {
     );
     let creative = CreativeRecord::default();
     let show = ShowRecord {
-        id: "s".into(),
+        id: Some("s".into()),
         embedding: Some(vec![0.0; 3]),
         ..ShowRecord::default()
     };
@@ -278,7 +278,7 @@ fn non_finite_numerics_are_rejected_by_name() {
         "feature `show_embedding`: expected 16 values, got 3 (row 0)"
     );
     let show = ShowRecord {
-        id: "s".into(),
+        id: Some("s".into()),
         streams_30d: Some(f64::INFINITY),
         ..ShowRecord::default()
     };
@@ -297,7 +297,7 @@ fn non_finite_numerics_are_rejected_by_name() {
 /// token, with index 0 reserved; a spec naming a missing vocabulary is refused.
 #[test]
 fn vocabularies_are_built_by_count_with_index_zero_reserved() {
-    let specs = features::lay_out(&features::default_definitions());
+    let specs = podscore::graph::lay_out(&features::default_definitions());
     let mut builder = VocabularyBuilder::default();
     let context = ContextRecord {
         surface: Some("home".into()),
@@ -305,7 +305,7 @@ fn vocabularies_are_built_by_count_with_index_zero_reserved() {
     };
     for (country, times) in [("se", 3), ("de", 5), ("fr", 1), ("at", 3)] {
         let user = UserRecord {
-            id: "u".into(),
+            id: Some("u".into()),
             country: Some(country.into()),
             ..UserRecord::default()
         };
@@ -329,5 +329,66 @@ fn vocabularies_are_built_by_count_with_index_zero_reserved() {
     assert!(
         matches!(error, AssemblyError::MissingVocabulary { .. }),
         "{error}"
+    );
+}
+
+/// The statistics the trainer fits and the standardization assembly applies share one
+/// shaping rule: raw values (negatives included, which `log1p` clamps) fitted with
+/// `NumericStats` assemble to mean 0 and standard deviation 1, and a missing value to 0.
+#[test]
+fn fitted_numeric_statistics_standardize_what_assembly_shapes() {
+    let raw: Vec<f64> = (0..1000)
+        .map(|i| (f64::from(i) * 73.1) % 5000.0 - 10.0)
+        .collect();
+    let mut stats = NumericStats::new(true);
+    for value in &raw {
+        stats.observe(RawValue::Number(*value));
+    }
+    stats.observe(RawValue::Missing);
+    stats.observe(RawValue::Number(f64::NAN));
+    let mut definitions = features::default_definitions();
+    definitions
+        .iter_mut()
+        .find(|definition| definition.source == Source::ContextSessionLength)
+        .unwrap()
+        .transform = stats.transform();
+    let specs = podscore::graph::lay_out(&definitions);
+    let assembler = Assembler::new(&specs, &vocabularies()).unwrap();
+    let spec = specs
+        .iter()
+        .find(|spec| spec.source == Source::ContextSessionLength)
+        .unwrap();
+    let contexts: Vec<ContextRecord> = raw
+        .iter()
+        .map(|value| Some(*value))
+        .chain([None])
+        .map(|session_length_s| ContextRecord {
+            session_length_s,
+            ..ContextRecord::default()
+        })
+        .collect();
+    let views: Vec<RequestView<'_>> = contexts
+        .iter()
+        .map(|context| RequestView {
+            user: None,
+            context,
+        })
+        .collect();
+    let tensors = assembler.request(&views).unwrap();
+    let value = |row: usize| f64::from(tensors.dense[row * tensors.widths.dense + spec.slot]);
+    let standardized: Vec<f64> = (0..raw.len()).map(value).collect();
+    let count = standardized.len() as f64;
+    let mean = standardized.iter().sum::<f64>() / count;
+    let variance = standardized.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (count - 1.0);
+    assert!(mean.abs() < 1e-5, "mean {mean}");
+    assert!(
+        (variance.sqrt() - 1.0).abs() < 1e-4,
+        "std {}",
+        variance.sqrt()
+    );
+    assert!(
+        value(raw.len()).abs() < 1e-5,
+        "missing: {}",
+        value(raw.len())
     );
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use podscore::features::ScopeTensors;
+use podscore::graph::Values;
 use podscore::model::testing::{self, RandomBundle, VocabularySizes};
 use podscore::model::{self};
 use podscore::onnx::{self, ExportError, WeightTensor};
@@ -415,22 +416,20 @@ fn graph_feeds(
     request: &ScopeTensors,
     candidates: &ScopeTensors,
 ) -> serde_json::Map<String, serde_json::Value> {
-    onnx::graph_inputs(manifest)
+    podscore::graph::inputs(&manifest.features)
         .into_iter()
         .map(|input| {
             let tensors = match input.scope {
                 podscore::features::Scope::Request => request,
                 podscore::features::Scope::Candidate => candidates,
             };
-            let value = match input.suffix {
-                "ids" => tensor_json("int64", tensors.rows, input.columns, &tensors.ids),
-                "bag_ids" => tensor_json("int64", tensors.rows, input.columns, &tensors.bag_ids),
-                "bag_mask" => {
-                    tensor_json("float32", tensors.rows, input.columns, &tensors.bag_mask)
+            let value = match input.values(tensors) {
+                Values::Int64(values) => tensor_json("int64", tensors.rows, input.columns, values),
+                Values::Float32(values) => {
+                    tensor_json("float32", tensors.rows, input.columns, values)
                 }
-                _ => tensor_json("float32", tensors.rows, input.columns, &tensors.dense),
             };
-            (input.name, value)
+            (input.name(), value)
         })
         .collect()
 }

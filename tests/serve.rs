@@ -802,7 +802,7 @@ async fn inline_features_override_the_store_field_by_field() {
     );
 }
 
-/// Every metric family DESIGN.md names is exported, and `promtool check metrics` accepts
+/// Every metric family the README's "Metrics" table names is exported, and `promtool check metrics` accepts
 /// the exposition.
 #[tokio::test]
 async fn metrics_pass_promtool() {

@@ -7,7 +7,9 @@ use std::process::Command;
 
 use candle_core::Tensor;
 use podscore::bundle::Bundle;
-use podscore::features::ScopeTensors;
+use podscore::dataset;
+use podscore::entities::CandidateKind;
+use podscore::features::{self, Assembler, FeatureSpec, Kind, RawValue, ScopeTensors};
 use podscore::model::testing::{self, VocabularySizes};
 use podscore::runtime::{Runtime, RuntimeConfig};
 use podscore::scoring::Model;
@@ -85,12 +87,67 @@ fn small_world_trains_into_a_bundle_that_passes_its_golden_check() {
             "{head}: {observed} vs {predicted}"
         );
     }
+    assert_trained_numerics_standardize(&data, &Bundle::read(&out).unwrap());
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(
         log_text.lines().count() >= 2,
         "one line per epoch and a summary: {log_text}"
     );
     assert!(log_text.contains("\"done\":true"));
+}
+
+/// The statistics a trained manifest records standardize the training rows they were
+/// fitted on when the server's assembly applies them (mean 0, standard deviation 1 over
+/// the rows that carry a value): the trainer and the server shape numerics alike.
+fn assert_trained_numerics_standardize(data: &Path, bundle: &Bundle) {
+    let snapshot = podscore::logs::read_snapshot(data).unwrap();
+    let splits = dataset::split_days(dataset::count_days(data).unwrap());
+    let assembler = Assembler::new(&bundle.manifest.features, &bundle.vocabularies).unwrap();
+    let numerics: Vec<&FeatureSpec> = assembler
+        .specs()
+        .iter()
+        .filter(|spec| spec.kind == Kind::Numeric)
+        .collect();
+    assert!(!numerics.is_empty());
+    let mut values: Vec<Vec<f64>> = vec![Vec::new(); numerics.len()];
+    for kind in CandidateKind::ALL {
+        let path = podscore::logs::impressions_path(data, kind);
+        let rows: Vec<_> = podscore::logs::read_impressions(&path)
+            .unwrap()
+            .into_iter()
+            .filter(|row| splits.train.contains(&row.day))
+            .collect();
+        for chunk in rows.chunks(8192) {
+            let (requests, candidates): (Vec<_>, Vec<_>) = chunk
+                .iter()
+                .map(|row| dataset::views(&snapshot, row))
+                .unzip();
+            let assembled = [
+                assembler.request(&requests).unwrap(),
+                assembler.candidates(&candidates).unwrap(),
+            ];
+            for (spec, values) in numerics.iter().zip(&mut values) {
+                let tensors = &assembled[spec.scope as usize];
+                for (row, (request, candidate)) in requests.iter().zip(&candidates).enumerate() {
+                    if let RawValue::Number(_) =
+                        features::raw_value(spec.source, request, candidate)
+                    {
+                        values.push(f64::from(
+                            tensors.dense[row * tensors.widths.dense + spec.slot],
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for (spec, values) in numerics.iter().zip(&values) {
+        let count = values.len() as f64;
+        assert!(count > 100.0, "{}: {count} values", spec.name);
+        let mean = values.iter().sum::<f64>() / count;
+        let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (count - 1.0)).sqrt();
+        assert!(mean.abs() < 1e-3, "{}: mean {mean}", spec.name);
+        assert!((std - 1.0).abs() < 1e-3, "{}: std {std}", spec.name);
+    }
 }
 
 /// Each Table 1 variant trains on its own sources and exports only its heads, with the
@@ -356,7 +413,6 @@ fn shipped_default_bundle_passes_its_golden_check() {
 /// only rows of the training days.
 #[test]
 fn balanced_sampler_keeps_the_promotion_share() {
-    use podscore::entities::CandidateKind;
     use podscore::train::sampler::{BalancedSampler, SourceStream};
     use rand::SeedableRng;
     let temp = tempfile::tempdir().unwrap();

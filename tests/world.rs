@@ -17,7 +17,8 @@ use podscore::logs::{self, Impression, ROWS_PER_ROW_GROUP};
 use podscore::world::{self, Preset, WorldConfig};
 use proptest::prelude::*;
 
-/// The same ranges docs/README-world.md states for the small and default presets.
+/// The same ranges the README ("Ranges the tests hold it to") states for the small and
+/// default presets.
 const PROMOTION_STREAM_RATE: (f64, f64) = (0.04, 0.08);
 const AD_STREAM_RATE: (f64, f64) = (0.01, 0.03);
 const CLICK_RATE: (f64, f64) = (0.02, 0.05);
@@ -181,7 +182,7 @@ fn tiers_are_heavy_tailed() {
                 all_streams.push(streams);
             }
             (None, None) => brand_new += 1,
-            other => panic!("show {} has tier and streams {other:?}", show.id),
+            other => panic!("show {:?} has tier and streams {other:?}", show.id),
         }
     }
     assert!(shows_per_tier[0] >= 1, "{shows_per_tier:?}");

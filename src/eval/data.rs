@@ -8,10 +8,10 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::bundle::{Bundle, Manifest, ResponseField};
+use crate::dataset::{self, Splits};
 use crate::entities::CandidateKind;
-use crate::features::{self, FeatureSpec, RawValue, Scope, Transform};
+use crate::features::{self, FeatureSpec, RawValue, Transform};
 use crate::logs::{self, Impression, Snapshot};
-use crate::train::{self, Splits};
 
 /// The held-out days of a world: every impression of the test split, both kinds, with the
 /// snapshot that feeds their features.
@@ -29,7 +29,7 @@ impl TestSet {
     pub fn read(data: &Path) -> Result<TestSet> {
         let snapshot = logs::read_snapshot(data)
             .with_context(|| format!("reading the snapshot in {}", data.display()))?;
-        // One pass over the logs instead of `train::count_days` and a second pass: the
+        // One pass over the logs instead of `dataset::count_days` and a second pass: the
         // test split's first day only grows with the last day seen, so a row before the
         // current first test day can never be a test row and is dropped at once. The
         // split is then exactly the trainer's: `split_days(last day + 1)`.
@@ -43,22 +43,15 @@ impl TestSet {
                 let group = group.with_context(|| format!("reading {}", path.display()))?;
                 for row in group {
                     last_day = Some(last_day.map_or(row.day, |day| day.max(row.day)));
-                    let first_test_day = train::split_days(last_day.unwrap_or(0) + 1).test.start;
+                    let first_test_day = dataset::split_days(last_day.unwrap_or(0) + 1).test.start;
                     if row.day >= first_test_day {
                         rows.push(row);
                     }
                 }
             }
         }
-        let last_day = last_day.context("empty world: no impressions in either log")?;
-        if last_day < 2 {
-            bail!(
-                "the logs of {} span {} days; at least 3 are needed for a time split",
-                data.display(),
-                last_day + 1
-            );
-        }
-        let splits = train::split_days(last_day + 1);
+        let splits = Splits::after_last_day(last_day)
+            .with_context(|| format!("splitting the days of {}", data.display()))?;
         rows.retain(|row| splits.test.contains(&row.day));
         for kind in [CandidateKind::Promotion, CandidateKind::Ad] {
             if !rows.iter().any(|row| row.kind == kind) {
@@ -233,12 +226,8 @@ pub fn check_feedable(candidate: &Candidate, test: &TestSet) -> Result<()> {
 
 fn any_row_provides(spec: &FeatureSpec, test: &TestSet) -> bool {
     test.rows.iter().any(|row| {
-        let (request, candidate) = train::views(&test.snapshot, row);
-        let value = match spec.scope {
-            Scope::Request => features::request_value(spec.source, &request),
-            Scope::Candidate => features::candidate_value(spec.source, &candidate),
-        };
-        match value {
+        let (request, candidate) = dataset::views(&test.snapshot, row);
+        match features::raw_value(spec.source, &request, &candidate) {
             RawValue::Missing => false,
             RawValue::Texts(tokens) => !tokens.is_empty(),
             _ => true,

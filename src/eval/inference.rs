@@ -1,22 +1,24 @@
 //! Scores the test set with one bundle through the serving path: the shared feature
-//! assembly and the tract runtime, one runtime call per request, calibrated as served.
+//! assembly, the tract runtime, one runtime call per request, and the served head
+//! selection and calibration ([`Heads::probability`]).
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::bundle::{Bundle, HeadSpec};
+use crate::bundle::{Bundle, HeadSpec, Heads};
+use crate::dataset;
 use crate::entities::{CandidateView, RequestView};
 use crate::features::Assembler;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::train;
 
 use super::data::TestSet;
 
-/// Calibrated probabilities of every head for every test row.
+/// Served probabilities of every head for every test row of a kind it serves.
 pub struct Scores {
     pub heads: Vec<HeadSpec>,
-    /// `[rows, heads]`, row-major; column `i` is `heads[i]` (not the graph's order).
+    /// `[rows, heads]`, row-major; column `i` is `heads[i]` (not the graph's order). NaN
+    /// where the head does not serve the row's kind: the server would never answer it.
     pub probabilities: Vec<f64>,
     pub rows: usize,
     pub seconds: f64,
@@ -59,8 +61,8 @@ pub fn score(
         })?;
     let assembler = Assembler::new(&manifest.features, &bundle.vocabularies)
         .with_context(|| format!("bundle {label}: its feature spec"))?;
+    let served = Heads::resolve(manifest).with_context(|| format!("bundle {label}: its heads"))?;
     let heads = manifest.heads.clone();
-    let width = runtime.heads();
 
     let progress = if quiet {
         indicatif::ProgressBar::hidden()
@@ -89,7 +91,7 @@ pub fn score(
                     for group in chunk {
                         let views: Vec<(RequestView<'_>, CandidateView<'_>)> = group
                             .iter()
-                            .map(|index| train::views(&test.snapshot, &test.rows[*index]))
+                            .map(|index| dataset::views(&test.snapshot, &test.rows[*index]))
                             .collect();
                         let request = assembler.request(&[views[0].0])?;
                         let candidates: Vec<CandidateView<'_>> =
@@ -121,28 +123,22 @@ pub fn score(
         for (row, logits) in
             outcome.with_context(|| format!("bundle {label}: scoring the test set"))?
         {
-            anyhow::ensure!(
-                logits.len() == width,
-                "bundle {label}: the runtime returned {} logits per row, expected {width}",
-                logits.len()
-            );
+            let kind = test.rows[row].kind;
             for (column, head) in heads.iter().enumerate() {
-                let logit = *logits.get(head.index).with_context(|| {
+                if !head.kinds.contains(&kind) {
+                    continue;
+                }
+                let probability = served
+                    .probability(kind, head.field, &logits)
+                    .with_context(|| format!("bundle {label}: test row {row}"))?;
+                probabilities[row * heads.len() + column] = probability.with_context(|| {
                     format!(
-                        "bundle {label}: head `{}` has index {} past the {width} outputs",
-                        head.name, head.index
+                        "bundle {label}: head `{}` serves no {kind:?} candidate",
+                        head.name
                     )
                 })?;
-                probabilities[row * heads.len() + column] = head.calibration.probability(logit);
             }
         }
-    }
-    if let Some(position) = probabilities.iter().position(|p| !p.is_finite()) {
-        anyhow::bail!(
-            "bundle {label}: head `{}` gave a non-finite probability for test row {}",
-            heads[position % heads.len()].name,
-            position / heads.len()
-        );
     }
     Ok(Scores {
         heads,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::bundle::{HeadSpec, Manifest, ResponseField};
 use crate::entities::CandidateKind;
 use crate::logs::Impression;
-use crate::train::quality::{self, ReliabilityBin};
+use crate::quality::{self, ReliabilityBin};
 
 use super::TIERS;
 use super::data::TestSet;

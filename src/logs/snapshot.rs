@@ -155,7 +155,7 @@ fn batch_error(path: &Path) -> impl Fn(arrow_schema::ArrowError) -> LogError + '
 /// Writes `users` in the order given.
 pub fn write_users(path: &Path, users: &[UserRecord]) -> Result<(), LogError> {
     let columns: Vec<ArrayRef> = vec![
-        string_array(users.iter().map(|user| Some(user.id.as_str()))),
+        string_array(users.iter().map(|user| user.id.as_deref())),
         string_array(users.iter().map(|user| user.country.as_deref())),
         string_array(users.iter().map(|user| user.platform.as_deref())),
         string_array(users.iter().map(|user| user.age_bucket.as_deref())),
@@ -185,7 +185,7 @@ pub fn write_shows(path: &Path, shows: &[ShowRecord]) -> Result<(), LogError> {
                     row: row as u64,
                     problem: format!(
                         "show `{}` has {} values, expected {CONTENT_EMBEDDING_DIM}",
-                        show.id,
+                        show.id.as_deref().unwrap_or_default(),
                         vector.len()
                     ),
                 });
@@ -201,7 +201,7 @@ pub fn write_shows(path: &Path, shows: &[ShowRecord]) -> Result<(), LogError> {
         tiers.append_option(show.tier);
     }
     let columns: Vec<ArrayRef> = vec![
-        string_array(shows.iter().map(|show| Some(show.id.as_str()))),
+        string_array(shows.iter().map(|show| show.id.as_deref())),
         string_list_array(shows.iter().map(|show| show.genres.as_ref())),
         string_list_array(shows.iter().map(|show| show.topics.as_ref())),
         Arc::new(embeddings.finish()),
@@ -215,7 +215,7 @@ pub fn write_shows(path: &Path, shows: &[ShowRecord]) -> Result<(), LogError> {
 /// Writes `episodes` in the order given.
 pub fn write_episodes(path: &Path, episodes: &[EpisodeRecord]) -> Result<(), LogError> {
     let columns: Vec<ArrayRef> = vec![
-        string_array(episodes.iter().map(|episode| Some(episode.id.as_str()))),
+        string_array(episodes.iter().map(|episode| episode.id.as_deref())),
         string_array(episodes.iter().map(|episode| episode.show_id.as_deref())),
         string_list_array(episodes.iter().map(|episode| episode.topics.as_ref())),
         float_array(episodes.iter().map(|episode| episode.duration_s)),
@@ -289,7 +289,7 @@ pub fn read_users(path: &Path) -> Result<Vec<UserRecord>, LogError> {
         (0..batch.num_rows())
             .map(|row| {
                 Ok(UserRecord {
-                    id: id.required(place, row)?.to_string(),
+                    id: Some(id.required(place, row)?.to_string()),
                     country: country.optional_string(row),
                     platform: platform.optional_string(row),
                     age_bucket: age_bucket.optional_string(row),
@@ -317,7 +317,7 @@ pub fn read_shows(path: &Path) -> Result<Vec<ShowRecord>, LogError> {
                     return Err(place.invalid("tier", row, format!("tier {tier} is not in 0..=7")));
                 }
                 Ok(ShowRecord {
-                    id: id.required(place, row)?.to_string(),
+                    id: Some(id.required(place, row)?.to_string()),
                     genres: genres.optional(place, row)?,
                     topics: topics.optional(place, row)?,
                     embedding: embedding.optional(place, row)?,
@@ -338,7 +338,7 @@ pub fn read_episodes(path: &Path) -> Result<Vec<EpisodeRecord>, LogError> {
         (0..batch.num_rows())
             .map(|row| {
                 Ok(EpisodeRecord {
-                    id: id.required(place, row)?.to_string(),
+                    id: Some(id.required(place, row)?.to_string()),
                     show_id: show_id.optional_string(row),
                     topics: topics.optional(place, row)?,
                     duration_s: duration_s.get(row),
@@ -353,11 +353,12 @@ pub fn read_episodes(path: &Path) -> Result<Vec<EpisodeRecord>, LogError> {
 fn by_id<T>(
     path: &Path,
     records: Vec<T>,
-    id: impl Fn(&T) -> &str,
+    id: impl Fn(&T) -> Option<&str>,
 ) -> Result<HashMap<String, T>, LogError> {
     let mut keyed = HashMap::with_capacity(records.len());
     for record in records {
-        let key = id(&record).to_string();
+        // The readers fill every id: the column is required.
+        let key = id(&record).unwrap_or_default().to_string();
         if keyed.contains_key(&key) {
             return Err(LogError::DuplicateId {
                 path: path.to_path_buf(),
@@ -376,10 +377,14 @@ pub fn read_snapshot(dir: &Path) -> Result<Snapshot, LogError> {
     let shows_path = dir.join(SHOWS_FILE);
     let episodes_path = dir.join(EPISODES_FILE);
     Ok(Snapshot {
-        users: by_id(&users_path, read_users(&users_path)?, |user| &user.id)?,
-        shows: by_id(&shows_path, read_shows(&shows_path)?, |show| &show.id)?,
+        users: by_id(&users_path, read_users(&users_path)?, |user| {
+            user.id.as_deref()
+        })?,
+        shows: by_id(&shows_path, read_shows(&shows_path)?, |show| {
+            show.id.as_deref()
+        })?,
         episodes: by_id(&episodes_path, read_episodes(&episodes_path)?, |episode| {
-            &episode.id
+            episode.id.as_deref()
         })?,
     })
 }
@@ -395,7 +400,7 @@ mod tests {
             .into_iter()
             .map(|id| {
                 let user = UserRecord {
-                    id: id.to_string(),
+                    id: Some(id.to_string()),
                     ..UserRecord::default()
                 };
                 (id.to_string(), user)
@@ -403,7 +408,7 @@ mod tests {
             .collect();
         let ids: Vec<String> = sorted_by_id(&users)
             .into_iter()
-            .map(|user| user.id)
+            .filter_map(|user| user.id)
             .collect();
         assert_eq!(ids, ["u1", "u2", "u10", "u20", "u100"]);
     }

@@ -725,7 +725,7 @@ impl Catalog {
             .iter()
             .enumerate()
             .map(|(index, user)| UserRecord {
-                id: user_id(index as u32),
+                id: Some(user_id(index as u32)),
                 country: user
                     .country
                     .map(|country| COUNTRIES[usize::from(country)].0.to_string()),
@@ -761,7 +761,7 @@ impl Catalog {
             .map(|(index, show)| {
                 let established = show.created_day.is_none();
                 ShowRecord {
-                    id: show_id(index as u32),
+                    id: Some(show_id(index as u32)),
                     genres: Some(
                         show.genres
                             .iter()
@@ -782,7 +782,7 @@ impl Catalog {
             .iter()
             .enumerate()
             .map(|(index, episode)| EpisodeRecord {
-                id: episode_id(index as u32),
+                id: Some(episode_id(index as u32)),
                 show_id: Some(show_id(episode.show)),
                 topics: Some(
                     episode

@@ -2,7 +2,7 @@
 //! brand-new ones among them, promotion and ad campaigns, and impressions whose outcomes
 //! follow a shared user-show affinity plus channel- and context-specific offsets.
 //! `podscore simulate` writes it through [`crate::logs`], in the layout documented there
-//! and in `docs/README-world.md`.
+//! and in the README's "The synthetic world".
 //!
 //! The same seed and settings give byte-identical files: all randomness comes from
 //! ChaCha8 streams derived from the seed per purpose and per fixed-size chunk (never per

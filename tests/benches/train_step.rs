@@ -73,7 +73,7 @@ fn random_scope(
 }
 
 fn train_step(c: &mut Criterion) {
-    let specs = features::lay_out(&features::default_definitions());
+    let specs = podscore::graph::lay_out(&features::default_definitions());
     let mut vocabularies = BTreeMap::new();
     for spec in &specs {
         if let Transform::Id { vocab } | Transform::IdBag { vocab, .. } = &spec.transform {

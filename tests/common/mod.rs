@@ -127,7 +127,7 @@ pub fn snapshot() -> Snapshot {
     snapshot.users.insert(
         "u1".into(),
         UserRecord {
-            id: "u1".into(),
+            id: Some("u1".into()),
             country: Some("country_1".into()),
             platform: Some("platform_0".into()),
             age_bucket: Some("age_bucket_2".into()),
@@ -141,7 +141,7 @@ pub fn snapshot() -> Snapshot {
         snapshot.shows.insert(
             id.clone(),
             ShowRecord {
-                id,
+                id: Some(id),
                 genres: Some(vec![format!("genre_{}", index % 6)]),
                 topics: Some(vec![
                     format!("topic_{index}"),
@@ -158,7 +158,7 @@ pub fn snapshot() -> Snapshot {
         snapshot.episodes.insert(
             id.clone(),
             EpisodeRecord {
-                id,
+                id: Some(id),
                 show_id: Some(format!("show_{index}")),
                 topics: Some(vec![format!("topic_{index}")]),
                 duration_s: Some(600.0 * index as f64),

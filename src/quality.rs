@@ -1,6 +1,9 @@
 //! Ranking and calibration quality: average precision (the paper's metric), ROC AUC,
 //! expected calibration error, and Platt scaling. Pure functions over scores and labels,
-//! shared by the trainer (early stopping, calibration) and the evaluator.
+//! shared by the trainer (early stopping, calibration) and the evaluator, which is why
+//! they live here and not in `train`: the evaluator needs the metrics, not the trainer.
+//!
+//! This module knows nothing of candle, tract, logs or bundles beyond [`Calibration`].
 
 use crate::bundle::{Calibration, sigmoid};
 
