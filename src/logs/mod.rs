@@ -208,6 +208,15 @@ pub struct WorldSettings {
     pub start_timestamp: i64,
     /// The same instant as RFC 3339, for people.
     pub start: String,
+    /// The world's pre-registered knobs (`podscore simulate --help`). Each is written only
+    /// when it differs from the simulator's default, so that a default world's
+    /// `world.json` stays what it was before the knobs existed; absent means the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ad_affinity_correlation: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ad_structure: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_embedding_noise: Option<f64>,
 }
 
 /// What the simulation produced: row counts, tiers and natural base rates.

@@ -12,6 +12,8 @@ use rand_distr::weighted::WeightedAliasIndex;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
+use super::ad_taste::AdTaste;
+use super::traffic::HOUR_WEIGHTS;
 use super::{Stream, WorldConfig, WorldError, stream_rng};
 use crate::entities::{EpisodeRecord, ShowRecord, UserRecord};
 use crate::logs::CONTENT_EMBEDDING_DIM;
@@ -45,7 +47,7 @@ pub(crate) const GENRES: [&str; 20] = [
 const TOPICS_PER_GENRE: usize = 10;
 pub(crate) const TOPIC_COUNT: usize = GENRES.len() * TOPICS_PER_GENRE;
 /// Markets and their share of users (the US largest, as for most streaming services).
-const COUNTRIES: [(&str, f64); 12] = [
+pub(crate) const COUNTRIES: [(&str, f64); 12] = [
     ("US", 0.30),
     ("BR", 0.10),
     ("GB", 0.08),
@@ -59,13 +61,13 @@ const COUNTRIES: [(&str, f64); 12] = [
     ("AU", 0.04),
     ("JP", 0.04),
 ];
-const PLATFORMS: [(&str, f64); 4] = [
+pub(crate) const PLATFORMS: [(&str, f64); 4] = [
     ("android", 0.45),
     ("ios", 0.40),
     ("web", 0.08),
     ("desktop", 0.07),
 ];
-const AGE_BUCKETS: [(&str, f64); 5] = [
+pub(crate) const AGE_BUCKETS: [(&str, f64); 5] = [
     ("18-24", 0.22),
     ("25-34", 0.32),
     ("35-44", 0.22),
@@ -121,9 +123,9 @@ fn pick_weighted<R: Rng>(table: &[(&'static str, f64)], rng: &mut R) -> usize {
     table.len() - 1
 }
 
-type Vector = [f64; TASTE_DIM];
+pub(crate) type Vector = [f64; TASTE_DIM];
 
-fn random_vector<R: Rng>(rng: &mut R, scale: f64) -> Vector {
+pub(crate) fn random_vector<R: Rng>(rng: &mut R, scale: f64) -> Vector {
     std::array::from_fn(|_| scale * standard_normal(rng))
 }
 
@@ -173,6 +175,9 @@ pub(crate) struct Episode {
 
 pub(crate) struct User {
     pub taste: Vector,
+    /// The profile the taste was drawn from, before attributes went missing:
+    /// (country, platform, age bucket) indices.
+    pub profile: (u8, u8, u8),
     pub country: Option<u8>,
     pub platform: Option<u8>,
     pub age_bucket: Option<u8>,
@@ -217,6 +222,9 @@ pub(crate) struct Catalog {
     pub ad_campaigns: Vec<AdCampaign>,
     pub creatives: Vec<Creative>,
     pub brand_new_from_day: u32,
+    /// The ad-specific taste of every user (read when ads do not share the promotion
+    /// affinity exactly).
+    pub ad_taste: AdTaste,
 }
 
 /// The latent structure everything else is drawn around.
@@ -346,7 +354,7 @@ fn build_shows(
                 .zip(&latent)
                 .map(|(weight, value)| weight * value)
                 .sum();
-            (projected + 0.3 * standard_normal(&mut rng)) as f32
+            (projected + config.content_embedding_noise * standard_normal(&mut rng)) as f32
         });
 
         // Episodes: a release cadence, newest near the end of the window for established
@@ -502,6 +510,7 @@ fn build_user(
             + latents.age_centroids[age_bucket][axis]
             + noise[axis]
     });
+    let profile = (country as u8, platform as u8, age_bucket as u8);
     let mut known =
         |value: usize| (rng.random::<f64>() >= MISSING_ATTRIBUTE_SHARE).then_some(value as u8);
     let (country, platform, age_bucket) = (known(country), known(platform), known(age_bucket));
@@ -565,6 +574,7 @@ fn build_user(
     }
     User {
         taste,
+        profile,
         country,
         platform,
         age_bucket,
@@ -699,6 +709,7 @@ impl Catalog {
         let (shows, episodes) = build_shows(config, &latents, brand_new_from_day)?;
         let users = build_users(config, &latents, &shows, on_users)?;
         let campaigns = build_campaigns(config, &shows)?;
+        let ad_taste = AdTaste::build(config.seed, &users, &shows, &HOUR_WEIGHTS);
         Ok(Catalog {
             shows,
             episodes,
@@ -707,6 +718,7 @@ impl Catalog {
             ad_campaigns: campaigns.ad,
             creatives: campaigns.creatives,
             brand_new_from_day,
+            ad_taste,
         })
     }
 

@@ -12,10 +12,13 @@ use rand_distr::weighted::WeightedAliasIndex;
 use rayon::prelude::*;
 
 use super::catalog::{
-    self, BRAND_NEW_TIER, Catalog, TIER_CUMULATIVE_SHARE, affinity, alias_table, standard_normal,
+    self, BRAND_NEW_TIER, Catalog, PLATFORMS, TIER_CUMULATIVE_SHARE, affinity, alias_table,
+    standard_normal,
 };
-use super::outcomes::{self, Exposure, Format, Labels, Layout, Probabilities, Slot, Surface};
-use super::{Stream, WorldConfig, WorldError, stream_rng};
+use super::outcomes::{
+    self, Exposure, Format, Knobs, Labels, Layout, Probabilities, Slot, Surface,
+};
+use super::{Stream, WorldConfig, WorldError, keyed_rng, stream_rng};
 use crate::entities::{CandidateKind, ContextRecord, CreativeRecord};
 use crate::logs::{ChannelSummary, Impression, LabelRates, TierSummary};
 
@@ -24,11 +27,13 @@ use crate::logs::{ChannelSummary, Impression, LabelRates, TierSummary};
 pub(crate) const IMPRESSIONS_PER_CHUNK: usize = 32_768;
 const SECONDS_PER_DAY: i64 = 86_400;
 /// Marks an absent episode or creative in the compact row.
-const NONE: u32 = u32::MAX;
+pub(crate) const NONE: u32 = u32::MAX;
+/// Platforms with a big screen (index into `PLATFORMS`), where video ads can be watched.
+const BIG_SCREEN_PLATFORMS: [&str; 2] = ["web", "desktop"];
 
 /// Relative traffic by hour of day (UTC): a night trough, a morning commute, an evening
 /// peak.
-const HOUR_WEIGHTS: [f64; 24] = [
+pub(crate) const HOUR_WEIGHTS: [f64; 24] = [
     0.30, 0.20, 0.15, 0.12, 0.12, 0.20, 0.45, 0.80, 1.00, 0.90, 0.80, 0.80, 0.90, 0.85, 0.80, 0.85,
     0.95, 1.05, 1.15, 1.25, 1.30, 1.20, 0.90, 0.55,
 ];
@@ -59,7 +64,7 @@ const LAYOUTS: [(Layout, f64); 3] = [
 ];
 /// Share of impressions that name an episode rather than the show alone.
 const PROMOTION_EPISODE_SHARE: f64 = 0.5;
-const AD_EPISODE_SHARE: f64 = 0.7;
+pub(crate) const AD_EPISODE_SHARE: f64 = 0.7;
 /// How sharply targeting prefers shows the user likes, among the candidates drawn from
 /// the campaign: promotions are placed by a recommender, ads by a looser ad server.
 const PROMOTION_TARGETING: f64 = 1.2;
@@ -90,7 +95,7 @@ pub(crate) struct Row {
     pub brand_new: bool,
 }
 
-fn pick<T: Copy, R: Rng>(table: &[(T, f64)], rng: &mut R) -> T {
+pub(crate) fn pick<T: Copy, R: Rng>(table: &[(T, f64)], rng: &mut R) -> T {
     let total: f64 = table.iter().map(|(_, weight)| weight).sum();
     let mut target = rng.random::<f64>() * total;
     for (value, weight) in table {
@@ -103,7 +108,7 @@ fn pick<T: Copy, R: Rng>(table: &[(T, f64)], rng: &mut R) -> T {
 }
 
 /// Picks one of `candidates` with probability proportional to `exp(sharpness * affinity)`.
-fn targeted<R: Rng>(
+pub(crate) fn targeted<R: Rng>(
     catalog: &Catalog,
     user: u32,
     candidates: &[u32],
@@ -126,16 +131,22 @@ fn targeted<R: Rng>(
     candidates[candidates.len() - 1]
 }
 
-struct Tables {
+pub(crate) struct Tables {
     days: WeightedAliasIndex<f64>,
     hours: WeightedAliasIndex<f64>,
     users: WeightedAliasIndex<f64>,
     promotion_campaigns: WeightedAliasIndex<f64>,
-    ad_campaigns: WeightedAliasIndex<f64>,
+    pub ad_campaigns: WeightedAliasIndex<f64>,
+    /// Established shows and their listening weights: the host of a cold user's ad.
+    established: Vec<u32>,
+    listening: WeightedAliasIndex<f64>,
 }
 
 impl Tables {
-    fn new(config: &WorldConfig, catalog: &Catalog) -> Result<Tables, WorldError> {
+    pub fn new(config: &WorldConfig, catalog: &Catalog) -> Result<Tables, WorldError> {
+        let established: Vec<u32> = (0..catalog.shows.len() as u32)
+            .filter(|&show| catalog.shows[show as usize].created_day.is_none())
+            .collect();
         // A weekly rhythm on slow growth, so that later days are a little busier.
         let days = (0..config.days)
             .map(|day| {
@@ -167,7 +178,194 @@ impl Tables {
                     .collect(),
                 "ad campaigns",
             )?,
+            listening: alias_table(
+                established
+                    .iter()
+                    .map(|&show| catalog.shows[show as usize].streams_30d.powf(0.75))
+                    .collect(),
+                "listening",
+            )?,
+            established,
         })
+    }
+}
+
+/// Everything an impression's outcome depends on, in catalog indices: what was shown to
+/// whom, where and when. [`World::exposure`] turns it into the outcome model's input.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placement {
+    pub is_ad: bool,
+    pub user: u32,
+    pub show: u32,
+    /// `NONE` when the impression names no episode.
+    pub episode: u32,
+    pub campaign: u32,
+    /// `NONE` for promotions.
+    pub creative: u32,
+    pub slot: Slot,
+    pub layout: Option<Layout>,
+    pub format: Option<Format>,
+    pub surface: Surface,
+    pub timestamp: i64,
+    pub session_length_s: u32,
+}
+
+/// The simulated world's static side and the knobs of its outcome model: what the
+/// traffic draws from and what the [`super::Oracle`] rebuilds.
+pub(crate) struct World<'a> {
+    pub config: &'a WorldConfig,
+    pub catalog: &'a Catalog,
+    pub tables: &'a Tables,
+}
+
+impl World<'_> {
+    pub fn knobs(&self) -> Knobs {
+        Knobs {
+            ad_affinity_correlation: self.config.ad_affinity_correlation,
+            ad_structure: self.config.ad_structure,
+        }
+    }
+
+    /// Hour of day (UTC) of a timestamp of this world.
+    pub fn hour(&self, timestamp: i64) -> u32 {
+        ((timestamp - self.config.start_timestamp).rem_euclid(SECONDS_PER_DAY) / 3600) as u32
+    }
+
+    /// The primary genre of the show an ad to `user` at `timestamp` plays in: one of the
+    /// user's recent shows (the most recent likeliest), or for a user without history a
+    /// show drawn by listening. Drawn from a stream keyed by user and second, so that the
+    /// same moment always has the same host, in the logs and in the oracle alike.
+    pub fn host_genre(&self, user: u32, timestamp: i64) -> Option<u8> {
+        let second = (timestamp - self.config.start_timestamp).max(0) as u64;
+        let mut rng = keyed_rng(
+            self.config.seed,
+            Stream::Hosts,
+            (u64::from(user) << 32) | (second & 0xFFFF_FFFF),
+        );
+        let history = &self.catalog.users[user as usize].history;
+        let host = if history.is_empty() {
+            *self
+                .tables
+                .established
+                .get(self.tables.listening.sample(&mut rng))?
+        } else {
+            let weights: Vec<f64> = (0..history.len()).map(|k| 1.0 / (k as f64 + 1.0)).collect();
+            let total: f64 = weights.iter().sum();
+            let mut target = rng.random::<f64>() * total;
+            let mut chosen = history[history.len() - 1];
+            for (show, weight) in history.iter().zip(&weights) {
+                if target < *weight {
+                    chosen = *show;
+                    break;
+                }
+                target -= weight;
+            }
+            chosen
+        };
+        self.catalog.shows[host as usize].genres.first().copied()
+    }
+
+    /// The outcome model's input for one placement.
+    pub fn exposure(&self, placement: &Placement) -> Exposure {
+        let catalog = self.catalog;
+        let (user, show) = (placement.user, placement.show);
+        let show_record = &catalog.shows[show as usize];
+        let user_record = &catalog.users[user as usize];
+        let hour = self.hour(placement.timestamp);
+        let (campaign_quality, creative_quality) = if placement.is_ad {
+            (
+                catalog.ad_campaigns[placement.campaign as usize].quality,
+                catalog
+                    .creatives
+                    .get(placement.creative as usize)
+                    .map_or(0.0, |creative| creative.quality),
+            )
+        } else {
+            (
+                catalog.promotion_campaigns[placement.campaign as usize].quality,
+                0.0,
+            )
+        };
+        let host_match = placement.is_ad
+            && self
+                .host_genre(user, placement.timestamp)
+                .is_some_and(|genre| show_record.genres.contains(&genre));
+        Exposure {
+            is_ad: placement.is_ad,
+            affinity: affinity(&user_record.taste, &show_record.latent),
+            ad_own_affinity: if placement.is_ad {
+                catalog
+                    .ad_taste
+                    .own_affinity(user, &show_record.latent, hour)
+            } else {
+                0.0
+            },
+            host_match,
+            big_screen: BIG_SCREEN_PLATFORMS
+                .contains(&PLATFORMS[usize::from(user_record.profile.1)].0),
+            listened_before: user_record.history_sorted.binary_search(&show).is_ok(),
+            follows_show: user_record.follows_sorted.binary_search(&show).is_ok(),
+            topic_match: user_record
+                .search_topics
+                .iter()
+                .any(|topic| show_record.topics.binary_search(topic).is_ok()),
+            show_quality: show_record.quality,
+            popularity: show_record.popularity,
+            episode_quality: if placement.episode == NONE {
+                0.0
+            } else {
+                catalog.episodes[placement.episode as usize].quality
+            },
+            campaign_quality,
+            creative_quality,
+            slot: placement.slot,
+            layout: placement.layout,
+            format: placement.format,
+            surface: placement.surface,
+            hour,
+            session_length_s: f64::from(placement.session_length_s),
+        }
+    }
+
+    /// The true probabilities of one placement.
+    pub fn probabilities(&self, placement: &Placement) -> Probabilities {
+        outcomes::probabilities(&self.exposure(placement), self.knobs())
+    }
+}
+
+/// The ad `campaign` places for `user` on `day`: two of its live shows drawn, one kept
+/// by targeting, and one of its creatives. Returns (show, creative).
+pub(crate) fn place_ad<R: Rng>(
+    catalog: &Catalog,
+    campaign: &catalog::AdCampaign,
+    user: u32,
+    day: u32,
+    rng: &mut R,
+) -> (u32, u32) {
+    let candidates: Vec<u32> = (0..AD_CANDIDATES)
+        .map(|_| live_ad_show(catalog, campaign, day, rng))
+        .collect();
+    let show = targeted(catalog, user, &candidates, AD_TARGETING, rng);
+    let creative = *campaign.creatives.choose(rng).unwrap_or(&0);
+    (show, creative)
+}
+
+/// With probability `share`, one of the three newest episodes of `show` released by
+/// `day` (promotions and ads push what is fresh); otherwise `NONE`.
+pub(crate) fn pick_episode<R: Rng>(
+    catalog: &Catalog,
+    show: u32,
+    day: u32,
+    share: f64,
+    rng: &mut R,
+) -> u32 {
+    let released = catalog.released_episodes(show, day);
+    if rng.random::<f64>() < share && !released.is_empty() {
+        let newest = released.end - 1;
+        let back = rng.random_range(0..3u32.min(released.len() as u32));
+        newest - back
+    } else {
+        NONE
     }
 }
 
@@ -178,6 +376,11 @@ pub(crate) fn generate(
     on_chunk: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Row>, WorldError> {
     let tables = Tables::new(config, catalog)?;
+    let world = World {
+        config,
+        catalog,
+        tables: &tables,
+    };
     let total = config.impressions;
     let ad_count = config.ad_count();
     let chunk_count = total.div_ceil(IMPRESSIONS_PER_CHUNK);
@@ -188,7 +391,7 @@ pub(crate) fn generate(
             let start = chunk * IMPRESSIONS_PER_CHUNK;
             let end = (start + IMPRESSIONS_PER_CHUNK).min(total);
             let rows: Vec<Row> = (start..end)
-                .map(|index| impression(config, catalog, &tables, index < ad_count, &mut rng))
+                .map(|index| impression(&world, index < ad_count, &mut rng))
                 .collect();
             on_chunk((end - start) as u64);
             rows
@@ -199,13 +402,8 @@ pub(crate) fn generate(
     Ok(rows)
 }
 
-fn impression(
-    config: &WorldConfig,
-    catalog: &Catalog,
-    tables: &Tables,
-    is_ad: bool,
-    rng: &mut ChaCha8Rng,
-) -> Row {
+fn impression(world: &World<'_>, is_ad: bool, rng: &mut ChaCha8Rng) -> Row {
+    let (config, catalog, tables) = (world.config, world.catalog, world.tables);
     let day = tables.days.sample(rng) as u32;
     let hour = tables.hours.sample(rng) as u32;
     let timestamp = config.start_timestamp
@@ -217,31 +415,16 @@ fn impression(
         .round()
         .clamp(10.0, 14_400.0) as u32;
 
-    let (
-        surface,
-        slot,
-        layout,
-        format,
-        show,
-        campaign,
-        creative,
-        cost,
-        campaign_quality,
-        creative_quality,
-    );
+    let (surface, slot, layout, format, show, campaign, creative, cost);
     if is_ad {
         let campaign_index = tables.ad_campaigns.sample(rng);
         let ad_campaign = &catalog.ad_campaigns[campaign_index];
         surface = pick(&AD_SURFACES, rng);
         slot = pick(&AD_SLOTS, rng);
         layout = None;
-        let candidates: Vec<u32> = (0..AD_CANDIDATES)
-            .map(|_| live_ad_show(catalog, ad_campaign, day, rng))
-            .collect();
-        show = targeted(catalog, user, &candidates, AD_TARGETING, rng);
-        let creative_index = *ad_campaign.creatives.choose(rng).unwrap_or(&0);
-        let chosen = &catalog.creatives[creative_index as usize];
-        format = Some(if chosen.video {
+        let (chosen_show, creative_index) = place_ad(catalog, ad_campaign, user, day, rng);
+        show = chosen_show;
+        format = Some(if catalog.creatives[creative_index as usize].video {
             Format::Video
         } else {
             Format::Audio
@@ -249,8 +432,6 @@ fn impression(
         campaign = campaign_index as u32;
         creative = creative_index;
         cost = ad_campaign.base_cost * slot.cost_multiplier();
-        campaign_quality = ad_campaign.quality;
-        creative_quality = chosen.quality;
     } else {
         let campaign_index = tables.promotion_campaigns.sample(rng);
         let promotion_campaign = &catalog.promotion_campaigns[campaign_index];
@@ -273,8 +454,6 @@ fn impression(
         campaign = campaign_index as u32;
         creative = NONE;
         cost = 0.0;
-        campaign_quality = promotion_campaign.quality;
-        creative_quality = 0.0;
     }
 
     let episode_share = if is_ad {
@@ -282,45 +461,24 @@ fn impression(
     } else {
         PROMOTION_EPISODE_SHARE
     };
-    let released = catalog.released_episodes(show, day);
-    let episode = if rng.random::<f64>() < episode_share && !released.is_empty() {
-        // One of the three newest episodes: promotions push what is fresh.
-        let newest = released.end - 1;
-        let back = rng.random_range(0..3u32.min(released.len() as u32));
-        newest - back
-    } else {
-        NONE
-    };
-
-    let show_record = &catalog.shows[show as usize];
-    let user_record = &catalog.users[user as usize];
-    let exposure = Exposure {
+    let episode = pick_episode(catalog, show, day, episode_share, rng);
+    let placement = Placement {
         is_ad,
-        affinity: affinity(&user_record.taste, &show_record.latent),
-        listened_before: user_record.history_sorted.binary_search(&show).is_ok(),
-        follows_show: user_record.follows_sorted.binary_search(&show).is_ok(),
-        topic_match: user_record
-            .search_topics
-            .iter()
-            .any(|topic| show_record.topics.binary_search(topic).is_ok()),
-        show_quality: show_record.quality,
-        popularity: show_record.popularity,
-        episode_quality: if episode == NONE {
-            0.0
-        } else {
-            catalog.episodes[episode as usize].quality
-        },
-        campaign_quality,
-        creative_quality,
+        user,
+        show,
+        episode,
+        campaign,
+        creative,
         slot,
         layout,
         format,
         surface,
-        hour,
-        session_length_s: f64::from(session_length_s),
+        timestamp,
+        session_length_s,
     };
-    let probabilities = outcomes::probabilities(&exposure);
+    let probabilities = world.probabilities(&placement);
     let labels = outcomes::draw(&probabilities, rng);
+    let show_record = &catalog.shows[show as usize];
     Row {
         timestamp,
         probabilities,
