@@ -94,10 +94,13 @@ fn reproduce_small_writes_a_complete_report() {
     for key in [
         "generator",
         "data",
+        "world",
         "baseline",
+        "replicates",
+        "experiments",
         "bundles",
         "table1",
-        "tier_gains",
+        "tiers",
         "replay",
         "findings",
         "notes",
@@ -116,7 +119,7 @@ fn reproduce_small_writes_a_complete_report() {
             .collect()
     };
     let bundles = labels(&report["bundles"], "label");
-    let table = labels(&report["table1"], "bundle");
+    let table = labels(&report["table1"], "experiment");
     let arms = labels(&report["replay"]["arms"], "label");
     for experiment in EXPERIMENTS {
         assert!(
@@ -141,26 +144,41 @@ fn reproduce_small_writes_a_complete_report() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| r["bundle"] == setup)
+            .find(|r| r["experiment"] == setup)
             .unwrap();
+        for key in ["ads_sign", "promotions_sign"] {
+            let verdict = row["paper"][key].as_str().unwrap_or("");
+            assert!(
+                ["agrees", "disagrees", "inconclusive"].contains(&verdict),
+                "{setup}: no sign verdict: {row}"
+            );
+        }
+    }
+    // Every claim has a verdict among the four the report knows.
+    for finding in report["findings"].as_array().unwrap() {
+        let verdict = finding["verdict"].as_str().unwrap();
         assert!(
-            row["paper"]["ads_sign"].is_string(),
-            "{setup}: no sign verdict: {row}"
+            ["agrees", "disagrees", "inconclusive", "not_measured"].contains(&verdict),
+            "{finding}"
         );
     }
     let markdown =
         std::fs::read_to_string(reproduction().join("report").join("report.md")).unwrap();
     for heading in [
         "## Table 1",
-        "## By popularity tier",
-        "## eCPS replay",
+        "## By popularity group",
+        "## A/B replay",
         "## The paper's claims, checked",
     ] {
         assert!(markdown.contains(heading), "report.md lacks {heading}");
     }
     let plots = report["plots"].as_array().unwrap();
     assert!(plots.len() >= 2 + EXPERIMENTS.len(), "{plots:?}");
-    for name in ["ap_by_tier.png", "ecps_by_tier.png", "reliability_mtl.png"] {
+    for name in [
+        "ap_by_group.png",
+        "replay_by_group.png",
+        "reliability_mtl.png",
+    ] {
         assert!(plots.iter().any(|p| p == name), "{name} not listed");
     }
     for plot in plots {
@@ -174,7 +192,26 @@ fn reproduce_small_writes_a_complete_report() {
     }
 }
 
-/// Every metric is finite and in its range: AP, AUC, ECE and rates in [0, 1], eCPS > 0.
+fn interval_in(value: &Value, what: &str, range: (f64, f64)) {
+    let get = |key: &str| {
+        value[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{what}: `{key}` missing in {value}"))
+    };
+    let (mean, low, high) = (get("mean"), get("low"), get("high"));
+    assert!(
+        low <= mean && mean <= high && low.is_finite() && high.is_finite(),
+        "{what}: {value}"
+    );
+    assert!(
+        (range.0..=range.1).contains(&mean),
+        "{what}: mean {mean} outside {range:?}"
+    );
+    assert!(value["seeds"].as_u64().unwrap() >= 1, "{what}: {value}");
+}
+
+/// Every metric is finite and in its range, every interval holds its mean: AP, AUC, ECE
+/// and rates in [0, 1], eCPS > 0; the baseline's change against itself is exactly 0.
 #[test]
 fn every_metric_is_finite_and_in_range() {
     let report = report_json();
@@ -194,54 +231,101 @@ fn every_metric_is_finite_and_in_range() {
                 "{what}: no reliability bins"
             );
         }
-        // Both stream heads have an AP on their own kind: the Table 1 cells exist.
-        for tier in bundle["tiers"].as_array().unwrap() {
-            if !tier["ap"].is_null() {
-                in_unit_range(&tier["ap"], &format!("{label} tier AP"));
+        // Ten slices: per kind, all impressions and four groups.
+        let slices = bundle["stream_ap"].as_array().unwrap();
+        assert_eq!(slices.len(), 10, "{label}");
+        for slice in slices {
+            if !slice["ap"].is_null() {
+                in_unit_range(&slice["ap"], &format!("{label} slice AP"));
             }
-            in_unit_range(
-                &tier["predicted_i2s"],
-                &format!("{label} tier predicted i2s"),
-            );
         }
     }
     for row in report["table1"].as_array().unwrap() {
-        in_unit_range(&row["promotions_ap"], "Promotions AP");
-        in_unit_range(&row["ads_ap"], "Ads AP");
-        assert!(
-            row["ads_ap_change"].as_f64().is_some_and(f64::is_finite),
-            "{row}"
+        let what = row["experiment"].as_str().unwrap();
+        interval_in(
+            &row["promotions_ap"],
+            &format!("{what} Promotions AP"),
+            (0.0, 1.0),
         );
+        interval_in(&row["ads_ap"], &format!("{what} Ads AP"), (0.0, 1.0));
+        if row["is_baseline"] == false {
+            interval_in(
+                &row["ads_ap_change"],
+                &format!("{what} Ads AP change"),
+                (-1.0, 100.0),
+            );
+        }
     }
     for arm in report["replay"]["arms"].as_array().unwrap() {
-        let ecps = &arm["ecps"];
-        for key in ["mean", "low", "high"] {
-            let value = ecps[key]
-                .as_f64()
-                .unwrap_or_else(|| panic!("{}: eCPS {key} missing", arm["label"]));
-            assert!(value.is_finite(), "{}: eCPS {key} = {value}", arm["label"]);
-        }
-        assert!(
-            ecps["mean"].as_f64().unwrap() > 0.0,
-            "{}: eCPS must be positive",
-            arm["label"]
+        let label = arm["label"].as_str().unwrap();
+        interval_in(
+            &arm["overall"]["ecps"],
+            &format!("{label} eCPS"),
+            (1e-9, 1e9),
         );
-        in_unit_range(&arm["i2s"]["mean"], "i2s");
-        for tier in arm["tiers"].as_array().unwrap() {
-            if let Some(mean) = tier["ecps"]["mean"].as_f64() {
-                assert!(
-                    mean.is_finite() && mean > 0.0,
-                    "{} tier eCPS {mean}",
-                    arm["label"]
-                );
+        interval_in(&arm["overall"]["i2s"], &format!("{label} i2s"), (0.0, 1.0));
+        for group in arm["groups"].as_array().unwrap() {
+            if !group["ecps"].is_null() {
+                interval_in(&group["ecps"], &format!("{label} group eCPS"), (1e-9, 1e9));
             }
         }
     }
+    let change = &report["replay"]["arms"][0]["overall"]["ecps_change"];
     assert_eq!(
-        report["replay"]["arms"][0]["ecps_change"]["mean"].as_f64(),
-        Some(0.0),
-        "the baseline's change against itself is 0"
+        (
+            change["low"].as_f64(),
+            change["mean"].as_f64(),
+            change["high"].as_f64()
+        ),
+        (Some(0.0), Some(0.0), Some(0.0)),
+        "the baseline's change against itself is 0: {change}"
     );
+}
+
+/// The replay's reference arms bound the models: the oracle buys streams more cheaply
+/// than random choice, and the cost-only arm is there.
+#[test]
+fn replay_has_its_reference_arms() {
+    let report = report_json();
+    let arms = report["replay"]["arms"].as_array().unwrap();
+    let ecps = |prefix: &str| {
+        arms.iter()
+            .find(|arm| arm["label"].as_str().unwrap().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} arm"))["overall"]["ecps"]["mean"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        ecps("oracle") < ecps("random"),
+        "{} vs {}",
+        ecps("oracle"),
+        ecps("random")
+    );
+    assert!(ecps("cost only") > 0.0);
+    assert!(report["replay"]["opportunities"].as_u64().unwrap() > 100);
+}
+
+/// Tier cells with fewer than 200 positives are reported as such, never as a number.
+#[test]
+fn thin_tier_cells_are_not_numbers() {
+    let report = report_json();
+    let markdown =
+        std::fs::read_to_string(reproduction().join("report").join("report.md")).unwrap();
+    let mut thin = 0;
+    for row in report["tiers"].as_array().unwrap() {
+        for cell in row["cells"].as_array().unwrap() {
+            let positives = cell["positives"].as_u64().unwrap();
+            if positives < 200 {
+                thin += 1;
+                assert!(cell["ap"].is_null() && cell["change"].is_null(), "{cell}");
+            } else {
+                assert!(!cell["ap"].is_null(), "{cell}");
+            }
+        }
+    }
+    // The small world's ad groups are thin: the report must say so.
+    assert!(thin > 0);
+    assert!(markdown.contains("n<200 ("), "report.md shows no thin cell");
 }
 
 /// A bundle with no head filling `stream` for ads is refused in one line naming it.
@@ -331,8 +415,8 @@ fn eval_of_one_bundle_matches_the_reproduction() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| r["bundle"] == "ads-anc")
-            .unwrap()["ads_ap"]
+            .find(|r| r["experiment"] == "ads-anc")
+            .unwrap()["ads_ap"]["mean"]
             .as_f64()
             .unwrap()
     };

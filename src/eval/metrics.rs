@@ -1,6 +1,7 @@
-//! Offline metrics of one bundle's scores, and the comparisons across bundles: the
-//! paper's Table 1 view, tier-stratified AP, calibration, and the paper's claims checked
-//! against what was measured.
+//! Offline metrics of one bundle's scores, and the comparisons across experiments: the
+//! paper's Table 1 view, stream AP per tier group (pooled, with the brand-new shows
+//! apart), calibration, and the paper's claims checked against what was measured, each
+//! with an interval over training seeds and a user-level bootstrap (`stats`).
 
 use serde::Serialize;
 
@@ -9,9 +10,9 @@ use crate::entities::CandidateKind;
 use crate::logs::Impression;
 use crate::quality::{self, ReliabilityBin};
 
-use super::TIERS;
 use super::data::TestSet;
 use super::inference::Scores;
+use super::stats::{Interval, Ranked, Replicated, UserBootstrap, Verdict};
 
 /// Equal-mass bins of the reliability diagrams.
 pub const RELIABILITY_BINS: usize = 10;
@@ -93,54 +94,114 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
     if count == 0 { 0.0 } else { sum / count as f64 }
 }
 
-/// The stream head serving `kind` on the impressions of one popularity tier.
-#[derive(Debug, Clone, Serialize)]
-pub struct TierMetrics {
+/// The paper's popularity groups: tiers 0-2 (high-stream), 3-5 (low-stream), 6-7 (the
+/// tail), and the brand-new shows apart (the cold start, which the logs count in tier 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TierGroup {
+    HighStream,
+    LowStream,
+    Tail,
+    BrandNew,
+}
+
+impl TierGroup {
+    pub const ALL: [TierGroup; 4] = [
+        TierGroup::HighStream,
+        TierGroup::LowStream,
+        TierGroup::Tail,
+        TierGroup::BrandNew,
+    ];
+
+    pub fn of(tier: u8, brand_new: bool) -> TierGroup {
+        match (brand_new, tier) {
+            (true, _) => TierGroup::BrandNew,
+            (false, 0..=2) => TierGroup::HighStream,
+            (false, 3..=5) => TierGroup::LowStream,
+            (false, _) => TierGroup::Tail,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TierGroup::HighStream => "tiers 0-2",
+            TierGroup::LowStream => "tiers 3-5",
+            TierGroup::Tail => "tiers 6-7",
+            TierGroup::BrandNew => "brand-new",
+        }
+    }
+}
+
+/// A population of impressions for a stream AP: one kind, all of it or one tier group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Slice {
     pub kind: CandidateKind,
-    pub tier: u8,
+    pub group: Option<TierGroup>,
+}
+
+impl Slice {
+    /// Every slice a report computes: per kind, all impressions then each group.
+    pub fn all() -> Vec<Slice> {
+        [CandidateKind::Promotion, CandidateKind::Ad]
+            .into_iter()
+            .flat_map(|kind| {
+                std::iter::once(None)
+                    .chain(TierGroup::ALL.into_iter().map(Some))
+                    .map(move |group| Slice { kind, group })
+            })
+            .collect()
+    }
+}
+
+/// The stream AP of one bundle on one slice, on the whole test set and per replicate.
+#[derive(Debug, Clone)]
+pub struct SliceAp {
+    pub slice: Slice,
     pub rows: usize,
     pub positives: usize,
-    pub ap: Option<f64>,
-    /// Mean served stream probability: the predicted impression-to-stream rate.
+    pub ap: Replicated,
+    /// Mean served stream probability and mean true probability over the slice.
     pub predicted_i2s: f64,
-    /// Observed impression-to-stream rate of the logged outcomes.
-    pub observed_i2s: f64,
-    /// Mean of the world's true stream probabilities (what the logs would converge to).
     pub true_i2s: f64,
 }
 
-pub fn tier_metrics(manifest: &Manifest, scores: &Scores, test: &TestSet) -> Vec<TierMetrics> {
+/// The stream head serving each kind, on every slice. `groups` and `users` are per test
+/// row: its tier group and its user's index in `bootstrap`.
+pub fn stream_slices(
+    manifest: &Manifest,
+    scores: &Scores,
+    test: &TestSet,
+    groups: &[TierGroup],
+    users: &[u32],
+    bootstrap: &UserBootstrap,
+) -> Vec<SliceAp> {
     let mut result = Vec::new();
-    for kind in [CandidateKind::Promotion, CandidateKind::Ad] {
-        let Some(column) = stream_column(manifest, scores, kind) else {
+    for slice in Slice::all() {
+        let Some(column) = stream_column(manifest, scores, slice.kind) else {
             continue;
         };
-        for tier in 0..TIERS as u8 {
-            let members: Vec<usize> = (0..test.rows.len())
-                .filter(|index| {
-                    test.rows[*index].kind == kind && test.rows[*index].show_tier == tier
-                })
-                .collect();
-            let predicted: Vec<f64> = members
-                .iter()
-                .map(|index| scores.get(*index, column))
-                .collect();
-            let labels: Vec<bool> = members
-                .iter()
-                .map(|index| test.rows[*index].stream)
-                .collect();
-            let positives = labels.iter().filter(|l| **l).count();
-            result.push(TierMetrics {
-                kind,
-                tier,
-                rows: members.len(),
-                positives,
-                ap: quality::average_precision(&predicted, &labels),
-                predicted_i2s: mean(predicted.iter().copied()),
-                observed_i2s: positives as f64 / members.len().max(1) as f64,
-                true_i2s: mean(members.iter().map(|index| test.rows[*index].p_stream)),
-            });
-        }
+        let members: Vec<usize> = (0..test.rows.len())
+            .filter(|index| {
+                test.rows[*index].kind == slice.kind
+                    && slice.group.is_none_or(|group| groups[*index] == group)
+            })
+            .collect();
+        let predicted: Vec<f64> = members.iter().map(|i| scores.get(*i, column)).collect();
+        let labels: Vec<bool> = members.iter().map(|i| test.rows[*i].stream).collect();
+        let member_users: Vec<u32> = members.iter().map(|i| users[*i]).collect();
+        let ranked = Ranked::new(&predicted, &labels, &member_users);
+        result.push(SliceAp {
+            slice,
+            rows: members.len(),
+            positives: ranked.positives,
+            ap: Replicated::ap(&ranked, bootstrap),
+            predicted_i2s: mean(predicted.iter().copied()),
+            true_i2s: mean(members.iter().map(|i| test.rows[*i].p_stream)),
+        });
     }
     result
 }
@@ -149,24 +210,6 @@ pub fn tier_metrics(manifest: &Manifest, scores: &Scores, test: &TestSet) -> Vec
 pub fn stream_column(manifest: &Manifest, scores: &Scores, kind: CandidateKind) -> Option<usize> {
     let head = manifest.head_for(kind, ResponseField::Stream)?;
     scores.heads.iter().position(|h| h.name == head.name)
-}
-
-/// AP of the stream head serving `kind` on impressions of `kind`: the paper's metric.
-pub fn stream_ap(heads: &[HeadMetrics], manifest: &Manifest, kind: CandidateKind) -> Option<f64> {
-    let head = manifest.head_for(kind, ResponseField::Stream)?;
-    heads
-        .iter()
-        .find(|m| m.head == head.name && m.kind == kind)?
-        .ap
-}
-
-/// Relative change `value / baseline - 1`; `None` when either is missing or the
-/// baseline is zero.
-pub fn relative_change(value: Option<f64>, baseline: Option<f64>) -> Option<f64> {
-    match (value, baseline) {
-        (Some(value), Some(baseline)) if baseline > 0.0 => Some(value / baseline - 1.0),
-        _ => None,
-    }
 }
 
 /// One row of the paper's Table 1: AP change against the promotions-only model.
@@ -221,34 +264,22 @@ pub fn rebase(row: f64, baseline: f64) -> f64 {
     (1.0 + row) / (1.0 + baseline) - 1.0
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Agreement {
-    /// Same sign as the paper.
-    Agrees,
-    /// Opposite sign (or no change where the paper has one).
-    Disagrees,
-}
-
-pub fn sign_agreement(measured: f64, paper: f64) -> Agreement {
-    if measured.signum() == paper.signum() && measured != 0.0 {
-        Agreement::Agrees
-    } else {
-        Agreement::Disagrees
-    }
-}
-
-/// One Table 1 cell pair for a bundle, with the paper's value where the bundle is one of
-/// the paper's setups (trained with the default mask and promotion share).
+/// One row of Table 1 for one experiment (all its seeds): stream APs and their changes
+/// against the baseline (promotions-only) and against ads-stream-only, with intervals.
 #[derive(Debug, Clone, Serialize)]
 pub struct Table1Row {
-    pub bundle: String,
+    pub experiment: String,
     pub variant: Option<String>,
     pub is_baseline: bool,
-    pub promotions_ap: Option<f64>,
-    pub ads_ap: Option<f64>,
-    pub promotions_ap_change: Option<f64>,
-    pub ads_ap_change: Option<f64>,
+    /// Training seeds of its bundles.
+    pub seeds: Vec<u64>,
+    pub promotions_ap: Option<Interval>,
+    pub ads_ap: Option<Interval>,
+    pub promotions_ap_change: Option<Interval>,
+    pub ads_ap_change: Option<Interval>,
+    /// Against the ads-stream-only experiment, when one was evaluated.
+    pub promotions_ap_change_vs_ads_only: Option<Interval>,
+    pub ads_ap_change_vs_ads_only: Option<Interval>,
     pub paper: Option<PaperComparison>,
 }
 
@@ -261,48 +292,31 @@ pub struct PaperComparison {
     /// Rebased to this report's baseline's row.
     pub promotions_ap_change: f64,
     pub ads_ap_change: f64,
-    pub promotions_sign: Option<Agreement>,
-    pub ads_sign: Option<Agreement>,
+    /// Whether the measured change has the paper's sign: its interval on the paper's
+    /// side of zero, on the other, or spanning it.
+    pub promotions_sign: Verdict,
+    pub ads_sign: Verdict,
 }
 
-/// Tier gains of one bundle against the baseline: mean relative AP change over the
-/// high-stream tiers 0-2 and the low-stream tiers 3-5, as the paper groups them.
+/// Stream AP per tier group of one experiment on one kind.
 #[derive(Debug, Clone, Serialize)]
-pub struct TierGain {
-    pub bundle: String,
+pub struct TierRow {
+    pub experiment: String,
     pub kind: CandidateKind,
-    /// Per tier 0..=7: relative AP change against the baseline (`None` without positives).
-    pub per_tier: Vec<Option<f64>>,
-    pub high_stream_tiers_0_2: Option<f64>,
-    pub low_stream_tiers_3_5: Option<f64>,
+    pub cells: Vec<TierCell>,
 }
 
-pub fn tier_gain(
-    bundle: &str,
-    kind: CandidateKind,
-    tiers: &[TierMetrics],
-    baseline: &[TierMetrics],
-) -> TierGain {
-    let ap = |metrics: &[TierMetrics], tier: u8| {
-        metrics
-            .iter()
-            .find(|m| m.kind == kind && m.tier == tier)
-            .and_then(|m| m.ap)
-    };
-    let per_tier: Vec<Option<f64>> = (0..TIERS as u8)
-        .map(|tier| relative_change(ap(tiers, tier), ap(baseline, tier)))
-        .collect();
-    let average = |range: std::ops::Range<usize>| {
-        let values: Vec<f64> = per_tier[range].iter().flatten().copied().collect();
-        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-    };
-    TierGain {
-        bundle: bundle.to_string(),
-        kind,
-        high_stream_tiers_0_2: average(0..3),
-        low_stream_tiers_3_5: average(3..6),
-        per_tier,
-    }
+#[derive(Debug, Clone, Serialize)]
+pub struct TierCell {
+    pub group: TierGroup,
+    pub rows: usize,
+    pub positives: usize,
+    /// `None` when the cell has fewer than `stats::MIN_POSITIVES` positives.
+    pub ap: Option<Interval>,
+    /// Relative change against the baseline; `None` as above.
+    pub change: Option<Interval>,
+    pub predicted_i2s: f64,
+    pub true_i2s: f64,
 }
 
 /// A claim of the paper, what this run measured, and whether they agree.
@@ -311,27 +325,7 @@ pub struct Finding {
     pub claim: String,
     pub paper: String,
     pub measured: String,
-    /// `agrees`, `disagrees`, or `not measured` (a needed bundle is absent).
-    pub verdict: String,
-}
-
-impl Finding {
-    pub fn new(claim: &str, paper: &str, measured: Option<(String, bool)>) -> Finding {
-        let (measured, verdict) = match measured {
-            Some((text, true)) => (text, "agrees"),
-            Some((text, false)) => (text, "disagrees"),
-            None => (
-                "the bundles needed for it were not evaluated".to_string(),
-                "not measured",
-            ),
-        };
-        Finding {
-            claim: claim.to_string(),
-            paper: paper.to_string(),
-            measured,
-            verdict: verdict.to_string(),
-        }
-    }
+    pub verdict: Verdict,
 }
 
 #[cfg(test)]
@@ -358,35 +352,17 @@ mod tests {
         }
     }
 
-    /// A zero change never counts as agreeing with a paper that reports one.
+    /// Tier groups follow the paper's grouping, brand-new shows apart whatever their
+    /// logged tier.
     #[test]
-    fn sign_agreement_needs_a_change() {
-        assert_eq!(sign_agreement(0.1, 0.5), Agreement::Agrees);
-        assert_eq!(sign_agreement(-0.1, 0.5), Agreement::Disagrees);
-        assert_eq!(sign_agreement(0.0, 0.5), Agreement::Disagrees);
-    }
-
-    /// Tier gains average the tiers that have an AP and skip those that have none.
-    #[test]
-    fn tier_gain_averages_defined_tiers() {
-        let tier = |tier: u8, ap: Option<f64>| TierMetrics {
-            kind: CandidateKind::Ad,
-            tier,
-            rows: 10,
-            positives: 1,
-            ap,
-            predicted_i2s: 0.1,
-            observed_i2s: 0.1,
-            true_i2s: 0.1,
-        };
-        let baseline: Vec<TierMetrics> = (0..8).map(|t| tier(t, Some(0.2))).collect();
-        let mut model: Vec<TierMetrics> = (0..8).map(|t| tier(t, Some(0.3))).collect();
-        model[4].ap = None;
-        model[5].ap = Some(0.4);
-        let gain = tier_gain("m", CandidateKind::Ad, &model, &baseline);
-        assert!((gain.high_stream_tiers_0_2.unwrap() - 0.5).abs() < 1e-12);
-        // tiers 3 (+50%) and 5 (+100%); tier 4 has no AP.
-        assert!((gain.low_stream_tiers_3_5.unwrap() - 0.75).abs() < 1e-12);
-        assert_eq!(gain.per_tier[4], None);
+    fn tier_groups() {
+        assert_eq!(TierGroup::of(0, false), TierGroup::HighStream);
+        assert_eq!(TierGroup::of(2, false), TierGroup::HighStream);
+        assert_eq!(TierGroup::of(3, false), TierGroup::LowStream);
+        assert_eq!(TierGroup::of(5, false), TierGroup::LowStream);
+        assert_eq!(TierGroup::of(6, false), TierGroup::Tail);
+        assert_eq!(TierGroup::of(7, false), TierGroup::Tail);
+        assert_eq!(TierGroup::of(7, true), TierGroup::BrandNew);
+        assert_eq!(Slice::all().len(), 10);
     }
 }

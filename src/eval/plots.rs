@@ -11,8 +11,6 @@ use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
-use super::TIERS;
-
 const FONT: &[u8] = include_bytes!("font/DejaVuSans-subset.ttf");
 const FONT_FAMILY: &str = "sans-serif";
 const WIDTH: u32 = 1100;
@@ -46,8 +44,9 @@ pub struct Panel {
     pub lines: Vec<Line>,
     /// Draw the y = x diagonal (reliability diagrams).
     pub diagonal: bool,
-    /// x axis shows tiers 0..=7 as integers.
-    pub tier_axis: bool,
+    /// A categorical x axis: point `i` of a line sits at category `i` (tier groups, the
+    /// knob settings of the transfer map); empty for a numeric axis.
+    pub categories: Vec<String>,
 }
 
 fn plot_error<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
@@ -94,8 +93,9 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
     if x_max < x_min {
         (x_min, x_max, y_min, y_max) = (0.0, 1.0, 0.0, 1.0);
     }
-    if panel.tier_axis {
-        (x_min, x_max) = (-0.3, TIERS as f64 - 0.7);
+    let categories = &panel.categories;
+    if !categories.is_empty() {
+        (x_min, x_max) = (-0.3, categories.len() as f64 - 0.7);
     }
     if panel.diagonal {
         let top = x_max.max(y_max);
@@ -109,7 +109,7 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
     } else {
         y_low + 1.0
     };
-    let x_pad = if panel.tier_axis {
+    let x_pad = if !categories.is_empty() {
         0.0
     } else {
         (x_max - x_min).abs().max(1e-6) * 0.03
@@ -122,17 +122,25 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
         .y_label_area_size(64)
         .build_cartesian_2d((x_min - x_pad)..(x_max + x_pad), y_low..y_high)
         .map_err(failed)?;
-    let tier_axis = panel.tier_axis;
     chart
         .configure_mesh()
         .x_desc(panel.x_label.as_str())
         .y_desc(panel.y_label.as_str())
-        .x_labels(if tier_axis { TIERS } else { 6 })
+        .x_labels(if categories.is_empty() {
+            6
+        } else {
+            categories.len()
+        })
         .x_label_formatter(&|x| {
-            if tier_axis {
-                format!("{}", x.round() as i64)
-            } else {
+            if categories.is_empty() {
                 format!("{x:.3}")
+            } else {
+                let index = x.round();
+                if (x - index).abs() < 0.01 && index >= 0.0 {
+                    categories.get(index as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
             }
         })
         .y_label_formatter(&|y| format_axis(*y))

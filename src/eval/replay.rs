@@ -1,31 +1,37 @@
-//! The eCPS replay: an offline stand-in for the paper's budget-split A/B test.
+//! The A/B replay: a simulated budget-split test of ad selection, the offline stand-in
+//! for the paper's online test.
 //!
-//! Held-out ad impressions are grouped into auctions of a few candidates that one user
-//! could have been shown at about the same time. Each arm (a bundle, or a reference
-//! policy) spends the same budget: it walks the auctions in one seeded order, picks a
-//! candidate per auction by its predicted stream probability (per unit cost, by
-//! default), pays that impression's logged cost, and the stream is drawn from the
-//! world's TRUE probability (`Impression.p_stream`), not read from the log, because the
-//! log only says what happened to the impression that was actually shown. Draws use
-//! common random numbers: an impression's uniform depends on the seed and its id only,
-//! so two arms that pick the same impression see the same outcome, and the comparison
-//! between arms has far less noise than either arm alone.
+//! Every held-out ad impression is an opportunity: one user, one moment, one slot. The
+//! world's oracle (`world::Oracle`) fills it with several competing ads (the logged one
+//! and others drawn from other campaigns for the same user and moment, priced as the
+//! world prices them), each with its true stream probability. Each arm (a bundle, or a
+//! reference policy) gets the same budget and walks the same opportunities in the same
+//! order, picks in each the candidate with the highest predicted stream probability per
+//! unit cost, pays its cost, and gets a stream when the opportunity's uniform number
+//! falls below the chosen ad's true probability: common random numbers, so that two
+//! arms choosing the same ad see the same outcome and arms choosing different ads see
+//! outcomes as alike as their probabilities allow. An arm stops when its budget is
+//! spent; arms that buy streams cheaply buy more of them.
 //!
-//! eCPS = spend / streams and i2s = streams / impressions, overall and per popularity
-//! tier; each is a mean over seeds with a 95% interval (mean +- 1.96 sd / sqrt(n)).
-
-use std::collections::BTreeMap;
+//! Reference arms bound the range: the oracle (true probability per unit cost), the
+//! cheapest candidate (cost only, what a bidder without a model does) and a random one.
+//!
+//! Each replicate resamples the test users (the bootstrap of `stats`) and draws fresh
+//! uniforms and a fresh walk order; figures are eCPS = spend / streams and
+//! i2s = streams / impressions, overall and per tier group of the chosen ad's show, with
+//! intervals over training seeds and replicates (`stats::combine`).
+//!
+//! This module knows opportunities, candidates and scores; it knows nothing of bundles,
+//! files or the world's internals.
 
 use clap::ValueEnum;
+use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::entities::CandidateKind;
-use crate::logs::Impression;
-
-use super::TIERS;
+use super::metrics::TierGroup;
+use super::stats::{self, Interval, Replicated, UserBootstrap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -39,159 +45,90 @@ pub enum ReplayPolicy {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplaySettings {
-    pub auction_size: usize,
-    pub seeds: usize,
-    /// Each arm's budget, as a share of the mean candidate cost summed over auctions:
-    /// below 1 so that arms run out of money and cheap streams matter.
+    /// Competing ads per opportunity, the logged one included.
+    pub candidates: usize,
+    /// Bootstrap replicates (fresh users, uniforms and order each).
+    pub replicates: usize,
+    /// Each arm's budget, as a share of what buying the mean-priced candidate at every
+    /// opportunity of the replicate would cost: below 1 so that arms run out of money and
+    /// cheap streams matter.
     pub budget_share: f64,
     pub policy: ReplayPolicy,
     pub seed: u64,
 }
 
-/// Auctions of test ad impressions, as indices into the test rows.
+/// One competing ad.
+#[derive(Debug, Clone, Copy)]
+pub struct CandidateAd {
+    pub cost: f64,
+    /// The world's true stream probability.
+    pub p_stream: f64,
+    pub group: TierGroup,
+}
+
+/// One ad opportunity: a user and its competing ads, `candidates` into
+/// [`Market::candidates`].
 #[derive(Debug, Clone)]
-pub struct Auctions {
-    /// How candidates were grouped, in words, for the report.
-    pub grouping: String,
-    pub groups: Vec<Vec<usize>>,
+pub struct Opportunity {
+    /// Index of the user in the bootstrap.
+    pub user: u32,
+    pub candidates: std::ops::Range<usize>,
 }
 
-/// Consecutive ad impressions of the same user on the same day, `size` at a time (a
-/// user's ad opportunities of a day, and the candidates competing for them). When the
-/// world shows users too few ads for that to give auctions for at least half of the ad
-/// impressions, falls back to impressions adjacent in time, whoever saw them.
-pub fn build_auctions(rows: &[Impression], size: usize) -> Auctions {
-    let size = size.max(2);
-    let ads: Vec<usize> = (0..rows.len())
-        .filter(|i| rows[*i].kind == CandidateKind::Ad)
-        .collect();
-    let mut by_user = ads.clone();
-    by_user.sort_by(|a, b| {
-        let (x, y) = (&rows[*a], &rows[*b]);
-        (x.user_id.as_str(), x.day, x.timestamp, x.impression_id).cmp(&(
-            y.user_id.as_str(),
-            y.day,
-            y.timestamp,
-            y.impression_id,
-        ))
-    });
-    let mut groups = Vec::new();
-    let mut start = 0;
-    while start < by_user.len() {
-        let first = &rows[by_user[start]];
-        let mut end = start;
-        while end < by_user.len()
-            && end - start < size
-            && rows[by_user[end]].user_id == first.user_id
-            && rows[by_user[end]].day == first.day
-        {
-            end += 1;
-        }
-        if end - start >= 2 {
-            groups.push(by_user[start..end].to_vec());
-        }
-        start = end;
-    }
-    let covered: usize = groups.iter().map(Vec::len).sum();
-    if covered * 2 >= ads.len() {
-        return Auctions {
-            grouping: format!("up to {size} ad impressions of the same user on the same day"),
-            groups,
-        };
-    }
-    let mut by_time = ads;
-    by_time.sort_by_key(|i| (rows[*i].timestamp, rows[*i].impression_id));
-    let groups = by_time
-        .chunks(size)
-        .filter(|chunk| chunk.len() >= 2)
-        .map(<[usize]>::to_vec)
-        .collect();
-    Auctions {
-        grouping: format!(
-            "{size} ad impressions adjacent in time (same-user grouping covered only {covered} of {} ad impressions)",
-            rows.iter().filter(|r| r.kind == CandidateKind::Ad).count()
-        ),
-        groups,
-    }
+/// Every opportunity of the test days and their candidates; model scores are aligned
+/// with `candidates`.
+#[derive(Debug, Clone, Default)]
+pub struct Market {
+    pub opportunities: Vec<Opportunity>,
+    pub candidates: Vec<CandidateAd>,
 }
 
-/// How an arm chooses within an auction.
+/// How an arm chooses within an opportunity.
+#[derive(Debug, Clone, Copy)]
 pub enum Chooser<'a> {
-    /// Predicted stream probability per test row (only ad rows are read).
+    /// Predicted stream probability per market candidate (calibrated for ads).
     Model(&'a [f64]),
     /// The world's true stream probability: the best any model could do.
     Oracle,
-    /// A uniformly random candidate: what no model at all achieves.
+    /// The cheapest candidate: no model at all, just the price.
+    CostOnly,
+    /// A uniformly random candidate.
     Random,
 }
 
+/// An arm: one chooser per training seed (references have one).
 pub struct Arm<'a> {
     pub label: String,
     pub reference: bool,
-    pub chooser: Chooser<'a>,
+    pub seeds: Vec<Chooser<'a>>,
 }
 
-/// Mean of a statistic over seeds with its 95% interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Interval {
-    pub mean: f64,
-    pub low: f64,
-    pub high: f64,
-    pub seeds: usize,
-}
-
-impl Interval {
-    /// `None` when no seed gave a value.
-    pub fn of(samples: &[f64]) -> Option<Interval> {
-        let n = samples.len();
-        if n == 0 {
-            return None;
-        }
-        let mean = samples.iter().sum::<f64>() / n as f64;
-        let sd = if n > 1 {
-            (samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        } else {
-            0.0
-        };
-        let half = 1.96 * sd / (n as f64).sqrt();
-        Some(Interval {
-            mean,
-            low: mean - half,
-            high: mean + half,
-            seeds: n,
-        })
-    }
-}
-
-/// What one arm bought in one seed's replay.
-#[derive(Debug, Clone, Default)]
-struct Outcome {
+/// What one arm bought in one replicate, overall and per tier group.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
     spend: f64,
     streams: f64,
     impressions: f64,
-    tiers: Vec<(f64, f64, f64)>,
 }
 
-impl Outcome {
-    fn ecps(spend: f64, streams: f64) -> Option<f64> {
-        (streams > 0.0).then(|| spend / streams)
-    }
-
-    fn i2s(streams: f64, impressions: f64) -> Option<f64> {
-        (impressions > 0.0).then(|| streams / impressions)
-    }
+#[derive(Debug, Clone, Default)]
+struct Outcome {
+    overall: Totals,
+    groups: [Totals; TierGroup::ALL.len()],
 }
 
+/// Figures of one population (all, or one tier group) for one arm.
 #[derive(Debug, Clone, Serialize)]
-pub struct TierReplay {
-    pub tier: u8,
-    /// Means over seeds.
+pub struct ReplayFigures {
+    /// `None` for all opportunities, else the tier group of the chosen ad's show.
+    pub group: Option<TierGroup>,
+    /// Means over seeds and replicates.
     pub impressions: f64,
     pub streams: f64,
     pub spend: f64,
     pub ecps: Option<Interval>,
     pub i2s: Option<Interval>,
-    /// Paired per seed against the baseline arm's same tier.
+    /// Relative change against the baseline arm, paired per seed and replicate.
     pub ecps_change: Option<Interval>,
     pub i2s_change: Option<Interval>,
 }
@@ -199,357 +136,376 @@ pub struct TierReplay {
 #[derive(Debug, Clone, Serialize)]
 pub struct ArmResult {
     pub label: String,
-    /// Oracle and random arms are references, not bundles.
     pub reference: bool,
-    pub spend: f64,
-    pub streams: f64,
-    pub impressions: f64,
-    pub ecps: Option<Interval>,
-    pub i2s: Option<Interval>,
-    /// Relative change against the baseline arm, paired per seed.
-    pub ecps_change: Option<Interval>,
-    pub i2s_change: Option<Interval>,
-    pub tiers: Vec<TierReplay>,
+    pub seeds: usize,
+    pub overall: ReplayFigures,
+    /// In [`TierGroup::ALL`] order.
+    pub groups: Vec<ReplayFigures>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplayReport {
     pub settings: ReplaySettings,
-    pub grouping: String,
-    pub auctions: usize,
+    pub opportunities: usize,
     pub candidates: usize,
+    /// Mean budget per replicate.
     pub budget: f64,
     pub baseline: String,
     pub arms: Vec<ArmResult>,
-}
-
-/// A uniform in [0, 1) that depends on the seed and the impression only (SplitMix64).
-fn uniform(seed: u64, impression_id: u64) -> f64 {
-    let mut z = seed ^ impression_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Cost floor for the per-cost policy, so that a free impression cannot divide by zero.
 const MINIMUM_COST: f64 = 1e-9;
 
 fn choose(
-    chooser: &Chooser<'_>,
+    chooser: Chooser<'_>,
     policy: ReplayPolicy,
-    rows: &[Impression],
-    auction: &[usize],
-    rng: &mut ChaCha8Rng,
+    market: &Market,
+    opportunity: &Opportunity,
+    key: u64,
 ) -> usize {
+    let range = opportunity.candidates.clone();
+    match chooser {
+        Chooser::Random => {
+            let count = range.len().max(1);
+            return range.start + (stats::splitmix(key ^ 0x0A11_CE5E) % count as u64) as usize;
+        }
+        Chooser::CostOnly => {
+            // The cheapest; ties to the first, the same for every arm.
+            return range.clone().fold(range.start, |best, index| {
+                if market.candidates[index].cost < market.candidates[best].cost {
+                    index
+                } else {
+                    best
+                }
+            });
+        }
+        Chooser::Model(_) | Chooser::Oracle => {}
+    }
     let value = |index: usize| {
+        let candidate = &market.candidates[index];
         let probability = match chooser {
             Chooser::Model(scores) => scores[index],
-            Chooser::Oracle => rows[index].p_stream,
-            Chooser::Random => 0.0,
+            _ => candidate.p_stream,
         };
         match policy {
-            ReplayPolicy::PerCost => probability / rows[index].cost.max(MINIMUM_COST),
+            ReplayPolicy::PerCost => probability / candidate.cost.max(MINIMUM_COST),
             ReplayPolicy::Probability => probability,
         }
     };
-    if let Chooser::Random = chooser {
-        return auction[rng.random_range(0..auction.len())];
-    }
     // Ties go to the first candidate, the same for every arm.
-    let mut best = auction[0];
-    let mut best_value = value(best);
-    for &index in &auction[1..] {
-        let candidate = value(index);
-        if candidate > best_value {
-            best = index;
-            best_value = candidate;
+    range.clone().fold(range.start, |best, index| {
+        if value(index) > value(best) {
+            index
+        } else {
+            best
+        }
+    })
+}
+
+/// The walk of one replicate: opportunity indices, each as often as its user's
+/// bootstrap weight, in a seeded order; and the replicate's budget.
+fn walk(market: &Market, weights: &[u8], seed: u64, budget_share: f64) -> (Vec<usize>, f64) {
+    let mut order: Vec<usize> = Vec::with_capacity(market.opportunities.len());
+    let mut mean_cost = 0.0;
+    for (index, opportunity) in market.opportunities.iter().enumerate() {
+        let copies = weights[opportunity.user as usize];
+        let range = opportunity.candidates.clone();
+        let mean = market.candidates[range.clone()]
+            .iter()
+            .map(|c| c.cost)
+            .sum::<f64>()
+            / range.len().max(1) as f64;
+        for _ in 0..copies {
+            order.push(index);
+            mean_cost += mean;
         }
     }
-    best
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    (order, budget_share * mean_cost)
 }
 
 fn replay_one(
-    arm: &Arm<'_>,
+    chooser: Chooser<'_>,
     settings: &ReplaySettings,
-    rows: &[Impression],
+    market: &Market,
     order: &[usize],
-    auctions: &Auctions,
     budget: f64,
     seed: u64,
 ) -> Outcome {
-    let mut outcome = Outcome {
-        tiers: vec![(0.0, 0.0, 0.0); TIERS],
-        ..Outcome::default()
-    };
-    let mut picks = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0FC4_01CE);
-    for &auction in order {
-        let winner = choose(
-            &arm.chooser,
-            settings.policy,
-            rows,
-            &auctions.groups[auction],
-            &mut picks,
-        );
-        let row = &rows[winner];
-        if outcome.spend + row.cost > budget {
+    let mut outcome = Outcome::default();
+    for (step, &index) in order.iter().enumerate() {
+        let opportunity = &market.opportunities[index];
+        // One key per step: the same for every arm, so both the random pick and the
+        // outcome are common random numbers.
+        let key = stats::splitmix(seed ^ (step as u64).wrapping_mul(0x9E37_79B9));
+        let winner = choose(chooser, settings.policy, market, opportunity, key);
+        let candidate = &market.candidates[winner];
+        if outcome.overall.spend + candidate.cost > budget {
             break;
         }
-        let streamed = uniform(seed, row.impression_id) < row.p_stream;
-        let streams = if streamed { 1.0 } else { 0.0 };
-        outcome.spend += row.cost;
-        outcome.streams += streams;
-        outcome.impressions += 1.0;
-        if let Some(tier) = outcome.tiers.get_mut(usize::from(row.show_tier)) {
-            tier.0 += row.cost;
-            tier.1 += streams;
-            tier.2 += 1.0;
+        let streams = if stats::uniform(key) < candidate.p_stream {
+            1.0
+        } else {
+            0.0
+        };
+        for totals in [
+            &mut outcome.overall,
+            &mut outcome.groups[candidate.group.index()],
+        ] {
+            totals.spend += candidate.cost;
+            totals.streams += streams;
+            totals.impressions += 1.0;
         }
     }
     outcome
 }
 
-/// Runs every arm over `settings.seeds` seeds; changes are against `arms[baseline]`.
+fn refs(values: &[Replicated]) -> Vec<&Replicated> {
+    values.iter().collect()
+}
+
+fn ecps(totals: &Totals) -> Option<f64> {
+    (totals.streams > 0.0).then(|| totals.spend / totals.streams)
+}
+
+fn i2s(totals: &Totals) -> Option<f64> {
+    (totals.impressions > 0.0).then(|| totals.streams / totals.impressions)
+}
+
+/// A figure of one arm's seed as a replicated figure (its "whole test set" value is the
+/// mean over replicates: the replay has no draw-free figure).
+fn replicated(runs: &[Outcome], figure: impl Fn(&Outcome) -> Option<f64>) -> Replicated {
+    let replicates: Vec<Option<f64>> = runs.iter().map(&figure).collect();
+    let defined: Vec<f64> = replicates.iter().flatten().copied().collect();
+    Replicated {
+        point: (defined.len() == replicates.len() && !defined.is_empty())
+            .then(|| defined.iter().sum::<f64>() / defined.len() as f64),
+        replicates,
+    }
+}
+
+/// Runs every arm over `settings.replicates` replicates; changes are against
+/// `arms[baseline]`.
 pub fn replay(
-    rows: &[Impression],
-    auctions: &Auctions,
+    market: &Market,
+    bootstrap: &UserBootstrap,
     arms: &[Arm<'_>],
     baseline: usize,
     settings: &ReplaySettings,
 ) -> ReplayReport {
-    let budget = settings.budget_share
-        * auctions
-            .groups
-            .iter()
-            .map(|group| group.iter().map(|i| rows[*i].cost).sum::<f64>() / group.len() as f64)
-            .sum::<f64>();
-    // outcomes[arm][seed]
-    let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::with_capacity(settings.seeds); arms.len()];
-    for seed_index in 0..settings.seeds {
-        let seed = settings
-            .seed
-            .wrapping_add(seed_index as u64)
-            .wrapping_mul(0x2545_F491_4F6C_DD1D);
-        let mut order: Vec<usize> = (0..auctions.groups.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-        for (arm_index, arm) in arms.iter().enumerate() {
-            outcomes[arm_index].push(replay_one(
-                arm, settings, rows, &order, auctions, budget, seed,
-            ));
+    let replicates = settings.replicates.min(bootstrap.replicates());
+    // outcomes[arm][seed][replicate]
+    let mut outcomes: Vec<Vec<Vec<Outcome>>> = arms
+        .iter()
+        .map(|arm| vec![Vec::with_capacity(replicates); arm.seeds.len()])
+        .collect();
+    let mut budgets = 0.0;
+    for replicate in 0..replicates {
+        let seed = stats::splitmix(settings.seed ^ (replicate as u64 + 1).rotate_left(40));
+        let (order, budget) = walk(
+            market,
+            bootstrap.weights(replicate),
+            seed,
+            settings.budget_share,
+        );
+        budgets += budget;
+        for (arm, runs) in arms.iter().zip(outcomes.iter_mut()) {
+            for (chooser, seed_runs) in arm.seeds.iter().zip(runs.iter_mut()) {
+                seed_runs.push(replay_one(*chooser, settings, market, &order, budget, seed));
+            }
         }
     }
-    let base = &outcomes[baseline];
+    let figures = |runs: &[Vec<Outcome>], group: Option<TierGroup>| {
+        let totals = move |outcome: &Outcome| match group {
+            None => outcome.overall,
+            Some(group) => outcome.groups[group.index()],
+        };
+        let ecps_seeds: Vec<Replicated> = runs
+            .iter()
+            .map(|seed| replicated(seed, |o| ecps(&totals(o))))
+            .collect();
+        let i2s_seeds: Vec<Replicated> = runs
+            .iter()
+            .map(|seed| replicated(seed, |o| i2s(&totals(o))))
+            .collect();
+        let mean = |f: &dyn Fn(&Totals) -> f64| {
+            let all: Vec<f64> = runs.iter().flatten().map(|o| f(&totals(o))).collect();
+            all.iter().sum::<f64>() / all.len().max(1) as f64
+        };
+        (
+            ecps_seeds,
+            i2s_seeds,
+            mean(&|t| t.impressions),
+            mean(&|t| t.streams),
+            mean(&|t| t.spend),
+        )
+    };
+    let change = |values: &[f64]| stats::relative(values[0], values[1]);
+    let populations: Vec<Option<TierGroup>> = std::iter::once(None)
+        .chain(TierGroup::ALL.into_iter().map(Some))
+        .collect();
     let results = arms
         .iter()
         .zip(&outcomes)
-        .map(|(arm, runs)| summarize_arm(arm, runs, base))
+        .map(|(arm, runs)| {
+            let mut per_population = populations.iter().map(|group| {
+                let (ecps_seeds, i2s_seeds, impressions, streams, spend) = figures(runs, *group);
+                let (base_ecps, base_i2s, ..) = figures(&outcomes[baseline], *group);
+                ReplayFigures {
+                    group: *group,
+                    impressions,
+                    streams,
+                    spend,
+                    ecps: stats::combine(&[&refs(&ecps_seeds)], |v| Some(v[0])),
+                    i2s: stats::combine(&[&refs(&i2s_seeds)], |v| Some(v[0])),
+                    ecps_change: stats::combine(&[&refs(&ecps_seeds), &refs(&base_ecps)], change),
+                    i2s_change: stats::combine(&[&refs(&i2s_seeds), &refs(&base_i2s)], change),
+                }
+            });
+            let overall = per_population.next().expect("the overall population");
+            ArmResult {
+                label: arm.label.clone(),
+                reference: arm.reference,
+                seeds: arm.seeds.len(),
+                overall,
+                groups: per_population.collect(),
+            }
+        })
         .collect();
     ReplayReport {
         settings: settings.clone(),
-        grouping: auctions.grouping.clone(),
-        auctions: auctions.groups.len(),
-        candidates: auctions.groups.iter().map(Vec::len).sum(),
-        budget,
+        opportunities: market.opportunities.len(),
+        candidates: market.candidates.len(),
+        budget: budgets / replicates.max(1) as f64,
         baseline: arms[baseline].label.clone(),
         arms: results,
     }
 }
 
-/// Per seed `metric(arm) / metric(baseline) - 1` where both are defined.
-fn paired_change(
-    runs: &[Outcome],
-    base: &[Outcome],
-    metric: impl Fn(&Outcome) -> Option<f64>,
-) -> Option<Interval> {
-    let changes: Vec<f64> = runs
-        .iter()
-        .zip(base)
-        .filter_map(|(run, base)| match (metric(run), metric(base)) {
-            (Some(value), Some(reference)) if reference > 0.0 => Some(value / reference - 1.0),
-            _ => None,
-        })
-        .collect();
-    Interval::of(&changes)
-}
-
-fn summarize_arm(arm: &Arm<'_>, runs: &[Outcome], base: &[Outcome]) -> ArmResult {
-    let mean_of =
-        |f: &dyn Fn(&Outcome) -> f64| runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64;
-    let defined = |f: &dyn Fn(&Outcome) -> Option<f64>| {
-        Interval::of(&runs.iter().filter_map(f).collect::<Vec<_>>())
-    };
-    let overall_ecps = |o: &Outcome| Outcome::ecps(o.spend, o.streams);
-    let overall_i2s = |o: &Outcome| Outcome::i2s(o.streams, o.impressions);
-    let tiers = (0..TIERS)
-        .map(|tier| {
-            let tier_ecps = move |o: &Outcome| Outcome::ecps(o.tiers[tier].0, o.tiers[tier].1);
-            let tier_i2s = move |o: &Outcome| Outcome::i2s(o.tiers[tier].1, o.tiers[tier].2);
-            TierReplay {
-                tier: tier as u8,
-                impressions: mean_of(&|o| o.tiers[tier].2),
-                streams: mean_of(&|o| o.tiers[tier].1),
-                spend: mean_of(&|o| o.tiers[tier].0),
-                ecps: defined(&tier_ecps),
-                i2s: defined(&tier_i2s),
-                ecps_change: paired_change(runs, base, tier_ecps),
-                i2s_change: paired_change(runs, base, tier_i2s),
-            }
-        })
-        .collect();
-    ArmResult {
-        label: arm.label.clone(),
-        reference: arm.reference,
-        spend: mean_of(&|o| o.spend),
-        streams: mean_of(&|o| o.streams),
-        impressions: mean_of(&|o| o.impressions),
-        ecps: defined(&overall_ecps),
-        i2s: defined(&overall_i2s),
-        ecps_change: paired_change(runs, base, overall_ecps),
-        i2s_change: paired_change(runs, base, overall_i2s),
-        tiers,
-    }
-}
-
-/// The paper's online results (budget-split A/B test of the MTL model), for the report.
-pub const PAPER_ONLINE: [(&str, Option<f64>, Option<f64>); 6] = [
-    // (population, i2s change, eCPS change)
-    ("all podcasts", Some(0.18), Some(-0.20)),
-    ("tier 0", Some(0.07), None),
-    ("tier 2", Some(0.20), None),
-    ("tier 3", Some(0.27), Some(-0.20)),
-    ("tier 4", Some(0.33), Some(-0.24)),
-    ("tier 5", Some(0.60), Some(-0.38)),
-];
-
-/// Counts auctions per tier of their candidates, for the report's notes.
-pub fn candidates_by_tier(rows: &[Impression], auctions: &Auctions) -> BTreeMap<u8, usize> {
-    let mut counts = BTreeMap::new();
-    for index in auctions.groups.iter().flatten() {
-        *counts.entry(rows[*index].show_tier).or_insert(0) += 1;
-    }
-    counts
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entities::{ContextRecord, CreativeRecord};
 
-    fn ad(id: u64, user: &str, p_stream: f64, cost: f64, tier: u8) -> Impression {
-        Impression {
-            impression_id: id,
-            timestamp: 1_000 + id as i64,
-            day: 0,
-            user_id: user.into(),
-            kind: CandidateKind::Ad,
-            show_id: format!("s{id}"),
-            episode_id: None,
-            show_tier: tier,
-            creative: CreativeRecord::default(),
-            context: ContextRecord::default(),
-            cost,
-            stream: false,
-            click: false,
-            like: false,
-            follow: false,
-            p_stream,
-            p_click: 0.0,
-            p_like: 0.0,
-            p_follow: 0.0,
+    /// Opportunities of one good (p = 0.3) and one poor (p = 0.02) ad at the same price,
+    /// and a cheap mediocre one (p = 0.05 at half the price).
+    fn market() -> Market {
+        let mut market = Market::default();
+        for user in 0..2_000u32 {
+            let start = market.candidates.len();
+            market.candidates.push(CandidateAd {
+                cost: 1.0,
+                p_stream: 0.02,
+                group: TierGroup::LowStream,
+            });
+            market.candidates.push(CandidateAd {
+                cost: 1.0,
+                p_stream: 0.3,
+                group: TierGroup::HighStream,
+            });
+            market.candidates.push(CandidateAd {
+                cost: 0.5,
+                p_stream: 0.05,
+                group: TierGroup::Tail,
+            });
+            market.opportunities.push(Opportunity {
+                user,
+                candidates: start..start + 3,
+            });
         }
+        market
     }
 
-    fn settings(policy: ReplayPolicy) -> ReplaySettings {
+    fn settings() -> ReplaySettings {
         ReplaySettings {
-            auction_size: 2,
-            seeds: 20,
+            candidates: 3,
+            replicates: 12,
             budget_share: 0.5,
-            policy,
+            policy: ReplayPolicy::PerCost,
             seed: 3,
         }
     }
 
-    /// Pairs of one good (p = 0.3) and one poor (p = 0.02) ad at the same price.
-    fn world() -> Vec<Impression> {
-        let mut rows = Vec::new();
-        for pair in 0..2_000u64 {
-            let user = format!("u{pair}");
-            rows.push(ad(2 * pair, &user, 0.02, 1.0, 4));
-            rows.push(ad(2 * pair + 1, &user, 0.3, 1.0, 1));
-        }
-        rows
-    }
-
-    /// Candidates of one user and day form an auction; every ad lands in one.
-    #[test]
-    fn auctions_group_a_users_ads() {
-        let rows = world();
-        let auctions = build_auctions(&rows, 4);
-        assert_eq!(auctions.groups.len(), 2_000);
-        assert!(
-            auctions
-                .groups
-                .iter()
-                .all(|g| g.len() == 2 && rows[g[0]].user_id == rows[g[1]].user_id)
-        );
-        assert!(auctions.grouping.contains("same user"));
-    }
-
-    /// The oracle's eCPS is about cost / 0.3, random's about cost / 0.16, a model that
-    /// ranks backwards about cost / 0.02; the oracle's change against random is negative
-    /// with an interval that excludes zero.
+    /// The oracle's eCPS is about cost / 0.3; cost-only buys the cheap ad (0.5 / 0.05);
+    /// a model that ranks backwards does worse than random; every arm spends the budget.
     #[test]
     fn replay_rewards_the_better_ranking() {
-        let rows = world();
-        let auctions = build_auctions(&rows, 2);
-        let backwards: Vec<f64> = rows.iter().map(|r| 1.0 - r.p_stream).collect();
+        let market = market();
+        let bootstrap = UserBootstrap::new(2_000, 12, 5);
+        let backwards: Vec<f64> = market.candidates.iter().map(|c| 1.0 - c.p_stream).collect();
         let arms = [
             Arm {
                 label: "random".into(),
                 reference: true,
-                chooser: Chooser::Random,
+                seeds: vec![Chooser::Random],
             },
             Arm {
                 label: "oracle".into(),
                 reference: true,
-                chooser: Chooser::Oracle,
+                seeds: vec![Chooser::Oracle],
+            },
+            Arm {
+                label: "cost".into(),
+                reference: true,
+                seeds: vec![Chooser::CostOnly],
             },
             Arm {
                 label: "backwards".into(),
                 reference: false,
-                chooser: Chooser::Model(&backwards),
+                seeds: vec![Chooser::Model(&backwards), Chooser::Model(&backwards)],
             },
         ];
-        let report = replay(&rows, &auctions, &arms, 0, &settings(ReplayPolicy::PerCost));
-        assert!((report.budget - 1_000.0).abs() < 1e-9, "{}", report.budget);
-        let ecps = |i: usize| report.arms[i].ecps.unwrap().mean;
+        let report = replay(&market, &bootstrap, &arms, 0, &settings());
+        let ecps = |i: usize| report.arms[i].overall.ecps.unwrap().mean;
         assert!((ecps(1) - 1.0 / 0.3).abs() < 0.3, "oracle {}", ecps(1));
-        assert!((ecps(0) - 1.0 / 0.16).abs() < 0.6, "random {}", ecps(0));
-        assert!(ecps(2) > 30.0, "backwards {}", ecps(2));
-        let change = report.arms[1].ecps_change.unwrap();
+        assert!((ecps(2) - 0.5 / 0.05).abs() < 1.0, "cost only {}", ecps(2));
+        assert!(
+            ecps(3) > ecps(0),
+            "backwards {} vs random {}",
+            ecps(3),
+            ecps(0)
+        );
+        let change = report.arms[1].overall.ecps_change.unwrap();
         assert!(change.high < 0.0, "{change:?}");
-        // Every arm spends the same budget, to within one impression.
         for arm in &report.arms {
             assert!(
-                arm.spend <= report.budget && arm.spend > report.budget - 1.0,
-                "{}",
-                arm.spend
+                arm.overall.spend <= report.budget + 1e-9
+                    && arm.overall.spend > report.budget - 1.0,
+                "{} spent {} of {}",
+                arm.label,
+                arm.overall.spend,
+                report.budget
             );
         }
-        // The oracle buys tier-1 impressions only.
-        assert_eq!(report.arms[1].tiers[4].impressions, 0.0);
-        assert!(report.arms[1].tiers[1].ecps.is_some());
-        assert!(report.arms[1].tiers[4].ecps.is_none());
+        // The oracle buys only the good ad, in tiers 0-2.
+        let oracle = &report.arms[1];
+        assert_eq!(oracle.groups[TierGroup::LowStream.index()].impressions, 0.0);
+        assert!(oracle.groups[TierGroup::HighStream.index()].ecps.is_some());
+        assert!(oracle.groups[TierGroup::LowStream.index()].ecps.is_none());
+        assert_eq!(report.arms[3].seeds, 2);
     }
 
-    /// The interval of identical samples has no width; of none, no value.
+    /// Common random numbers: two arms choosing the same ads have identical outcomes,
+    /// so their change is exactly zero.
     #[test]
-    fn interval_of_constant_samples() {
-        let interval = Interval::of(&[2.0, 2.0, 2.0]).unwrap();
-        assert_eq!(
-            (interval.mean, interval.low, interval.high),
-            (2.0, 2.0, 2.0)
-        );
-        assert_eq!(Interval::of(&[]), None);
+    fn identical_choosers_have_identical_outcomes() {
+        let market = market();
+        let bootstrap = UserBootstrap::new(2_000, 12, 5);
+        let truth: Vec<f64> = market.candidates.iter().map(|c| c.p_stream).collect();
+        let arms = [
+            Arm {
+                label: "oracle".into(),
+                reference: true,
+                seeds: vec![Chooser::Oracle],
+            },
+            Arm {
+                label: "model with the truth".into(),
+                reference: false,
+                seeds: vec![Chooser::Model(&truth)],
+            },
+        ];
+        let report = replay(&market, &bootstrap, &arms, 0, &settings());
+        let change = report.arms[1].overall.ecps_change.unwrap();
+        assert_eq!((change.low, change.mean, change.high), (0.0, 0.0, 0.0));
     }
 }

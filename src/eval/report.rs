@@ -7,13 +7,15 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::entities::CandidateKind;
+use crate::logs::WorldSettings;
 
-use super::TIERS;
+use super::SeedGroup;
 use super::data::{Candidate, DataSummary};
 use super::inference::Scores;
-use super::metrics::{Agreement, Finding, HeadMetrics, Table1Row, TierGain, TierMetrics};
+use super::metrics::{Finding, HeadMetrics, Slice, SliceAp, Table1Row, TierGroup, TierRow};
 use super::plots::{self, Line, Panel};
-use super::replay::{Interval, ReplayReport};
+use super::replay::{ReplayFigures, ReplayReport};
+use super::stats::{self, Interval, Verdict};
 
 pub const MARKDOWN_FILE: &str = "report.md";
 pub const JSON_FILE: &str = "report.json";
@@ -23,18 +25,68 @@ pub struct Report {
     pub generator: String,
     pub created_at: String,
     pub data: DataSummary,
-    /// Label of the bundle every change is relative to.
+    /// The settings of the world evaluated on (seed, sizes, knobs).
+    pub world: WorldSettings,
+    /// Label of the experiment every change is relative to.
     pub baseline: String,
+    /// Bootstrap replicates behind every interval.
+    pub replicates: usize,
+    pub experiments: Vec<ExperimentReport>,
     pub bundles: Vec<BundleReport>,
     pub table1: Vec<Table1Row>,
-    pub tier_gains: Vec<TierGain>,
+    pub tiers: Vec<TierRow>,
     pub replay: ReplayReport,
     pub findings: Vec<Finding>,
     pub notes: Vec<String>,
     /// PNG file names, relative to the report directory.
     pub plots: Vec<String>,
-    /// Set by `podscore reproduce`: preset, seed, training budget, timings.
+    /// Set by `podscore reproduce`: preset, seeds, training protocol, timings.
     pub reproduction: Option<serde_json::Value>,
+}
+
+/// One experiment: the bundles that are its training seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExperimentReport {
+    pub label: String,
+    pub variant: Option<String>,
+    pub mask: Option<String>,
+    pub promo_share: Option<f64>,
+    pub seeds: Vec<u64>,
+    pub bundles: Vec<String>,
+}
+
+impl ExperimentReport {
+    pub fn new(experiment: &SeedGroup, candidates: &[Candidate]) -> ExperimentReport {
+        let first = &candidates[experiment.members[0]];
+        ExperimentReport {
+            label: experiment.label.clone(),
+            variant: first.variant().map(str::to_string),
+            mask: first
+                .setting("mask")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            promo_share: first.setting("promo_share").and_then(|v| v.as_f64()),
+            seeds: experiment
+                .members
+                .iter()
+                .filter_map(|m| candidates[*m].setting("seed").and_then(|v| v.as_u64()))
+                .collect(),
+            bundles: experiment
+                .members
+                .iter()
+                .map(|m| candidates[*m].label.clone())
+                .collect(),
+        }
+    }
+}
+
+/// The stream AP of one bundle on one slice, on the whole test set.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlicePoint {
+    pub slice: Slice,
+    pub rows: usize,
+    pub positives: usize,
+    pub ap: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +95,7 @@ pub struct BundleReport {
     pub dir: String,
     pub name: String,
     pub version: u32,
+    pub seed: Option<u64>,
     pub variant: Option<String>,
     pub mask: Option<String>,
     pub promo_share: Option<f64>,
@@ -51,14 +104,14 @@ pub struct BundleReport {
     pub scoring_seconds: f64,
     pub runtime_calls: usize,
     pub heads: Vec<HeadMetrics>,
-    pub tiers: Vec<TierMetrics>,
+    pub stream_ap: Vec<SlicePoint>,
 }
 
 impl BundleReport {
     pub fn new(
         candidate: &Candidate,
         heads: Vec<HeadMetrics>,
-        tiers: Vec<TierMetrics>,
+        slices: &[SliceAp],
         scores: &Scores,
     ) -> BundleReport {
         let manifest = &candidate.bundle.manifest;
@@ -73,6 +126,7 @@ impl BundleReport {
             dir: candidate.bundle.dir.display().to_string(),
             name: manifest.name.clone(),
             version: manifest.version,
+            seed: candidate.setting("seed").and_then(|v| v.as_u64()),
             variant: text("variant"),
             mask: text("mask"),
             promo_share: candidate.setting("promo_share").and_then(|v| v.as_f64()),
@@ -81,16 +135,16 @@ impl BundleReport {
             scoring_seconds: scores.seconds,
             runtime_calls: scores.runtime_calls,
             heads,
-            tiers,
+            stream_ap: slices
+                .iter()
+                .map(|s| SlicePoint {
+                    slice: s.slice,
+                    rows: s.rows,
+                    positives: s.positives,
+                    ap: s.ap.point,
+                })
+                .collect(),
         }
-    }
-
-    /// AP of the stream head serving `kind`, on impressions of `kind`.
-    pub fn stream_ap(&self, kind: CandidateKind) -> Option<f64> {
-        self.heads
-            .iter()
-            .find(|m| m.kind == kind && m.field == crate::bundle::ResponseField::Stream)
-            .and_then(|m| m.ap)
     }
 }
 
@@ -132,38 +186,45 @@ fn kind_title(kind: CandidateKind) -> &'static str {
     }
 }
 
+fn group_categories() -> Vec<String> {
+    TierGroup::ALL
+        .iter()
+        .map(|g| g.label().to_string())
+        .collect()
+}
+
 fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    let tiers_x = |tier: u8| f64::from(tier);
 
-    // AP by tier, one line per bundle.
+    // Pooled stream AP per tier group, one line per experiment (mean over seeds).
     let ap_panels: Vec<Panel> = [CandidateKind::Promotion, CandidateKind::Ad]
         .into_iter()
         .map(|kind| Panel {
-            title: format!("Stream AP by tier, {}", kind_title(kind)),
-            x_label: "popularity tier (0 = most streamed)".into(),
-            y_label: "average precision".into(),
+            title: format!("Stream AP by tier group, {}", kind_title(kind)),
+            x_label: "popularity group of the show".into(),
+            y_label: "average precision (mean over seeds)".into(),
             lines: report
-                .bundles
+                .tiers
                 .iter()
-                .map(|bundle| Line {
-                    label: bundle.label.clone(),
-                    points: bundle
-                        .tiers
+                .filter(|row| row.kind == kind)
+                .map(|row| Line {
+                    label: row.experiment.clone(),
+                    points: row
+                        .cells
                         .iter()
-                        .filter(|t| t.kind == kind)
-                        .map(|t| (tiers_x(t.tier), t.ap))
+                        .enumerate()
+                        .map(|(x, cell)| (x as f64, cell.ap.map(|i| i.mean)))
                         .collect(),
                     reference: false,
                 })
                 .collect(),
             diagonal: false,
-            tier_axis: true,
+            categories: group_categories(),
         })
         .collect();
     written.push(plots::draw(
-        &out.join("ap_by_tier.png"),
-        "AP of the stream head by show popularity tier",
+        &out.join("ap_by_group.png"),
+        "AP of the stream head by popularity group (cells under 200 positives left out)",
         &ap_panels,
     )?);
 
@@ -190,7 +251,7 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
                     })
                     .collect(),
                 diagonal: true,
-                tier_axis: false,
+                categories: Vec::new(),
             })
             .collect();
         let path = out.join(format!("reliability_{}.png", file_stem(&bundle.label)));
@@ -201,13 +262,14 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
         )?);
     }
 
-    // eCPS and i2s by tier in the replay.
-    let replay_panel =
-        |title: &str,
-         y_label: &str,
-         metric: &dyn Fn(&super::replay::TierReplay) -> Option<Interval>| Panel {
+    // eCPS and i2s per tier group in the replay.
+    let replay_panel = |title: &str,
+                        y_label: &str,
+                        metric: &dyn Fn(&ReplayFigures) -> Option<Interval>|
+     -> Panel {
+        Panel {
             title: title.into(),
-            x_label: "popularity tier of the chosen ad's show".into(),
+            x_label: "popularity group of the chosen ad's show".into(),
             y_label: y_label.into(),
             lines: report
                 .replay
@@ -216,24 +278,26 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
                 .map(|arm| Line {
                     label: arm.label.clone(),
                     points: arm
-                        .tiers
+                        .groups
                         .iter()
-                        .map(|t| (f64::from(t.tier), metric(t).map(|i| i.mean)))
+                        .enumerate()
+                        .map(|(x, figures)| (x as f64, metric(figures).map(|i| i.mean)))
                         .collect(),
                     reference: arm.reference,
                 })
                 .collect(),
             diagonal: false,
-            tier_axis: true,
-        };
+            categories: group_categories(),
+        }
+    };
     written.push(plots::draw(
-        &out.join("ecps_by_tier.png"),
-        "eCPS replay: same budget per arm, streams drawn from the true probabilities",
+        &out.join("replay_by_group.png"),
+        "A/B replay: same budget per arm, streams drawn from the true probabilities",
         &[
-            replay_panel("eCPS (spend / streams), lower is better", "eCPS", &|t| {
-                t.ecps
+            replay_panel("eCPS (spend / streams), lower is better", "eCPS", &|f| {
+                f.ecps
             }),
-            replay_panel("i2s (streams / impressions)", "i2s", &|t| t.i2s),
+            replay_panel("i2s (streams / impressions)", "i2s", &|f| f.i2s),
         ],
     )?);
     for path in &written {
@@ -246,24 +310,21 @@ fn optional(value: Option<f64>, digits: usize) -> String {
     value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.digits$}"))
 }
 
-fn change(value: Option<f64>) -> String {
-    value.map_or_else(|| "n/a".to_string(), |v| format!("{:+.1}%", v * 100.0))
-}
-
+/// `0.1234 [0.1200, 0.1300]`.
 fn interval(value: Option<Interval>, digits: usize) -> String {
     value.map_or_else(
         || "n/a".to_string(),
         |i| {
             format!(
-                "{:.digits$} ± {:.digits$}",
-                i.mean,
-                (i.high - i.mean).max(0.0)
+                "{:.digits$} [{:.digits$}, {:.digits$}]",
+                i.mean, i.low, i.high
             )
         },
     )
 }
 
-fn interval_change(value: Option<Interval>) -> String {
+/// `+1.2% [-0.3%, +2.7%]`.
+pub fn interval_change(value: Option<Interval>) -> String {
     value.map_or_else(
         || "n/a".to_string(),
         |i| {
@@ -277,23 +338,41 @@ fn interval_change(value: Option<Interval>) -> String {
     )
 }
 
-fn agreement(value: Option<Agreement>) -> &'static str {
-    match value {
-        Some(Agreement::Agrees) => "agrees",
-        Some(Agreement::Disagrees) => "**disagrees**",
-        None => "n/a",
+pub fn verdict_text(verdict: Verdict) -> String {
+    match verdict {
+        Verdict::Disagrees => "**disagrees**".into(),
+        other => other.as_str().into(),
     }
+}
+
+fn too_few(positives: usize) -> String {
+    format!("n<{} ({positives} positives)", stats::MIN_POSITIVES)
 }
 
 /// The Markdown report: every table of the JSON, in reading order.
 pub fn markdown(report: &Report) -> String {
     let mut md = String::new();
     let data = &report.data;
+    let world = &report.world;
     let _ = writeln!(md, "# podscore offline evaluation\n");
     let _ = writeln!(
         md,
-        "Data: `{}`; test split: days {}..{} of {} (the trainer's time split). Test impressions: {} promotions (stream rate {:.4}), {} ads (stream rate {:.4}). Baseline: **{}**. {} at {}.\n",
+        "Data: `{}` (seed {}, {} users, {} shows, {} impressions, ad share {}; ad affinity correlation {}, ad structure {}, content-embedding noise {}); test split: days {}..{} of {} (the trainer's time split). Test impressions: {} promotions (stream rate {:.4}), {} ads (stream rate {:.4}). Baseline: **{}**. Intervals: 95%, over training seeds and {} bootstrap replicates of the test users. {} at {}.\n",
         data.data,
+        world.seed,
+        world.users,
+        world.shows,
+        world.impressions,
+        world.ad_share,
+        world
+            .ad_affinity_correlation
+            .map_or("1 (default)".to_string(), |v| v.to_string()),
+        world
+            .ad_structure
+            .map_or("0 (default)".to_string(), |v| v.to_string()),
+        world
+            .content_embedding_noise
+            .map_or("0.3 (default)".to_string(), |v| v.to_string()),
         data.test_days[0],
         data.test_days[1],
         data.days,
@@ -305,57 +384,65 @@ pub fn markdown(report: &Report) -> String {
         data.test_rows.get("ad").copied().unwrap_or(0),
         data.test_stream_rate.get("ad").copied().unwrap_or(0.0),
         report.baseline,
+        report.replicates,
         report.generator,
         report.created_at
     );
     if let Some(reproduction) = &report.reproduction {
-        let budget = &reproduction["training_budget"];
         let _ = writeln!(
             md,
-            "Reproduction: preset `{}`, seed {}, every variant trained with the same budget and hyper-parameters: at most {} epochs of {} steps of batch {} (learning rate {}, decay {} per epoch, patience {}), embedding {}, encoder {}, towers {}. Simulation {:.0}s, evaluation {:.0}s, total {:.0}s.\n",
+            "Reproduction: preset `{}`, every experiment trained with the same protocol and hyper-parameters: `{}`. Simulation {:.0}s, evaluation {:.0}s, total {:.0}s.\n",
             reproduction["preset"].as_str().unwrap_or("?"),
-            reproduction["seed"],
-            budget["max_epochs"],
-            budget["steps_per_epoch"],
-            budget["batch_size"],
-            budget["learning_rate"],
-            budget["learning_rate_decay"],
-            budget["patience"],
-            budget["embedding_dim"],
-            budget["encoder"],
-            budget["tower"],
+            reproduction["protocol"],
             reproduction["simulate_seconds"].as_f64().unwrap_or(0.0),
             reproduction["evaluate_seconds"].as_f64().unwrap_or(0.0),
             reproduction["total_seconds"].as_f64().unwrap_or(0.0),
         );
-        if let Some(experiments) = reproduction["experiments"].as_array() {
-            let _ = writeln!(md, "| bundle | purpose | training seconds |\n|---|---|---|");
-            for experiment in experiments {
+        if let Some(trainings) = reproduction["trainings"].as_array() {
+            let _ = writeln!(
+                md,
+                "| bundle | seed | purpose | training seconds |\n|---|---|---|---|"
+            );
+            for training in trainings {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.0} |",
-                    experiment["label"].as_str().unwrap_or("?"),
-                    experiment["purpose"].as_str().unwrap_or(""),
-                    experiment["seconds"].as_f64().unwrap_or(0.0)
+                    "| {} | {} | {} | {:.0} |",
+                    training["label"].as_str().unwrap_or("?"),
+                    training["seed"],
+                    training["purpose"].as_str().unwrap_or(""),
+                    training["seconds"].as_f64().unwrap_or(0.0)
                 );
             }
             md.push('\n');
         }
     }
 
-    let _ = writeln!(md, "## Bundles\n");
+    let _ = writeln!(md, "## Experiments and bundles\n");
     let _ = writeln!(
         md,
-        "| bundle | variant | mask | promo share | best epoch | steps | scoring s | runtime calls | dir |\n|---|---|---|---|---|---|---|---|---|"
+        "| experiment | variant | mask | promo share | seeds |\n|---|---|---|---|---|"
+    );
+    for e in &report.experiments {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:?} |",
+            e.label,
+            e.variant.as_deref().unwrap_or("?"),
+            e.mask.as_deref().unwrap_or("?"),
+            optional(e.promo_share, 2),
+            e.seeds
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| bundle | seed | best epoch | steps | scoring s | runtime calls | dir |\n|---|---|---|---|---|---|---|"
     );
     for b in &report.bundles {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {} | `{}` |",
+            "| {} | {} | {} | {} | {:.1} | {} | `{}` |",
             b.label,
-            b.variant.as_deref().unwrap_or("?"),
-            b.mask.as_deref().unwrap_or("?"),
-            optional(b.promo_share, 2),
+            b.seed.map_or("?".into(), |s| s.to_string()),
             b.best_epoch.map_or("?".into(), |e| e.to_string()),
             b.training_steps.map_or("?".into(), |e| e.to_string()),
             b.scoring_seconds,
@@ -367,52 +454,78 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(md, "\n## Table 1: AP change against the baseline\n");
     let _ = writeln!(
         md,
-        "Promotions AP: the stream head serving promotions, on promotion impressions. Ads AP: the stream head serving ads, on ad impressions. Paper columns: the paper's change rebased onto the baseline's setup (printed value in parentheses); \"sign\" says whether ours has the paper's sign.\n"
+        "Promotions AP: the stream head serving promotions, on promotion impressions. Ads AP: the stream head serving ads, on ad impressions. Mean over seeds [95% interval]. Paper columns: the paper's change rebased onto the baseline's setup (printed value in parentheses); \"sign\" says whether the measured interval is on the paper's side of zero (agrees), on the other (disagrees), or spans it (inconclusive).\n"
     );
     let _ = writeln!(
         md,
-        "| bundle | Promotions AP | change | paper | sign | Ads AP | change | paper | sign |\n|---|---|---|---|---|---|---|---|---|"
+        "| experiment | seeds | Promotions AP | change | paper | sign | Ads AP | change | paper | sign |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for row in &report.table1 {
         let paper = |rebased: f64, printed: f64| {
             format!("{:+.1}% ({:+.1}%)", rebased * 100.0, printed * 100.0)
         };
         let (promotions_paper, promotions_sign, ads_paper, ads_sign) = match &row.paper {
+            Some(_) if row.is_baseline => (
+                "".to_string(),
+                "baseline".to_string(),
+                "".to_string(),
+                "baseline".to_string(),
+            ),
             Some(p) => (
                 paper(p.promotions_ap_change, p.promotions_ap_change_printed),
-                if row.is_baseline {
-                    "baseline"
-                } else {
-                    agreement(p.promotions_sign)
-                },
+                verdict_text(p.promotions_sign),
                 paper(p.ads_ap_change, p.ads_ap_change_printed),
-                if row.is_baseline {
-                    "baseline"
-                } else {
-                    agreement(p.ads_sign)
-                },
+                verdict_text(p.ads_sign),
             ),
             None => (
                 "no Table 1 row".into(),
-                "n/a",
+                "n/a".into(),
                 "no Table 1 row".into(),
-                "n/a",
+                "n/a".into(),
             ),
         };
         let _ = writeln!(
             md,
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            row.bundle,
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.experiment,
             if row.is_baseline { " (baseline)" } else { "" },
-            optional(row.promotions_ap, 4),
-            change(row.promotions_ap_change),
+            row.seeds.len(),
+            interval(row.promotions_ap, 4),
+            interval_change(row.promotions_ap_change),
             promotions_paper,
             promotions_sign,
-            optional(row.ads_ap, 4),
-            change(row.ads_ap_change),
+            interval(row.ads_ap, 4),
+            interval_change(row.ads_ap_change),
             ads_paper,
             ads_sign
         );
+    }
+    if report
+        .table1
+        .iter()
+        .any(|r| r.ads_ap_change_vs_ads_only.is_some())
+    {
+        let _ = writeln!(
+            md,
+            "\nThe same against ads-stream-only (the model trained on ad data alone):\n"
+        );
+        let _ = writeln!(
+            md,
+            "| experiment | Promotions AP change | Ads AP change |\n|---|---|---|"
+        );
+        for row in report
+            .table1
+            .iter()
+            .filter(|r| r.ads_ap_change_vs_ads_only.is_some())
+        {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} |",
+                row.experiment,
+                interval_change(row.promotions_ap_change_vs_ads_only),
+                interval_change(row.ads_ap_change_vs_ads_only)
+            );
+        }
     }
 
     let _ = writeln!(md, "\n## The paper's claims, checked\n");
@@ -421,22 +534,158 @@ pub fn markdown(report: &Report) -> String {
         "| claim | paper | measured | verdict |\n|---|---|---|---|"
     );
     for finding in &report.findings {
-        let verdict = if finding.verdict == "disagrees" {
-            "**disagrees**".to_string()
-        } else {
-            finding.verdict.clone()
-        };
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} |",
-            finding.claim, finding.paper, finding.measured, verdict
+            finding.claim,
+            finding.paper,
+            finding.measured,
+            verdict_text(finding.verdict)
         );
+    }
+
+    let _ = writeln!(md, "\n## By popularity group\n");
+    let group_header: String = TierGroup::ALL
+        .iter()
+        .map(|g| format!(" {} |", g.label()))
+        .collect();
+    let group_rule = "---|".repeat(TierGroup::ALL.len());
+    for kind in [CandidateKind::Promotion, CandidateKind::Ad] {
+        let rows: Vec<&TierRow> = report.tiers.iter().filter(|r| r.kind == kind).collect();
+        let Some(first) = rows.first() else {
+            continue;
+        };
+        let counts: Vec<String> = first
+            .cells
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} rows / {} streams",
+                    c.group.label(),
+                    c.rows,
+                    c.positives
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "### Pooled stream AP on {} ({})\n",
+            kind_title(kind),
+            counts.join(", ")
+        );
+        let _ = writeln!(md, "| experiment |{group_header}\n|---|{group_rule}");
+        for row in &rows {
+            let cells: String = row
+                .cells
+                .iter()
+                .map(|c| match c.ap {
+                    Some(ap) => format!(" {} |", interval(Some(ap), 4)),
+                    None if c.positives < stats::MIN_POSITIVES => {
+                        format!(" {} |", too_few(c.positives))
+                    }
+                    None => " n/a |".into(),
+                })
+                .collect();
+            let _ = writeln!(md, "| {} |{cells}", row.experiment);
+        }
+        let _ = writeln!(
+            md,
+            "\nRelative change of the pooled AP against {}:\n",
+            report.baseline
+        );
+        let _ = writeln!(md, "| experiment |{group_header}\n|---|{group_rule}");
+        for row in rows.iter().filter(|r| r.experiment != report.baseline) {
+            let cells: String = row
+                .cells
+                .iter()
+                .map(|c| {
+                    if c.positives < stats::MIN_POSITIVES {
+                        format!(" {} |", too_few(c.positives))
+                    } else {
+                        format!(" {} |", interval_change(c.change))
+                    }
+                })
+                .collect();
+            let _ = writeln!(md, "| {} |{cells}", row.experiment);
+        }
+        let _ = writeln!(
+            md,
+            "\nImpression-to-stream rate per group, predicted (mean served probability, first seed) / true (mean `p_stream`):\n"
+        );
+        let _ = writeln!(md, "| experiment |{group_header}\n|---|{group_rule}");
+        for row in &rows {
+            let cells: String = row
+                .cells
+                .iter()
+                .map(|c| format!(" {:.4} / {:.4} |", c.predicted_i2s, c.true_i2s))
+                .collect();
+            let _ = writeln!(md, "| {} |{cells}", row.experiment);
+        }
+        md.push('\n');
+    }
+
+    let replay = &report.replay;
+    let _ = writeln!(md, "## A/B replay\n");
+    let _ = writeln!(
+        md,
+        "{} ad opportunities of the test days, each with {} competing ads ({} candidates) drawn by the world's oracle for the same user, moment and slot. Each arm spends the same budget ({:.2} per replicate on average) choosing by {}; streams drawn from the true probabilities with common random numbers; {} replicates, each resampling the test users. Changes are paired per seed and replicate against {}.\n",
+        replay.opportunities,
+        replay.settings.candidates,
+        replay.candidates,
+        replay.budget,
+        match replay.settings.policy {
+            super::replay::ReplayPolicy::PerCost => "predicted stream probability per unit cost",
+            super::replay::ReplayPolicy::Probability => "predicted stream probability",
+        },
+        replay.settings.replicates,
+        replay.baseline
+    );
+    let _ = writeln!(
+        md,
+        "| arm | seeds | impressions | streams | spend | eCPS | eCPS change | i2s | i2s change |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for arm in &replay.arms {
+        let f = &arm.overall;
+        let _ = writeln!(
+            md,
+            "| {}{} | {} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {} |",
+            arm.label,
+            if arm.reference { " (reference)" } else { "" },
+            arm.seeds,
+            f.impressions,
+            f.streams,
+            f.spend,
+            interval(f.ecps, 3),
+            interval_change(f.ecps_change),
+            interval(f.i2s, 4),
+            interval_change(f.i2s_change)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\neCPS / i2s change per group of the chosen ad's show against {} (paper, online, MTL against production: tier 3 CPS -20% / i2s +27%, tier 4 -24% / +33%, tier 5 -38% / +60%):\n",
+        replay.baseline
+    );
+    let _ = writeln!(md, "| arm |{group_header}\n|---|{group_rule}");
+    for arm in &replay.arms {
+        let cells: String = arm
+            .groups
+            .iter()
+            .map(|f| {
+                format!(
+                    " {} / {} |",
+                    interval_change(f.ecps_change),
+                    interval_change(f.i2s_change)
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "| {} |{cells}", arm.label);
     }
 
     let _ = writeln!(md, "\n## Every head\n");
     let _ = writeln!(
         md,
-        "Calibrated probabilities as served; ECE over {} equal-mass bins.\n",
+        "Calibrated probabilities as served, per bundle (each seed); ECE over {} equal-mass bins.\n",
         super::metrics::RELIABILITY_BINS
     );
     let _ = writeln!(
@@ -460,147 +709,6 @@ pub fn markdown(report: &Report) -> String {
                 h.observed_rate
             );
         }
-    }
-
-    let _ = writeln!(md, "\n## By popularity tier\n");
-    let tier_header = (0..TIERS)
-        .map(|t| format!(" tier {t} |"))
-        .collect::<String>();
-    let tier_rule = "---|".repeat(TIERS);
-    for kind in [CandidateKind::Promotion, CandidateKind::Ad] {
-        let counts = data
-            .test_rows_by_tier
-            .get(kind.as_str())
-            .cloned()
-            .unwrap_or_default();
-        let _ = writeln!(
-            md,
-            "### Stream AP on {} (test rows per tier: {:?})\n",
-            kind_title(kind),
-            counts
-        );
-        let _ = writeln!(md, "| bundle |{tier_header}\n|---|{tier_rule}");
-        for b in &report.bundles {
-            let cells: String = b
-                .tiers
-                .iter()
-                .filter(|t| t.kind == kind)
-                .map(|t| format!(" {} |", optional(t.ap, 4)))
-                .collect();
-            let _ = writeln!(md, "| {} |{cells}", b.label);
-        }
-        let _ = writeln!(
-            md,
-            "\nRelative AP change against {} per tier, and the paper's grouping (0-2 high-stream, 3-5 low-stream):\n",
-            report.baseline
-        );
-        let _ = writeln!(
-            md,
-            "| bundle |{tier_header} tiers 0-2 | tiers 3-5 |\n|---|{tier_rule}---|---|"
-        );
-        for gain in report.tier_gains.iter().filter(|g| g.kind == kind) {
-            let cells: String = gain
-                .per_tier
-                .iter()
-                .map(|c| format!(" {} |", change(*c)))
-                .collect();
-            let _ = writeln!(
-                md,
-                "| {} |{cells} {} | {} |",
-                gain.bundle,
-                change(gain.high_stream_tiers_0_2),
-                change(gain.low_stream_tiers_3_5)
-            );
-        }
-        let _ = writeln!(
-            md,
-            "\nImpression-to-stream rate per tier, predicted (mean served probability) / observed (logged) / true (mean `p_stream`):\n"
-        );
-        let _ = writeln!(md, "| bundle |{tier_header}\n|---|{tier_rule}");
-        for b in &report.bundles {
-            let cells: String = b
-                .tiers
-                .iter()
-                .filter(|t| t.kind == kind)
-                .map(|t| {
-                    format!(
-                        " {:.4} / {:.4} / {:.4} |",
-                        t.predicted_i2s, t.observed_i2s, t.true_i2s
-                    )
-                })
-                .collect();
-            let _ = writeln!(md, "| {} |{cells}", b.label);
-        }
-        md.push('\n');
-    }
-
-    let replay = &report.replay;
-    let _ = writeln!(md, "## eCPS replay (offline budget split)\n");
-    let _ = writeln!(
-        md,
-        "{} auctions ({} candidates; {}). Each arm spends the same budget of {:.2} choosing by {}; streams drawn from the world's true probabilities with common random numbers; {} seeds, intervals are mean ± 1.96 sd/sqrt(n). Changes are paired per seed against {}.\n",
-        replay.auctions,
-        replay.candidates,
-        replay.grouping,
-        replay.budget,
-        match replay.settings.policy {
-            super::replay::ReplayPolicy::PerCost => "predicted stream probability per unit cost",
-            super::replay::ReplayPolicy::Probability => "predicted stream probability",
-        },
-        replay.settings.seeds,
-        replay.baseline
-    );
-    let _ = writeln!(
-        md,
-        "| arm | impressions | streams | spend | eCPS | eCPS change | i2s | i2s change |\n|---|---|---|---|---|---|---|---|"
-    );
-    for arm in &replay.arms {
-        let _ = writeln!(
-            md,
-            "| {}{} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {} |",
-            arm.label,
-            if arm.reference { " (reference)" } else { "" },
-            arm.impressions,
-            arm.streams,
-            arm.spend,
-            interval(arm.ecps, 3),
-            interval_change(arm.ecps_change),
-            interval(arm.i2s, 4),
-            interval_change(arm.i2s_change)
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\neCPS per tier of the chosen ad's show (n/a: no stream bought in that tier):\n"
-    );
-    let _ = writeln!(md, "| arm |{tier_header}\n|---|{tier_rule}");
-    for arm in &replay.arms {
-        let cells: String = arm
-            .tiers
-            .iter()
-            .map(|t| format!(" {} |", interval(t.ecps, 2)))
-            .collect();
-        let _ = writeln!(md, "| {} |{cells}", arm.label);
-    }
-    let _ = writeln!(
-        md,
-        "\neCPS and i2s change per tier against {} (paper, online, MTL against production: tier 3 CPS -20% / i2s +27%, tier 4 -24% / +33%, tier 5 -38% / +60%):\n",
-        replay.baseline
-    );
-    let _ = writeln!(md, "| arm |{tier_header}\n|---|{tier_rule}");
-    for arm in replay.arms.iter().filter(|a| !a.reference) {
-        let cells: String = arm
-            .tiers
-            .iter()
-            .map(|t| {
-                format!(
-                    " {} / {} |",
-                    change(t.ecps_change.map(|i| i.mean)),
-                    change(t.i2s_change.map(|i| i.mean))
-                )
-            })
-            .collect();
-        let _ = writeln!(md, "| {} |{cells}", arm.label);
     }
 
     let _ = writeln!(md, "\n## Plots\n");
