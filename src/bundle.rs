@@ -108,6 +108,17 @@ pub struct GoldenScores {
     pub follow: Option<f64>,
 }
 
+impl GoldenScores {
+    pub fn get(&self, field: ResponseField) -> Option<f64> {
+        match field {
+            ResponseField::Stream => self.stream,
+            ResponseField::Click => self.click,
+            ResponseField::Like => self.like,
+            ResponseField::Follow => self.follow,
+        }
+    }
+}
+
 /// A request in the `/score` JSON format, with every feature inline so that it does not
 /// depend on a feature store, and what the bundle must answer for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -108,6 +108,11 @@ pub fn rows(scope: Scope) -> Dim {
     }
 }
 
+/// The shape of the one output: a row of `heads` logits per candidate.
+pub fn output_shape(heads: usize) -> [Dim; 2] {
+    [rows(Scope::Candidate), Dim::Fixed(heads)]
+}
+
 /// `request_ids`, `candidate_bag_mask`, ...
 pub fn input_name(scope: Scope, part: Part) -> String {
     format!("{}_{}", scope.as_str(), part.suffix())

@@ -18,6 +18,8 @@
 //!
 //! ## Code map
 //!
+//! Domain (no HTTP, no async runtime):
+//!
 //! - [`entities`]: raw records (user, show, episode, context, creative), defined once each
 //!   with their overlay (inline fields win over stored ones, field by field), and the
 //!   per-request and per-candidate views of them.
@@ -27,37 +29,51 @@
 //!   [`features::Assembler`] that turns views into model tensors.
 //! - [`graph`]: the graph contract: input names, scopes, parts, element types and shapes,
 //!   the output, the candidate dimension, the embedding-rows metadata, and the layout of
-//!   features onto inputs.
-//! - [`logs`]: the Parquet formats of impression logs and the feature snapshot.
-//! - [`dataset`]: the logs as learning data: the day split and the entity views of an
-//!   impression, shared by the trainer and the evaluator.
-//! - [`world`]: `podscore simulate`, the synthetic world.
+//!   features onto inputs ([`graph::lay_out`]).
 //! - [`bundle`]: model bundles on disk: manifest, vocabularies, ONNX bytes, discovery, and
 //!   [`bundle::Heads`], the one rule of head selection by kind and calibration.
 //! - [`onnx`]: writes the network as a standard ONNX graph.
 //! - [`model`]: the network's forward pass in plain Rust, the reference for parity tests.
 //! - [`runtime`]: runs a bundle's graph in tract with plans optimized per size bucket.
+//! - [`logs`]: the Parquet formats of impression logs and the feature snapshot.
+//! - [`dataset`]: the logs as learning data: the day split and the entity views of an
+//!   impression, shared by the trainer and the evaluator.
 //! - [`quality`]: average precision, ROC AUC, calibration error and Platt scaling.
-//! - `train` (feature `train`): the candle trainer in four phases (scan, fit, calibrate,
-//!   package), its sampler, network and optimizer.
-//! - `eval` (feature `train`): offline evaluation and `podscore reproduce`.
-//! - [`store`]: feature stores: the in-memory snapshot behind a trait Redis can implement.
-//! - [`scoring`]: the `/score` request and response types, validation, the loaded
-//!   [`scoring::Model`], and scoring one validated request; also golden checks.
-//! - [`metrics`]: the Prometheus registry and every metric the service exports.
-//! - [`api`]: the HTTP layer (axum): routes, extractors, the one error-to-status table.
-//! - [`serve`]: `podscore serve` and `podscore score`: configuration and lifecycle.
+//!
+//! Commands and serving:
+//!
+//! - [`world`]: `podscore simulate`, the synthetic world.
+//! - [`store`]: feature stores: the in-memory snapshot behind a trait Redis can implement,
+//!   and the timeout that turns a slow store into the cold-start path.
+//! - [`service`]: the service layer between the front ends and the domain: the pipeline
+//!   [`service::Service::score`] (`validate`, `lookup`, `infer`, `respond`, one file
+//!   each), the served `models` and their `reload` and `golden` checks, `admission` (the
+//!   inference bound), the `request` and response types, and the `metrics`. It knows
+//!   nothing of HTTP.
+//! - [`api`]: the HTTP front end (axum): the router, `error` (the one table of statuses
+//!   and wire codes), `extract` (JSON body, deadline header), one file per route family.
+//!   It knows nothing of tract or the store's internals.
+//! - [`serve`]: `podscore serve` and `podscore score`: flags, building the service, the
+//!   server's lifecycle.
 //! - [`healthcheck`]: `podscore healthcheck`, the container image's readiness probe.
+//! - `train` (feature `train`): the candle trainer in four phases (`scan`, `fit`,
+//!   `calibrate`, `package`), its sampler, network and optimizer.
+//! - `eval` (feature `train`): offline evaluation and `podscore reproduce`.
+//!
+//! Each module imports only modules listed above it (the domain list comes first), so no
+//! two modules import each other; a test in `tests/layout.rs` holds the code to this.
 //!
 //! ## Invariants
 //!
 //! - The server reads feature and head names only from the manifest.
 //! - The trainer, the evaluator and the server use the same assembly code
-//!   ([`features::Assembler`]); training-serving skew is designed out.
+//!   ([`features::Assembler`]) and the same head selection ([`bundle::Heads`]);
+//!   training-serving skew is designed out.
 //! - A model that fails to load, or whose golden outputs do not match, never replaces the
 //!   one being served.
 //! - tract runs off the async runtime, behind a bound; overload answers 503 at once.
-//! - Only [`api`] knows HTTP and JSON error formats; domain modules return typed errors.
+//! - Only [`api`] knows HTTP and JSON error formats; domain modules and the service
+//!   return typed errors.
 //! - Assembly never emits an id outside its vocabulary, so tract's Gather cannot panic.
 
 pub mod api;
@@ -70,13 +86,12 @@ pub mod features;
 pub mod graph;
 pub mod healthcheck;
 pub mod logs;
-pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod quality;
 pub mod runtime;
-pub mod scoring;
 pub mod serve;
+pub mod service;
 pub mod store;
 #[cfg(feature = "train")]
 pub mod train;

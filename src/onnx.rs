@@ -31,7 +31,7 @@ use tract_onnx::pb::tensor_proto::DataType;
 
 use crate::bundle::Manifest;
 use crate::features::{FeatureSpec, Kind, Scope, ScopeWidths, Transform, Vocabularies};
-use crate::graph::{self, CANDIDATES_DIM, Dim, Element, OUTPUT_NAME, Part};
+use crate::graph::{self, Dim, Element, OUTPUT_NAME, Part};
 
 /// ONNX operator set the graph is written against. 13 is the first with `ReduceSum` and
 /// `Unsqueeze` taking their axes as inputs, which tract, ONNX Runtime and the checker
@@ -412,7 +412,7 @@ pub fn export(manifest: &Manifest, weights: &Weights) -> Result<Vec<u8>, ExportE
     let output = value_info(
         OUTPUT_NAME,
         Element::Float32,
-        &[Dim::Symbolic(CANDIDATES_DIM), Dim::Fixed(heads.len())],
+        &graph::output_shape(heads.len()),
     );
 
     let model = pb::ModelProto {

@@ -18,15 +18,15 @@ use common::{
 use podscore::api;
 use podscore::bundle::{Bundle, GoldenScores};
 use podscore::runtime::RuntimeConfig;
-use podscore::scoring::{GOLDEN_TOLERANCE, ScoreResponse};
-use podscore::serve::{AppState, Reloader};
+use podscore::service::golden::GOLDEN_TOLERANCE;
+use podscore::service::request::ScoreResponse;
+use podscore::service::{self, Reloader, Service};
 use podscore::store::{FeatureStore, LookupFuture, LookupKeys};
 
 fn served_version(server: &TestServer) -> Option<u32> {
     server
-        .state
-        .models
-        .load_full()
+        .service
+        .models()
         .models
         .get(MODEL)
         .map(|model| model.version())
@@ -80,14 +80,19 @@ async fn golden_requests_score_over_http_as_the_manifest_says() {
 async fn shipped_bundle_scores_over_http_as_the_trained_model() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let store = podscore::store::SnapshotStore::open(&root.join("models/demo-features")).unwrap();
-    let state = AppState::new(podscore::api::Config::default(), Arc::new(store), 2).unwrap();
+    let config = service::Config {
+        max_inflight: 2,
+        ..service::Config::default()
+    };
+    let service = Service::new(config, Arc::new(store)).unwrap();
     Reloader::new(&root.join("models"), None)
-        .reload(&state)
+        .reload(&service)
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(podscore::serve::serve(listener, state, async {
+    let app = api::app(service, api::Config::default());
+    let running = tokio::spawn(podscore::serve::serve(listener, app, async {
         let _ = stopped.await;
     }));
     let client = reqwest::Client::new();
@@ -268,12 +273,15 @@ fn with_candidates(candidates: Value) -> String {
 #[tokio::test]
 async fn bad_input_gets_its_status_and_error_body() {
     let server = TestServer::start(Setup {
-        config: api::Config {
-            max_body_bytes: 4096,
-            limits: podscore::scoring::Limits {
+        service: service::Config {
+            limits: podscore::service::validate::Limits {
                 max_candidates: 3,
                 ..Default::default()
             },
+            ..Setup::default().service
+        },
+        api: api::Config {
+            max_body_bytes: 4096,
             ..api::Config::default()
         },
         ..Setup::default()
@@ -598,11 +606,18 @@ async fn passed_deadline_answers_504() {
 #[tokio::test]
 async fn overload_answers_503_with_retry_after() {
     let server = TestServer::start(Setup {
-        max_inflight: 1,
+        service: service::Config {
+            max_inflight: 1,
+            ..Setup::default().service
+        },
         ..Setup::default()
     });
     let app = server.app();
-    let slot = server.state.inference.try_acquire().expect("one free slot");
+    let slot = server
+        .service
+        .admission()
+        .try_admit()
+        .expect("one free slot");
     let started = std::time::Instant::now();
     let reply = score(&app, &stored_request()).await;
     assert!(
@@ -635,7 +650,10 @@ async fn overload_answers_503_with_retry_after() {
 #[tokio::test]
 async fn zero_inference_slots_shed_scoring_but_not_health() {
     let server = TestServer::start(Setup {
-        max_inflight: 0,
+        service: service::Config {
+            max_inflight: 0,
+            ..Setup::default().service
+        },
         ..Setup::default()
     });
     let app = server.app();
@@ -749,15 +767,16 @@ impl FeatureStore for HangingStore {
 async fn slow_store_falls_back_to_cold_start_with_a_metric() {
     let models = tempfile::TempDir::new().unwrap();
     common::write_bundle(models.path(), MODEL, 1, 8, Golden::Correct);
-    let config = api::Config {
+    let config = service::Config {
         store_timeout: Duration::from_millis(10),
-        ..api::Config::default()
+        max_inflight: 2,
+        ..service::Config::default()
     };
-    let state = AppState::new(config, Arc::new(HangingStore), 2).unwrap();
+    let service = Service::new(config, Arc::new(HangingStore)).unwrap();
     Reloader::with_runtime(models.path(), None, common::runtime_config())
-        .reload(&state)
+        .reload(&service)
         .unwrap();
-    let app = api::app(state);
+    let app = api::app(service, api::Config::default());
     let reply = score(&app, &stored_request()).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let body = reply.json();
@@ -907,7 +926,7 @@ async fn wrong_golden_bundle_is_refused_and_the_good_one_keeps_serving() {
     assert_eq!(listed["models"][0]["version"], json!(1));
 
     common::write_bundle(server.dir(), MODEL, 3, 99, Golden::Wrong);
-    let report = server.reloader.reload(&server.state).unwrap();
+    let report = server.reloader.reload(&server.service).unwrap();
     assert!(report.loaded.is_empty());
     assert_eq!(
         served_version(&server),
@@ -917,7 +936,7 @@ async fn wrong_golden_bundle_is_refused_and_the_good_one_keeps_serving() {
     assert_eq!(score(&app, &stored_request()).await.status, StatusCode::OK);
 
     common::write_bundle(server.dir(), MODEL, 4, 100, Golden::Correct);
-    let report = server.reloader.reload(&server.state).unwrap();
+    let report = server.reloader.reload(&server.service).unwrap();
     assert_eq!(report.loaded, [(MODEL.to_string(), 4)]);
     assert_eq!(served_version(&server), Some(4));
     let body = score(&app, &stored_request()).await.json();
@@ -954,7 +973,7 @@ async fn unloadable_bundle_is_refused() {
     let server = TestServer::start(Setup::default());
     let dir = common::write_bundle(server.dir(), MODEL, 2, 5, Golden::Correct);
     std::fs::write(dir.join("model.onnx"), b"not a graph").unwrap();
-    let report = server.reloader.reload(&server.state).unwrap();
+    let report = server.reloader.reload(&server.service).unwrap();
     assert_eq!(report.failed.len(), 1);
     assert_eq!(served_version(&server), Some(1));
 }
@@ -1036,13 +1055,9 @@ async fn real_listener_serves_and_shuts_down() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(podscore::serve::serve(
-        listener,
-        server.state.clone(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let running = tokio::spawn(podscore::serve::serve(listener, server.app(), async {
+        let _ = stopped.await;
+    }));
     let client = reqwest::Client::new();
     let response = client
         .post(format!("http://{address}/score"))
@@ -1075,7 +1090,7 @@ async fn real_listener_serves_and_shuts_down() {
 
 static FUZZ: LazyLock<(TestServer, tokio::runtime::Runtime)> = LazyLock::new(|| {
     let server = TestServer::start(Setup {
-        config: api::Config {
+        api: api::Config {
             max_body_bytes: 64 * 1024,
             ..api::Config::default()
         },

@@ -12,7 +12,7 @@ use podscore::entities::CandidateKind;
 use podscore::features::{self, Assembler, FeatureSpec, Kind, RawValue, ScopeTensors};
 use podscore::model::testing::{self, VocabularySizes};
 use podscore::runtime::{Runtime, RuntimeConfig};
-use podscore::scoring::Model;
+use podscore::service::Model;
 use podscore::train::adam::Adam;
 use podscore::train::network::Network;
 use podscore::train::{self, MaskMode, TrainArgs, Variant};

@@ -16,7 +16,8 @@ use crate::entities::{CandidateKind, CandidateView, ContextRecord, CreativeRecor
 use crate::features::Assembler;
 use crate::logs::{Impression, Snapshot};
 use crate::runtime::RuntimeConfig;
-use crate::scoring::{CandidateInput, ContextInput, Model, ScoreRequest};
+use crate::service::Model;
+use crate::service::request::{CandidateInput, ContextInput, ScoreRequest};
 
 use super::Run;
 use super::calibrate::Calibrated;

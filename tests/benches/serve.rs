@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::Request;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use podscore::api;
-use podscore::serve::{AppState, Reloader};
+use podscore::service::{self, Reloader, Service};
 use podscore::store::SnapshotStore;
 use serde_json::json;
 use tower::ServiceExt;
@@ -57,11 +57,15 @@ fn score_100(c: &mut Criterion) {
         .build()
         .unwrap();
     let store = Arc::new(SnapshotStore::open(&features).expect("demo features"));
-    let state = AppState::new(api::Config::default(), store, 2).expect("state");
+    let config = service::Config {
+        max_inflight: 2,
+        ..service::Config::default()
+    };
+    let service = Service::new(config, store).expect("service");
     Reloader::new(&root.join("models"), None)
-        .reload(&state)
+        .reload(&service)
         .expect("load the shipped bundle");
-    let app = api::app(state);
+    let app = api::app(service, api::Config::default());
     let body = request_body(&features);
 
     let mut group = c.benchmark_group("score_e2e");

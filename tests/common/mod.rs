@@ -21,8 +21,7 @@ use podscore::logs::Snapshot;
 use podscore::model::testing::{self, VocabularySizes};
 use podscore::onnx;
 use podscore::runtime::RuntimeConfig;
-use podscore::scoring::{self, Model};
-use podscore::serve::{AppState, Reloader};
+use podscore::service::{self, Model, Reloader, Service};
 use podscore::store::SnapshotStore;
 
 /// Name of the model every test serves.
@@ -105,8 +104,8 @@ pub fn write_bundle(root: &Path, name: &str, version: u32, seed: u64, golden: Go
         &runtime_config(),
     )
     .expect("random bundles load");
-    let mut cases =
-        scoring::golden_cases(&unchecked, &golden_requests()).expect("golden requests score");
+    let mut cases = service::golden::golden_cases(&unchecked, &golden_requests())
+        .expect("golden requests score");
     if golden == Golden::Wrong {
         let first = &mut cases[0].expected[0];
         first.stream = first
@@ -171,8 +170,8 @@ pub fn snapshot() -> Snapshot {
 /// How a test server is set up.
 #[derive(Debug, Clone)]
 pub struct Setup {
-    pub config: api::Config,
-    pub max_inflight: usize,
+    pub service: service::Config,
+    pub api: api::Config,
     /// `(version, golden)` of each bundle of [`MODEL`] to write before start.
     pub bundles: Vec<(u32, Golden)>,
     pub store: bool,
@@ -182,8 +181,11 @@ pub struct Setup {
 impl Default for Setup {
     fn default() -> Setup {
         Setup {
-            config: api::Config::default(),
-            max_inflight: 4,
+            service: service::Config {
+                max_inflight: 4,
+                ..service::Config::default()
+            },
+            api: api::Config::default(),
             bundles: vec![(1, Golden::Correct)],
             store: true,
             runtime: runtime_config(),
@@ -191,9 +193,10 @@ impl Default for Setup {
     }
 }
 
-/// A state over bundles in a temporary models directory, loaded as `serve` loads them.
+/// A service over bundles in a temporary models directory, loaded as `serve` loads them.
 pub struct TestServer {
-    pub state: AppState,
+    pub service: Service,
+    pub api: api::Config,
     pub reloader: Arc<Reloader>,
     pub models: TempDir,
 }
@@ -215,23 +218,23 @@ impl TestServer {
         } else {
             SnapshotStore::empty()
         };
-        let state =
-            AppState::new(setup.config, Arc::new(store), setup.max_inflight).expect("state builds");
+        let service = Service::new(setup.service, Arc::new(store)).expect("service builds");
         let reloader = Arc::new(Reloader::with_runtime(
             models.path(),
             None,
             setup.runtime.clone(),
         ));
-        reloader.reload(&state).expect("models directory lists");
+        reloader.reload(&service).expect("models directory lists");
         TestServer {
-            state,
+            service,
+            api: setup.api,
             reloader,
             models,
         }
     }
 
     pub fn app(&self) -> Router {
-        api::app(self.state.clone())
+        api::app(self.service.clone(), self.api.clone())
     }
 
     pub fn dir(&self) -> &Path {

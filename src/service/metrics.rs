@@ -5,7 +5,14 @@
 //! codes, stage, entity, kind, response field) or from the bundles being served (model
 //! name and version): never ids from requests.
 //!
+//! One registry holds every family, so that `/metrics` renders them all: the pipeline's
+//! (stages, look-ups, cold starts, probabilities, shedding, models) are fed by the service,
+//! the request families (by route and status, latency, in flight) by the HTTP front end,
+//! which alone knows routes and statuses.
+//!
 //! This module knows nothing of HTTP or the model; callers say what happened.
+
+use std::time::Duration;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -14,7 +21,7 @@ use prometheus::{
 
 use crate::bundle::ResponseField;
 use crate::entities::CandidateKind;
-use crate::scoring::CandidateScores;
+use crate::service::request::CandidateScores;
 use crate::store::{Fallback, LookupKeys, StoreRecords};
 
 /// Latency buckets, 50 µs to 1 s: a snapshot lookup or a small batch takes tens of
@@ -32,6 +39,49 @@ pub const CANDIDATE_BUCKETS: [f64; 11] = [
 pub const PROBABILITY_BUCKETS: [f64; 12] = [
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0,
 ];
+
+/// A stage of `POST /score`, as the stage histogram labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Decoding and validating the body.
+    Decode,
+    /// Feature look-up and assembly.
+    Features,
+    Inference,
+    /// Encoding the response.
+    Encode,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Features => "features",
+            Stage::Inference => "inference",
+            Stage::Encode => "encode",
+        }
+    }
+}
+
+/// Why a request was answered at once without scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// Every inference slot was taken.
+    Overloaded,
+    /// No model is loaded.
+    NotReady,
+}
+
+impl ShedReason {
+    pub const ALL: [ShedReason; 2] = [ShedReason::Overloaded, ShedReason::NotReady];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::Overloaded => "overloaded",
+            ShedReason::NotReady => "not_ready",
+        }
+    }
+}
 
 /// Outcome of loading one bundle at start or on reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +235,18 @@ impl Metrics {
         String::from_utf8(buffer).map_err(|error| prometheus::Error::Msg(error.to_string()))
     }
 
+    pub fn observe_stage(&self, stage: Stage, duration: Duration) {
+        self.stage_duration
+            .with_label_values(&[stage.as_str()])
+            .observe(duration.as_secs_f64());
+    }
+
+    pub fn observe_shed(&self, reason: ShedReason) {
+        self.shed_requests
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
     /// Counts each requested key as a hit or a miss, or all as errors when the store
     /// failed and the request fell back.
     pub fn observe_lookups(
@@ -268,8 +330,8 @@ impl Metrics {
         for outcome in [ReloadOutcome::Loaded, ReloadOutcome::Failed] {
             self.model_reloads.with_label_values(&[outcome.as_str()]);
         }
-        for reason in ["overloaded", "not_ready"] {
-            self.shed_requests.with_label_values(&[reason]);
+        for reason in ShedReason::ALL {
+            self.shed_requests.with_label_values(&[reason.as_str()]);
         }
         for fallback in [Fallback::Timeout, Fallback::Error] {
             self.store_fallbacks.with_label_values(&[fallback.as_str()]);

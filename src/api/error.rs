@@ -1,0 +1,260 @@
+//! Every way an HTTP request can fail, and [`ErrorCode::describe`]: the one table of wire
+//! codes and statuses. Codes are part of the API: the README's error table, the OpenAPI
+//! document's `enum` and the tests read them from here.
+//!
+//! Client errors keep their status; internal ones become a generic 500 body, their detail
+//! carried to the request log by [`InternalDetail`], never sent.
+
+use axum::Json;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::service::ServiceError;
+use crate::service::validate::{InvalidField, InvalidReason};
+
+use super::RETRY_AFTER_SECONDS;
+
+/// A wire error code. [`ErrorCode::describe`] gives each its status and name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    MalformedJson,
+    InvalidHeader,
+    BodyTooLarge,
+    UnsupportedMediaType,
+    MissingField,
+    WrongType,
+    UnknownField,
+    EmptyCandidates,
+    TooManyCandidates,
+    UnknownKind,
+    UnknownModel,
+    NotFinite,
+    StringTooLong,
+    ListTooLong,
+    InvalidTimestamp,
+    WrongDimension,
+    InvalidValue,
+    NotFound,
+    ModelNotFound,
+    MethodNotAllowed,
+    Overloaded,
+    NotReady,
+    DeadlineExceeded,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 24] = [
+        ErrorCode::MalformedJson,
+        ErrorCode::InvalidHeader,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::MissingField,
+        ErrorCode::WrongType,
+        ErrorCode::UnknownField,
+        ErrorCode::EmptyCandidates,
+        ErrorCode::TooManyCandidates,
+        ErrorCode::UnknownKind,
+        ErrorCode::UnknownModel,
+        ErrorCode::NotFinite,
+        ErrorCode::StringTooLong,
+        ErrorCode::ListTooLong,
+        ErrorCode::InvalidTimestamp,
+        ErrorCode::WrongDimension,
+        ErrorCode::InvalidValue,
+        ErrorCode::NotFound,
+        ErrorCode::ModelNotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Overloaded,
+        ErrorCode::NotReady,
+        ErrorCode::DeadlineExceeded,
+        ErrorCode::Internal,
+    ];
+
+    /// The one table: status and wire code of every error.
+    pub fn describe(self) -> (StatusCode, &'static str) {
+        use ErrorCode::*;
+        match self {
+            MalformedJson => (StatusCode::BAD_REQUEST, "malformed_json"),
+            InvalidHeader => (StatusCode::BAD_REQUEST, "invalid_header"),
+            BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            MissingField => (StatusCode::UNPROCESSABLE_ENTITY, "missing_field"),
+            WrongType => (StatusCode::UNPROCESSABLE_ENTITY, "wrong_type"),
+            UnknownField => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_field"),
+            EmptyCandidates => (StatusCode::UNPROCESSABLE_ENTITY, "empty_candidates"),
+            TooManyCandidates => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_candidates"),
+            UnknownKind => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_kind"),
+            UnknownModel => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_model"),
+            NotFinite => (StatusCode::UNPROCESSABLE_ENTITY, "not_finite"),
+            StringTooLong => (StatusCode::UNPROCESSABLE_ENTITY, "string_too_long"),
+            ListTooLong => (StatusCode::UNPROCESSABLE_ENTITY, "list_too_long"),
+            InvalidTimestamp => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_timestamp"),
+            WrongDimension => (StatusCode::UNPROCESSABLE_ENTITY, "wrong_dimension"),
+            InvalidValue => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
+            NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ModelNotFound => (StatusCode::NOT_FOUND, "model_not_found"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The code of an invalid field's reason.
+    fn of_reason(reason: InvalidReason) -> ErrorCode {
+        match reason {
+            InvalidReason::MissingField => ErrorCode::MissingField,
+            InvalidReason::WrongType => ErrorCode::WrongType,
+            InvalidReason::UnknownField => ErrorCode::UnknownField,
+            InvalidReason::EmptyCandidates => ErrorCode::EmptyCandidates,
+            InvalidReason::TooManyCandidates => ErrorCode::TooManyCandidates,
+            InvalidReason::UnknownKind => ErrorCode::UnknownKind,
+            InvalidReason::NotFinite => ErrorCode::NotFinite,
+            InvalidReason::StringTooLong => ErrorCode::StringTooLong,
+            InvalidReason::ListTooLong => ErrorCode::ListTooLong,
+            InvalidReason::InvalidTimestamp => ErrorCode::InvalidTimestamp,
+            InvalidReason::WrongDimension => ErrorCode::WrongDimension,
+            InvalidReason::InvalidValue => ErrorCode::InvalidValue,
+        }
+    }
+}
+
+/// Every way a request can fail over HTTP: the wire's own failures, and the service's.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed JSON: {0}")]
+    MalformedBody(String),
+    #[error("{message}")]
+    InvalidHeader {
+        header: &'static str,
+        message: String,
+    },
+    #[error("unsupported content type {0}; send application/json")]
+    UnsupportedMediaType(String),
+    #[error("request body over {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    /// A body that decodes as JSON but not as the request type.
+    #[error("{0}")]
+    Invalid(InvalidField),
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("no model named `{0}` is served")]
+    ModelNotFound(String),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+impl ApiError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::MalformedBody(_) => ErrorCode::MalformedJson,
+            ApiError::InvalidHeader { .. } => ErrorCode::InvalidHeader,
+            ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ApiError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            ApiError::Invalid(invalid) => ErrorCode::of_reason(invalid.reason),
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::ModelNotFound(_) => ErrorCode::ModelNotFound,
+            ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            ApiError::Service(error) => match error {
+                ServiceError::Invalid(invalid) => ErrorCode::of_reason(invalid.reason),
+                ServiceError::UnknownModel(_) => ErrorCode::UnknownModel,
+                ServiceError::NotReady => ErrorCode::NotReady,
+                ServiceError::Overloaded => ErrorCode::Overloaded,
+                ServiceError::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+                ServiceError::Internal(_) => ErrorCode::Internal,
+            },
+        }
+    }
+
+    /// Status and wire code, from [`ErrorCode::describe`].
+    pub fn describe(&self) -> (StatusCode, &'static str) {
+        self.code().describe()
+    }
+
+    /// The field the error is about, as a path into the body (or the header's name).
+    pub fn field(&self) -> Option<&str> {
+        let invalid = match self {
+            ApiError::Invalid(invalid) | ApiError::Service(ServiceError::Invalid(invalid)) => {
+                invalid
+            }
+            ApiError::Service(ServiceError::UnknownModel(_)) => return Some("model"),
+            ApiError::InvalidHeader { header, .. } => return Some(header),
+            _ => return None,
+        };
+        (!invalid.field.is_empty()).then_some(invalid.field.as_str())
+    }
+
+    /// The `{"error": {...}}` body.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, code) = self.describe();
+        let message = match self {
+            ApiError::Service(ServiceError::Internal(_)) => "internal error".to_string(),
+            other => other.to_string(),
+        };
+        json!({"error": {"code": code, "message": message, "field": self.field()}})
+    }
+}
+
+impl From<InvalidField> for ApiError {
+    fn from(invalid: InvalidField) -> ApiError {
+        ApiError::Invalid(invalid)
+    }
+}
+
+/// Carries an internal error's detail to the request log, which writes it with the
+/// request id.
+#[derive(Debug, Clone)]
+pub struct InternalDetail(pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _) = self.describe();
+        let mut response = (status, Json(self.body())).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if let ApiError::Service(ServiceError::Internal(detail)) = self {
+            response.extensions_mut().insert(InternalDetail(detail));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Wire codes are unique, and the README's error table lists every one under its
+    /// status: the table here is the one source.
+    #[test]
+    fn every_code_is_unique_and_documented_under_its_status() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("### Errors")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .expect("the README has an Errors section");
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let (status, name) = code.describe();
+            assert!(seen.insert(name), "{name} twice");
+            let row = section
+                .lines()
+                .find(|line| line.starts_with('|') && line.contains(&format!("`{name}`")))
+                .unwrap_or_else(|| panic!("{name} is not in the README's error table"));
+            let statuses = row.split('|').nth(1).unwrap_or_default();
+            assert!(
+                statuses.contains(status.as_str()),
+                "{name}: the README says {statuses}, the table {status}"
+            );
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The HTTP front end (axum): [`app`], the router, testable with `oneshot` and no socket;
+//! [`error`], every failure and the one table of statuses and wire codes; [`extract`],
+//! the JSON body and the deadline header; then one file per route family: [`score`]
+//! (`POST /score`), `health` (`/healthz`, `/readyz`, `/metrics`), `models`
+//! (`/v1/models`), `kserve` (the Open Inference Protocol's REST routes), `openapi`
+//! (`/openapi.json`), and `observe`, the request log and metrics around every route.
+//!
+//! This is the only module that knows HTTP and the JSON wire details (field paths of
+//! decode errors, `Server-Timing`, `Retry-After`). It knows nothing of tract or the
+//! store's internals: handlers decode, call the service ([`crate::service`]), and encode.
+
+pub mod error;
+pub mod extract;
+mod health;
+mod kserve;
+mod models;
+mod observe;
+mod openapi;
+pub mod score;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderName;
+use axum::routing::{get, post};
+use axum::{Router, middleware};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::service::Service;
+
+use error::ApiError;
+
+/// Request bodies up to 2 MiB: a full request of 1000 candidates, each with its show
+/// inline, stays under it; far larger bodies are mistakes or abuse.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// A request's deadline when it sends none, and the longest it may ask for: an ad
+/// server's auction is long over after a second.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 1_000;
+/// What 503 answers ask clients to wait: overload at these latencies clears within a
+/// second, and a not-ready server is usually loading a model.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+/// The header carrying a request's deadline, relative, in milliseconds.
+pub const REQUEST_TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The HTTP front end's configuration; the pipeline's is the service's.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub max_body_bytes: usize,
+    /// Deadline of a request that sends no `x-request-timeout-ms`, and the longest one
+    /// it may ask for.
+    pub request_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
+        }
+    }
+}
+
+/// What every handler reads: the service and this front end's configuration. Cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub service: Service,
+    pub config: Arc<Config>,
+}
+
+/// The router over `service`. Every route, the fallback included, is wrapped by request
+/// ids (in, or generated, and echoed out) and by `observe` (metrics and the request log).
+pub fn app(service: Service, config: Config) -> Router {
+    let state = ApiState {
+        service,
+        config: Arc::new(config),
+    };
+    Router::new()
+        .route("/score", post(score::score))
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route("/v1/models", get(models::list_models))
+        .route("/v2/health/live", get(health::live))
+        .route("/v2/health/ready", get(health::ready))
+        .route("/v2/models/{name}", get(kserve::model_metadata))
+        .route("/openapi.json", get(openapi::openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
+        .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
+            REQUEST_ID_HEADER,
+        )))
+        .layer(SetRequestIdLayer::new(
+            HeaderName::from_static(REQUEST_ID_HEADER),
+            MakeRequestUuid,
+        ))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(extract::truncate(request.uri().path(), 256).to_string())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

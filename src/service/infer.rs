@@ -1,0 +1,197 @@
+//! Assembly and inference, the pipeline's CPU stage: the request's inline entities are
+//! laid over the store's records, assembled with the model's [`Assembler`], run in the
+//! runtime, and read through the model's heads into calibrated scores.
+//!
+//! [`infer`] is plain CPU work, shared by the service (which runs it on a blocking thread
+//! behind admission, [`on_blocking_thread`]) and the golden checks. This module knows
+//! nothing of HTTP; feature and head names come from the manifest only.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bundle::ResponseField;
+use crate::entities::{CandidateView, EpisodeRecord, RequestView, ShowRecord, overlay};
+use crate::features::{Assembler, AssemblyError};
+
+use super::ServiceError;
+use super::admission::Permit;
+use super::lookup::Features;
+use super::models::Model;
+use super::request::CandidateScores;
+use super::validate::{InvalidField, InvalidReason, source_path};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// A value the model cannot take (a wrong-length embedding, say), from the request
+    /// or the store.
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    #[error("model `{name}`: {message}")]
+    Model { name: String, message: String },
+}
+
+/// The scores of one request's candidates, in request order, and how long assembly and
+/// inference took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inferred {
+    pub candidates: Vec<CandidateScores>,
+    pub assembly: Duration,
+    pub inference: Duration,
+}
+
+/// Runs [`infer`] on a blocking thread, holding `permit` until the work is done, and
+/// waits for it until `deadline`. The looked-up request comes back with the scores, for
+/// the response.
+pub async fn on_blocking_thread(
+    model: Arc<Model>,
+    features: Features,
+    permit: Permit,
+    deadline: tokio::time::Instant,
+) -> Result<(Features, Inferred), ServiceError> {
+    let task = tokio::task::spawn_blocking(move || {
+        // The slot is held until the work is done, even if the caller gave up waiting:
+        // the bound is on CPU work, not on waiting requests.
+        let _permit = permit;
+        let result = infer(&model, &features);
+        (features, result)
+    });
+    let (features, result) = match tokio::time::timeout_at(deadline, task).await {
+        Err(_) => return Err(ServiceError::DeadlineExceeded),
+        Ok(Err(join_error)) => {
+            return Err(ServiceError::Internal(format!(
+                "scoring task failed: {join_error}"
+            )));
+        }
+        Ok(Ok(done)) => done,
+    };
+    match result {
+        Ok(inferred) => Ok((features, inferred)),
+        Err(InferError::Invalid(invalid)) => Err(ServiceError::Invalid(invalid)),
+        Err(error @ InferError::Model { .. }) => Err(ServiceError::Internal(error.to_string())),
+    }
+}
+
+/// Scores a looked-up request with `model`: features taken from the request first, then
+/// from the store's records. Plain CPU work: the service runs it on a blocking thread.
+pub fn infer(model: &Model, features: &Features) -> Result<Inferred, InferError> {
+    let started = Instant::now();
+    let (request, records) = (&features.request, &features.records);
+    let model_error = |message: String| InferError::Model {
+        name: model.name().to_string(),
+        message,
+    };
+    let assembler = model.assembler();
+    let user = overlay(request.user.as_ref(), records.user.as_deref());
+    let request_view = RequestView {
+        user: user.as_deref(),
+        context: &request.context,
+    };
+    fn stored<'a, T>(records: &'a HashMap<String, Arc<T>>, id: &Option<String>) -> Option<&'a T> {
+        id.as_ref().and_then(|id| records.get(id)).map(Arc::as_ref)
+    }
+    let shows: Vec<Option<Cow<'_, ShowRecord>>> = request
+        .candidates
+        .iter()
+        .map(|candidate| {
+            overlay(
+                candidate.show.as_ref(),
+                stored(&records.shows, &candidate.show_id),
+            )
+        })
+        .collect();
+    let episodes: Vec<Option<Cow<'_, EpisodeRecord>>> = request
+        .candidates
+        .iter()
+        .map(|candidate| {
+            overlay(
+                candidate.episode.as_ref(),
+                stored(&records.episodes, &candidate.episode_id),
+            )
+        })
+        .collect();
+    let views: Vec<CandidateView<'_>> = request
+        .candidates
+        .iter()
+        .zip(shows.iter().zip(&episodes))
+        .map(|(candidate, (show, episode))| CandidateView {
+            kind: candidate.kind,
+            show_id: candidate.show_id.as_deref(),
+            show: show.as_deref(),
+            episode_id: candidate.episode_id.as_deref(),
+            episode: episode.as_deref(),
+            creative: &candidate.creative,
+        })
+        .collect();
+
+    let assembly_error = |error: AssemblyError| match locate(assembler, &error) {
+        Some(invalid) => InferError::Invalid(invalid),
+        None => model_error(error.to_string()),
+    };
+    let request_tensors = assembler.request(&[request_view]).map_err(assembly_error)?;
+    let candidate_tensors = assembler.candidates(&views).map_err(assembly_error)?;
+    let assembled = Instant::now();
+    let assembly = assembled - started;
+
+    let logits = model
+        .runtime()
+        .infer(&request_tensors, &candidate_tensors)
+        .map_err(|error| model_error(error.to_string()))?;
+    let inference = assembled.elapsed();
+    let rows = request.candidates.len();
+    if logits.rows != rows || logits.values.len() != logits.rows * logits.heads {
+        return Err(model_error(format!(
+            "output has {} rows of {} heads ({} values) for {rows} candidates",
+            logits.rows,
+            logits.heads,
+            logits.values.len()
+        )));
+    }
+
+    let mut candidates = Vec::with_capacity(rows);
+    for (row, (candidate, show)) in request.candidates.iter().zip(&shows).enumerate() {
+        let mut scores = CandidateScores {
+            id: candidate.id.clone(),
+            kind: candidate.kind,
+            stream: None,
+            click: None,
+            like: None,
+            follow: None,
+            cold_start: candidate_tensors.cold_start[row] || show.is_none(),
+        };
+        for field in ResponseField::ALL {
+            let probability = model
+                .heads()
+                .probability(candidate.kind, field, logits.row(row))
+                .map_err(|error| model_error(format!("row {row}: {error}")))?;
+            scores.set(field, probability);
+        }
+        candidates.push(scores);
+    }
+    Ok(Inferred {
+        candidates,
+        assembly,
+        inference,
+    })
+}
+
+/// The request field an assembly error is about, found through the feature's source.
+fn locate(assembler: &Assembler, error: &AssemblyError) -> Option<InvalidField> {
+    let (feature, row, reason) = match error {
+        AssemblyError::NotFinite { feature, row } => (feature, *row, InvalidReason::NotFinite),
+        AssemblyError::WrongDimension { feature, row, .. } => {
+            (feature, *row, InvalidReason::WrongDimension)
+        }
+        _ => return None,
+    };
+    let spec = assembler
+        .specs()
+        .iter()
+        .find(|spec| &spec.name == feature)?;
+    Some(InvalidField::new(
+        reason,
+        source_path(spec.source, row),
+        error.to_string(),
+    ))
+}

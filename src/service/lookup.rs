@@ -1,0 +1,96 @@
+//! The feature look-up stage: the store keys a validated request needs, fetched in one
+//! batch within the store's share of the deadline. A slow or failing store is not an
+//! error: the request goes on without stored records (the cold-start path), and the
+//! fallback is counted.
+//!
+//! This module knows the store's trait and its timeout hook; it knows nothing of HTTP or
+//! of a particular backend.
+
+use std::time::{Duration, Instant};
+
+use crate::store::{self, FeatureStore, LookupKeys, StoreRecords};
+
+use super::metrics::Metrics;
+use super::validate::ValidatedRequest;
+
+/// A validated request with what the store knew of it: what assembly needs.
+#[derive(Debug, Clone)]
+pub struct Features {
+    pub request: ValidatedRequest,
+    pub records: StoreRecords,
+    /// Time spent looking up.
+    pub took: Duration,
+}
+
+/// The store keys `request` needs, each once, in first-seen order.
+pub fn keys(request: &ValidatedRequest) -> LookupKeys {
+    let mut keys = LookupKeys {
+        user: request.user_id.clone(),
+        ..LookupKeys::default()
+    };
+    for candidate in &request.candidates {
+        if let Some(show_id) = &candidate.show_id {
+            keys.add_show(show_id);
+        }
+        if let Some(episode_id) = &candidate.episode_id {
+            keys.add_episode(episode_id);
+        }
+    }
+    keys
+}
+
+/// Looks up `request`'s entities within `timeout`, counting hits, misses and fallbacks.
+pub async fn look_up(
+    store: &dyn FeatureStore,
+    request: ValidatedRequest,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> Features {
+    let started = Instant::now();
+    let keys = keys(&request);
+    let (records, fallback) = store::lookup_or_cold_start(store, &keys, timeout).await;
+    metrics.observe_lookups(&keys, &records, fallback);
+    Features {
+        request,
+        records,
+        took: started.elapsed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entities::UserRecord;
+    use crate::service::request::{CandidateInput, ScoreRequest};
+    use crate::service::validate::{Limits, validate};
+
+    fn candidate(kind: &str) -> CandidateInput {
+        CandidateInput {
+            id: "c".into(),
+            kind: kind.into(),
+            ..CandidateInput::default()
+        }
+    }
+
+    /// Lookup keys list each show and episode once, in first-seen order.
+    #[test]
+    fn lookup_keys_are_deduplicated() {
+        let mut first = candidate("ad");
+        first.show_id = Some("s1".into());
+        let mut second = candidate("promotion");
+        second.show_id = Some("s1".into());
+        second.episode_id = Some("e1".into());
+        let raw = ScoreRequest {
+            user: Some(UserRecord {
+                id: Some("u1".into()),
+                ..UserRecord::default()
+            }),
+            candidates: vec![first, second],
+            ..ScoreRequest::default()
+        };
+        let keys = keys(&validate(raw, &Limits::default()).unwrap());
+        assert_eq!(keys.user.as_deref(), Some("u1"));
+        assert_eq!(keys.shows, ["s1"]);
+        assert_eq!(keys.episodes, ["e1"]);
+    }
+}
