@@ -221,9 +221,9 @@ pub struct PaperRow {
     pub ads_ap_change: f64,
 }
 
-/// Table 1 of the paper (`paper/FACTS.md`). Its baseline is Spotify's promotions-only
-/// production model, which is not one of these rows: even "promo stream head only" sits
-/// at -7.9% / -8.8% against it.
+/// Table 1 of the paper ("Cold-Starting Podcast Ads and Promotions", WSDM '26). Its
+/// baseline is Spotify's promotions-only production model, which is not one of these
+/// rows: even "promo stream head only" sits at -7.9% / -8.8% against it.
 pub const PAPER_TABLE_1: [PaperRow; 4] = [
     PaperRow {
         variant: "promo-only",
