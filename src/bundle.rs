@@ -36,7 +36,8 @@ impl ResponseField {
         ResponseField::Follow,
     ];
 
-    /// Position in [`ResponseField::ALL`].
+    /// Position in [`ResponseField::ALL`], which is also the order of the four fields in
+    /// a response and a golden case.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -110,12 +111,7 @@ pub struct GoldenScores {
 
 impl GoldenScores {
     pub fn get(&self, field: ResponseField) -> Option<f64> {
-        match field {
-            ResponseField::Stream => self.stream,
-            ResponseField::Click => self.click,
-            ResponseField::Like => self.like,
-            ResponseField::Follow => self.follow,
-        }
+        [self.stream, self.click, self.like, self.follow][field.index()]
     }
 }
 

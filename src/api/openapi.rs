@@ -32,8 +32,8 @@ fn document() -> String {
         // A unit test parses the file; this branch is unreachable in a tested build.
         Err(error) => return json!({"error": error.to_string()}).to_string(),
     };
-    let names: Vec<&str> = ErrorCode::ALL
-        .iter()
+    let names: Vec<&str> = ErrorCode::all()
+        .into_iter()
         .map(|code| code.describe().1)
         .collect();
     if let Some(code) = document
@@ -50,8 +50,8 @@ fn document() -> String {
                 .filter_map(Value::as_object_mut)
             {
                 for (status, response) in responses.iter_mut() {
-                    let codes: Vec<&str> = ErrorCode::ALL
-                        .iter()
+                    let codes: Vec<&str> = ErrorCode::all()
+                        .into_iter()
                         .map(|code| code.describe())
                         .filter(|(code_status, _)| code_status.as_str() == status)
                         .map(|(_, name)| name)
@@ -90,8 +90,8 @@ mod tests {
         ] {
             assert!(document["paths"].get(path).is_some(), "{path} missing");
         }
-        let codes: Vec<&str> = ErrorCode::ALL
-            .iter()
+        let codes: Vec<&str> = ErrorCode::all()
+            .into_iter()
             .map(|code| code.describe().1)
             .collect();
         assert_eq!(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bundle::ResponseField;
-use crate::entities::{CandidateView, EpisodeRecord, RequestView, ShowRecord, overlay};
+use crate::entities::{CandidateView, EpisodeRecord, Overlay, RequestView, ShowRecord, overlay};
 use crate::features::{Assembler, AssemblyError};
 
 use super::ServiceError;
@@ -88,26 +88,19 @@ pub fn infer(model: &Model, features: &Features) -> Result<Inferred, InferError>
         user: user.as_deref(),
         context: &request.context,
     };
-    fn stored<'a, T>(records: &'a HashMap<String, Arc<T>>, id: &Option<String>) -> Option<&'a T> {
-        id.as_ref().and_then(|id| records.get(id)).map(Arc::as_ref)
-    }
     let shows: Vec<Option<Cow<'_, ShowRecord>>> = request
         .candidates
         .iter()
-        .map(|candidate| {
-            overlay(
-                candidate.show.as_ref(),
-                stored(&records.shows, &candidate.show_id),
-            )
-        })
+        .map(|candidate| laid_over(candidate.show.as_ref(), &records.shows, &candidate.show_id))
         .collect();
     let episodes: Vec<Option<Cow<'_, EpisodeRecord>>> = request
         .candidates
         .iter()
         .map(|candidate| {
-            overlay(
+            laid_over(
                 candidate.episode.as_ref(),
-                stored(&records.episodes, &candidate.episode_id),
+                &records.episodes,
+                &candidate.episode_id,
             )
         })
         .collect();
@@ -151,29 +144,38 @@ pub fn infer(model: &Model, features: &Features) -> Result<Inferred, InferError>
 
     let mut candidates = Vec::with_capacity(rows);
     for (row, (candidate, show)) in request.candidates.iter().zip(&shows).enumerate() {
-        let mut scores = CandidateScores {
-            id: candidate.id.clone(),
-            kind: candidate.kind,
-            stream: None,
-            click: None,
-            like: None,
-            follow: None,
-            cold_start: candidate_tensors.cold_start[row] || show.is_none(),
-        };
-        for field in ResponseField::ALL {
-            let probability = model
+        let probability = |field| {
+            model
                 .heads()
                 .probability(candidate.kind, field, logits.row(row))
-                .map_err(|error| model_error(format!("row {row}: {error}")))?;
-            scores.set(field, probability);
-        }
-        candidates.push(scores);
+                .map_err(|error| model_error(format!("row {row}: {error}")))
+        };
+        candidates.push(CandidateScores {
+            id: candidate.id.clone(),
+            kind: candidate.kind,
+            stream: probability(ResponseField::Stream)?,
+            click: probability(ResponseField::Click)?,
+            like: probability(ResponseField::Like)?,
+            follow: probability(ResponseField::Follow)?,
+            cold_start: candidate_tensors.cold_start[row] || show.is_none(),
+        });
     }
     Ok(Inferred {
         candidates,
         assembly,
         inference,
     })
+}
+
+/// A candidate's inline record laid over the store's record of `id` (see
+/// [`overlay`]).
+fn laid_over<'a, T: Overlay>(
+    inline: Option<&'a T>,
+    stored: &'a HashMap<String, Arc<T>>,
+    id: &Option<String>,
+) -> Option<Cow<'a, T>> {
+    let stored = id.as_ref().and_then(|id| stored.get(id)).map(Arc::as_ref);
+    overlay(inline, stored)
 }
 
 /// The request field an assembly error is about, found through the feature's source.

@@ -97,21 +97,7 @@ pub struct CandidateScores {
 
 impl CandidateScores {
     pub fn get(&self, field: ResponseField) -> Option<f64> {
-        match field {
-            ResponseField::Stream => self.stream,
-            ResponseField::Click => self.click,
-            ResponseField::Like => self.like,
-            ResponseField::Follow => self.follow,
-        }
-    }
-
-    pub(crate) fn set(&mut self, field: ResponseField, value: Option<f64>) {
-        match field {
-            ResponseField::Stream => self.stream = value,
-            ResponseField::Click => self.click = value,
-            ResponseField::Like => self.like = value,
-            ResponseField::Follow => self.follow = value,
-        }
+        [self.stream, self.click, self.like, self.follow][field.index()]
     }
 }
 

@@ -56,6 +56,23 @@ pub enum InvalidReason {
     InvalidValue,
 }
 
+impl InvalidReason {
+    pub const ALL: [InvalidReason; 12] = [
+        InvalidReason::MissingField,
+        InvalidReason::WrongType,
+        InvalidReason::UnknownField,
+        InvalidReason::EmptyCandidates,
+        InvalidReason::TooManyCandidates,
+        InvalidReason::UnknownKind,
+        InvalidReason::NotFinite,
+        InvalidReason::StringTooLong,
+        InvalidReason::ListTooLong,
+        InvalidReason::InvalidTimestamp,
+        InvalidReason::WrongDimension,
+        InvalidReason::InvalidValue,
+    ];
+}
+
 /// One invalid field of a request: why, where (`candidates[3].kind`; empty for the whole
 /// body) and a message for humans.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
