@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::api;
 use crate::service::validate::{DEFAULT_MAX_CANDIDATES, Limits};
-use crate::service::{self, DEFAULT_STORE_TIMEOUT_MS, Reloader, Service};
+use crate::service::{self, DEFAULT_STORE_TIMEOUT_MS, Incoming, Reloader, Service};
 use crate::store::SnapshotStore;
 
 /// Where bundles live: the repository's shipped models.
@@ -300,6 +300,7 @@ fn init_logging() {
 
 /// `podscore score`: one request through the same service as `POST /score`, printed as
 /// the response body; an invalid request fails with the server's status and error body.
+/// Only the JSON codec and the error rendering are the API's.
 pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     let body = std::fs::read(&args.request)
         .with_context(|| format!("reading {}", args.request.display()))?;
@@ -316,8 +317,13 @@ pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let outcome = runtime.block_on(async {
         let request = api::extract::decode_json(&body)?;
-        let deadline = api::extract::deadline_after(OFFLINE_TIMEOUT);
-        api::score::score_and_encode(&service, request, started.elapsed(), deadline).await
+        let incoming = Incoming {
+            request,
+            decode: started.elapsed(),
+            deadline: api::extract::deadline_after(OFFLINE_TIMEOUT),
+        };
+        let response = service.score(incoming).await?;
+        api::score::encode(&response)
     });
     let (output, _) = outcome.map_err(|error| {
         let (status, _) = error.describe();
