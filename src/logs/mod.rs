@@ -7,9 +7,9 @@
 //! DIR/world.json                           settings and summary (WorldInfo)
 //! DIR/logs/promotion_impressions.parquet   one row per promotion impression, by time
 //! DIR/logs/ad_impressions.parquet          one row per ad impression, by time
-//! DIR/snapshot/users.parquet               UserRecord rows
-//! DIR/snapshot/shows.parquet               ShowRecord rows
-//! DIR/snapshot/episodes.parquet            EpisodeRecord rows
+//! DIR/snapshot/users.parquet               UserRecord rows, each with its event_timestamp
+//! DIR/snapshot/shows.parquet               ShowRecord rows, each with its event_timestamp
+//! DIR/snapshot/episodes.parquet            EpisodeRecord rows, each with its event_timestamp
 //! ```
 //!
 //! This module knows Parquet, Arrow and the column names. It knows nothing of tensors,
@@ -36,8 +36,9 @@ pub use impressions::{
     read_impressions, write_impressions,
 };
 pub use snapshot::{
-    Snapshot, episode_schema, read_episodes, read_shows, read_snapshot, read_users, show_schema,
-    user_schema, write_episodes, write_shows, write_snapshot, write_users,
+    EVENT_TIMESTAMP_COLUMN, Snapshot, episode_schema, read_as_of, read_episodes, read_shows,
+    read_snapshot, read_users, show_schema, user_schema, write_episodes, write_shows,
+    write_snapshot, write_users,
 };
 
 /// Folder of the impression logs inside a world directory.

@@ -1,5 +1,7 @@
 //! The feature snapshot: users, shows and episodes, one Parquet file each, one row per
-//! entity, with exactly the fields of the entity records.
+//! entity, with exactly the fields of the entity records plus `event_timestamp`, the
+//! instant the values hold as of (the same in every row of a snapshot). Feature platforms
+//! need that column: Feast's sources select rows by it when they materialize.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,9 +12,9 @@ use std::sync::{Arc, OnceLock};
 use arrow_array::builder::{
     FixedSizeListBuilder, Float32Builder, Float64Builder, ListBuilder, StringBuilder, UInt8Builder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
+use arrow_array::{ArrayRef, RecordBatch, TimestampSecondArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 
 use super::columns::{
     FloatColumn, FloatListColumn, IntegerColumn, Place, StringColumn, StringListColumn,
@@ -29,6 +31,26 @@ pub struct Snapshot {
     pub users: HashMap<String, UserRecord>,
     pub shows: HashMap<String, ShowRecord>,
     pub episodes: HashMap<String, EpisodeRecord>,
+    /// Unix seconds the values hold as of, from the files' `event_timestamp` column (the
+    /// latest one); `None` for snapshots written before the column existed. Written as
+    /// the epoch when unset.
+    pub as_of: Option<i64>,
+}
+
+/// The column every snapshot file ends with: when its values were observed. Named as
+/// Feast's examples name it, so that a Feast source over the files needs no mapping.
+pub const EVENT_TIMESTAMP_COLUMN: &str = "event_timestamp";
+
+fn event_timestamp_field() -> Field {
+    Field::new(
+        EVENT_TIMESTAMP_COLUMN,
+        DataType::Timestamp(TimeUnit::Second, Some("UTC".into())),
+        false,
+    )
+}
+
+fn event_timestamp_array(rows: usize, as_of: i64) -> ArrayRef {
+    Arc::new(TimestampSecondArray::from(vec![as_of; rows]).with_timezone("UTC"))
 }
 
 fn string_list_type() -> DataType {
@@ -54,6 +76,7 @@ pub fn user_schema() -> SchemaRef {
                 Field::new("history", string_list_type(), true),
                 Field::new("follows", string_list_type(), true),
                 Field::new("search_topics", string_list_type(), true),
+                event_timestamp_field(),
             ]))
         })
         .clone()
@@ -70,6 +93,7 @@ pub fn show_schema() -> SchemaRef {
                 Field::new("embedding", embedding_type(), true),
                 Field::new("streams_30d", DataType::Float64, true),
                 Field::new("tier", DataType::UInt8, true),
+                event_timestamp_field(),
             ]))
         })
         .clone()
@@ -84,6 +108,7 @@ pub fn episode_schema() -> SchemaRef {
                 Field::new("show_id", DataType::Utf8, true),
                 Field::new("topics", string_list_type(), true),
                 Field::new("duration_s", DataType::Float64, true),
+                event_timestamp_field(),
             ]))
         })
         .clone()
@@ -152,8 +177,8 @@ fn batch_error(path: &Path) -> impl Fn(arrow_schema::ArrowError) -> LogError + '
     }
 }
 
-/// Writes `users` in the order given.
-pub fn write_users(path: &Path, users: &[UserRecord]) -> Result<(), LogError> {
+/// Writes `users` in the order given, as of `as_of` (Unix seconds).
+pub fn write_users(path: &Path, users: &[UserRecord], as_of: i64) -> Result<(), LogError> {
     let columns: Vec<ArrayRef> = vec![
         string_array(users.iter().map(|user| user.id.as_deref())),
         string_array(users.iter().map(|user| user.country.as_deref())),
@@ -162,14 +187,15 @@ pub fn write_users(path: &Path, users: &[UserRecord]) -> Result<(), LogError> {
         string_list_array(users.iter().map(|user| user.history.as_ref())),
         string_list_array(users.iter().map(|user| user.follows.as_ref())),
         string_list_array(users.iter().map(|user| user.search_topics.as_ref())),
+        event_timestamp_array(users.len(), as_of),
     ];
     let batch = RecordBatch::try_new(user_schema(), columns).map_err(batch_error(path))?;
     write_file(path, &batch)
 }
 
-/// Writes `shows` in the order given. Every embedding must have
-/// [`CONTENT_EMBEDDING_DIM`] values: the column is a fixed-size list.
-pub fn write_shows(path: &Path, shows: &[ShowRecord]) -> Result<(), LogError> {
+/// Writes `shows` in the order given, as of `as_of` (Unix seconds). Every embedding must
+/// have [`CONTENT_EMBEDDING_DIM`] values: the column is a fixed-size list.
+pub fn write_shows(path: &Path, shows: &[ShowRecord], as_of: i64) -> Result<(), LogError> {
     let mut embeddings =
         FixedSizeListBuilder::new(Float32Builder::new(), CONTENT_EMBEDDING_DIM as i32);
     for (row, show) in shows.iter().enumerate() {
@@ -207,18 +233,20 @@ pub fn write_shows(path: &Path, shows: &[ShowRecord]) -> Result<(), LogError> {
         Arc::new(embeddings.finish()),
         float_array(shows.iter().map(|show| show.streams_30d)),
         Arc::new(tiers.finish()),
+        event_timestamp_array(shows.len(), as_of),
     ];
     let batch = RecordBatch::try_new(show_schema(), columns).map_err(batch_error(path))?;
     write_file(path, &batch)
 }
 
-/// Writes `episodes` in the order given.
-pub fn write_episodes(path: &Path, episodes: &[EpisodeRecord]) -> Result<(), LogError> {
+/// Writes `episodes` in the order given, as of `as_of` (Unix seconds).
+pub fn write_episodes(path: &Path, episodes: &[EpisodeRecord], as_of: i64) -> Result<(), LogError> {
     let columns: Vec<ArrayRef> = vec![
         string_array(episodes.iter().map(|episode| episode.id.as_deref())),
         string_array(episodes.iter().map(|episode| episode.show_id.as_deref())),
         string_list_array(episodes.iter().map(|episode| episode.topics.as_ref())),
         float_array(episodes.iter().map(|episode| episode.duration_s)),
+        event_timestamp_array(episodes.len(), as_of),
     ];
     let batch = RecordBatch::try_new(episode_schema(), columns).map_err(batch_error(path))?;
     write_file(path, &batch)
@@ -239,9 +267,14 @@ pub fn write_snapshot(dir: &Path, snapshot: &Snapshot) -> Result<(), LogError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    write_users(&dir.join(USERS_FILE), &sorted_by_id(&snapshot.users))?;
-    write_shows(&dir.join(SHOWS_FILE), &sorted_by_id(&snapshot.shows))?;
-    write_episodes(&dir.join(EPISODES_FILE), &sorted_by_id(&snapshot.episodes))
+    let as_of = snapshot.as_of.unwrap_or(0);
+    write_users(&dir.join(USERS_FILE), &sorted_by_id(&snapshot.users), as_of)?;
+    write_shows(&dir.join(SHOWS_FILE), &sorted_by_id(&snapshot.shows), as_of)?;
+    write_episodes(
+        &dir.join(EPISODES_FILE),
+        &sorted_by_id(&snapshot.episodes),
+        as_of,
+    )
 }
 
 /// Reads a whole snapshot file, decoding each batch with `decode` (which checks the
@@ -370,13 +403,53 @@ fn by_id<T>(
     Ok(keyed)
 }
 
+/// The latest `event_timestamp` of a snapshot file, `None` when the file has no such
+/// column (written before it existed) or no rows. Reads that one column only.
+pub fn read_as_of(path: &Path) -> Result<Option<i64>, LogError> {
+    let builder = super::open_parquet(path)?;
+    let Ok(index) = builder.schema().index_of(EVENT_TIMESTAMP_COLUMN) else {
+        return Ok(None);
+    };
+    let projection = ProjectionMask::roots(builder.parquet_schema(), [index]);
+    let mut reader = builder
+        .with_projection(projection)
+        .with_batch_size(ROWS_PER_ROW_GROUP)
+        .build()
+        .map_err(|source| LogError::CorruptParquet {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut latest: Option<i64> = None;
+    let mut first_row = 0;
+    while let Some(batch) = super::guard_decoding(path, || Ok(reader.next()))? {
+        let batch = batch.map_err(batch_error(path))?;
+        let place = Place { path, first_row };
+        first_row += batch.num_rows() as u64;
+        let column = IntegerColumn::new(&batch, &place, EVENT_TIMESTAMP_COLUMN, "Timestamp")?;
+        for row in 0..batch.num_rows() {
+            if let Some(seconds) = column.optional::<i64>(&place, row)? {
+                latest = Some(latest.map_or(seconds, |known| known.max(seconds)));
+            }
+        }
+    }
+    Ok(latest)
+}
+
 /// Reads the three snapshot files. `dir` is a world directory or its `snapshot/` folder.
 pub fn read_snapshot(dir: &Path) -> Result<Snapshot, LogError> {
     let dir = snapshot_dir(dir);
     let users_path = dir.join(USERS_FILE);
     let shows_path = dir.join(SHOWS_FILE);
     let episodes_path = dir.join(EPISODES_FILE);
+    let as_of = [&users_path, &shows_path, &episodes_path]
+        .into_iter()
+        .map(|path| read_as_of(path))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .max();
     Ok(Snapshot {
+        as_of,
         users: by_id(&users_path, read_users(&users_path)?, |user| {
             user.id.as_deref()
         })?,

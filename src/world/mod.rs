@@ -605,9 +605,11 @@ pub fn simulate(config: &WorldConfig, out: &Path) -> Result<WorldInfo, WorldErro
     let users = catalog.user_records();
     let shows = catalog.show_records();
     let episodes = catalog.episode_records();
-    logs::write_users(&snapshot.join(USERS_FILE), &users)?;
-    logs::write_shows(&snapshot.join(SHOWS_FILE), &shows)?;
-    logs::write_episodes(&snapshot.join(EPISODES_FILE), &episodes)?;
+    // The snapshot is the catalog as it stands when the simulated days end.
+    let as_of = config.start_timestamp + i64::from(config.days) * traffic::SECONDS_PER_DAY;
+    logs::write_users(&snapshot.join(USERS_FILE), &users, as_of)?;
+    logs::write_shows(&snapshot.join(SHOWS_FILE), &shows, as_of)?;
+    logs::write_episodes(&snapshot.join(EPISODES_FILE), &episodes, as_of)?;
 
     let relative = |kind| {
         logs::impressions_path(Path::new(""), kind)

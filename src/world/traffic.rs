@@ -25,7 +25,7 @@ use crate::logs::{ChannelSummary, Impression, LabelRates, TierSummary};
 /// Impressions per random stream. Fixed (not derived from the thread count) because the
 /// chunking decides which random numbers each impression gets.
 pub(crate) const IMPRESSIONS_PER_CHUNK: usize = 32_768;
-const SECONDS_PER_DAY: i64 = 86_400;
+pub(super) const SECONDS_PER_DAY: i64 = 86_400;
 /// Marks an absent episode or creative in the compact row.
 pub(crate) const NONE: u32 = u32::MAX;
 /// Platforms with a big screen (index into `PLATFORMS`), where video ads can be watched.
