@@ -38,6 +38,8 @@ enum Command {
     Score(podscore::serve::ScoreArgs),
     /// Ask the server on this host whether it is ready (a container's HEALTHCHECK).
     Healthcheck(podscore::healthcheck::HealthcheckArgs),
+    /// Feature store tools: `features load` writes a snapshot into Redis in Feast's layout.
+    Features(podscore::store::load::FeaturesArgs),
 }
 
 /// candle's CPU pool spins at its barriers, and the trainer runs a batch-preparation
@@ -79,6 +81,7 @@ fn main() {
         Command::Serve(args) => podscore::serve::run(&args),
         Command::Score(args) => podscore::serve::score(&args),
         Command::Healthcheck(args) => podscore::healthcheck::run(&args),
+        Command::Features(args) => podscore::store::load::run(&args),
     };
     if let Err(error) = outcome {
         // One line: the cause chain joined, as the README promises.

@@ -184,7 +184,7 @@ impl Metrics {
         )?;
         let store_fallbacks = counter(
             "podscore_store_fallbacks_total",
-            "Store look-ups abandoned for the cold-start path, by reason: timeout or error.",
+            "Store look-ups abandoned for the cold-start path (each a degraded answer), by reason: timeout, error or circuit_open.",
             &["reason"],
         )?;
         let cold_start_candidates = counter(
@@ -333,7 +333,7 @@ impl Metrics {
         for reason in ShedReason::ALL {
             self.shed_requests.with_label_values(&[reason.as_str()]);
         }
-        for fallback in [Fallback::Timeout, Fallback::Error] {
+        for fallback in Fallback::ALL {
             self.store_fallbacks.with_label_values(&[fallback.as_str()]);
         }
     }

@@ -1,13 +1,24 @@
 //! The feature store: users, shows and episodes by id, fetched in one batch per request.
 //!
-//! [`FeatureStore`] is async and batched so that a networked backend (Redis: one key per
-//! entity, one `MGET` per request) fits behind it; [`SnapshotStore`] is the embedded
-//! default, a Parquet snapshot held in memory. [`lookup_or_cold_start`] is where a slow
-//! or failing backend is cut off: the request then goes on without stored features (the
-//! cold-start path) instead of failing.
+//! [`FeatureStore`] is async and batched so that a networked backend fits behind it:
+//! - [`SnapshotStore`] (`snapshot.rs`), the embedded default, a Parquet snapshot held in
+//!   memory;
+//! - [`RedisStore`] (`redis.rs`), Redis or Redis Cluster in Feast's online-store layout
+//!   (`feast.rs` the bytes, `mapping.rs` which feature fills which record field), behind a
+//!   circuit breaker (`breaker.rs`); `load.rs` is `podscore features load`, which writes a
+//!   snapshot into Redis in that layout.
+//!
+//! [`lookup_or_cold_start`] is where a slow or failing backend is cut off: the request then
+//! goes on without stored features (the cold-start path, a degraded answer) instead of
+//! failing.
 //!
 //! This module knows nothing of HTTP, tensors or the model.
 
+mod breaker;
+pub mod feast;
+pub mod load;
+pub mod mapping;
+mod redis;
 mod snapshot;
 
 use std::collections::HashMap;
@@ -18,6 +29,13 @@ use std::time::Duration;
 
 use crate::entities::{EpisodeRecord, ShowRecord, UserRecord};
 
+pub use breaker::{BreakerConfig, DEFAULT_COOL_DOWN, DEFAULT_FAILURES_TO_OPEN};
+pub use load::{LoadReport, load_snapshot};
+pub use mapping::{Mapping, MappingError};
+pub use redis::{
+    Connection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, RedisArgs, RedisConfig,
+    RedisStore, RedisTarget,
+};
 pub use snapshot::SnapshotStore;
 
 /// The ids one request needs, each at most once.
@@ -56,6 +74,15 @@ pub struct StoreRecords {
 pub enum StoreError {
     #[error("feature store unavailable: {0}")]
     Unavailable(String),
+    /// The breaker is open: the backend failed repeatedly and is not called until a probe
+    /// finds it back.
+    #[error("feature store unavailable: circuit open after repeated failures")]
+    CircuitOpen,
+    /// The backend answered, but a stored value does not fit its record field.
+    #[error("feature store holds a bad value: {0}")]
+    Corrupt(#[from] mapping::DecodeError),
+    #[error("feature store configuration: {0}")]
+    Config(String),
     #[error("reading feature snapshot {path}: {message}")]
     Snapshot { path: String, message: String },
 }
@@ -72,22 +99,30 @@ pub trait FeatureStore: Send + Sync + std::fmt::Debug {
     /// Fetches the user, shows and episodes of `keys` in one batch.
     fn lookup<'a>(&'a self, keys: &'a LookupKeys) -> LookupFuture<'a>;
 
-    /// Whether lookups are expected to succeed now (`/readyz`).
+    /// Whether this store can serve at all (`/readyz`). A networked backend answers true
+    /// even while its server is down: lookups then fall back to the cold-start path.
     fn ready(&self) -> bool;
 }
 
-/// Why a lookup fell back to the cold-start path.
+/// Why a lookup fell back to the cold-start path (and the answer is degraded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fallback {
+    /// The store did not answer within the store deadline.
     Timeout,
+    /// The store answered with an error, or a value that does not fit.
     Error,
+    /// The store was not called: its circuit breaker is open.
+    CircuitOpen,
 }
 
 impl Fallback {
+    pub const ALL: [Fallback; 3] = [Fallback::Timeout, Fallback::Error, Fallback::CircuitOpen];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Fallback::Timeout => "timeout",
             Fallback::Error => "error",
+            Fallback::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -102,6 +137,14 @@ pub async fn lookup_or_cold_start(
 ) -> (StoreRecords, Option<Fallback>) {
     match tokio::time::timeout(timeout, store.lookup(keys)).await {
         Ok(Ok(records)) => (records, None),
+        Ok(Err(StoreError::CircuitOpen)) => {
+            // Logged once when the breaker opens, not on every request it turns away.
+            tracing::debug!(
+                backend = store.backend(),
+                "feature store circuit open; cold-start path"
+            );
+            (StoreRecords::default(), Some(Fallback::CircuitOpen))
+        }
         Ok(Err(error)) => {
             tracing::warn!(backend = store.backend(), %error, "feature lookup failed; cold-start path");
             (StoreRecords::default(), Some(Fallback::Error))
