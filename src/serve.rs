@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use crate::api;
 use crate::service::validate::{DEFAULT_MAX_CANDIDATES, Limits};
 use crate::service::{self, DEFAULT_STORE_TIMEOUT_MS, Incoming, Reloader, Service};
-use crate::store::SnapshotStore;
+use crate::store::{FeatureStore, RedisArgs, RedisStore, SnapshotStore};
 
 /// Where bundles live: the repository's shipped models.
 pub const DEFAULT_MODELS_DIR: &str = "models";
@@ -37,6 +37,9 @@ pub const DEFAULT_RELOAD_INTERVAL_S: u64 = 30;
 /// `podscore score`'s deadline: offline there is no caller waiting on one; an hour bounds
 /// a runaway.
 const OFFLINE_TIMEOUT: Duration = Duration::from_secs(3_600);
+/// `podscore score`'s store deadline: offline there is no caller's deadline, and a second
+/// covers dialing Redis for the one lookup.
+const OFFLINE_STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What is served: the bundles and the feature store, for `serve` and `score` alike.
 #[derive(clap::Args, Debug, Clone)]
@@ -52,6 +55,8 @@ pub struct Sources {
     /// features inline (golden requests, debugging).
     #[arg(long, env = "PODSCORE_NO_FEATURES", conflicts_with = "features")]
     pub no_features: bool,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// The model that answers requests naming none; the first name in order if unset.
     #[arg(long = "default-model", env = "PODSCORE_DEFAULT_MODEL")]
     pub default_model: Option<String>,
@@ -121,26 +126,47 @@ pub struct ScoreArgs {
     pub sources: Sources,
 }
 
+/// The feature store `sources` name: Redis, none, or the snapshot. A Redis store dials on
+/// its first lookup, so this needs a tokio runtime (and no Redis to start).
+fn open_store(sources: &Sources) -> anyhow::Result<Arc<dyn FeatureStore>> {
+    if let Some(config) = sources.redis.config()? {
+        let store = Arc::new(RedisStore::open(&config).context("opening the redis feature store")?);
+        tracing::info!(redis = %store.describe(), project = %config.mapping.project, "feature store: redis in feast's layout");
+        // Dial now rather than on the first request's deadline; Redis being down is no
+        // reason not to start (lookups go cold until it answers).
+        let probe = Arc::clone(&store);
+        tokio::spawn(async move {
+            match probe.ping().await {
+                Ok(()) => tracing::info!(redis = %probe.describe(), "redis answers"),
+                Err(error) => {
+                    tracing::warn!(redis = %probe.describe(), %error, "redis does not answer yet; lookups go cold until it does");
+                }
+            }
+        });
+        return Ok(store);
+    }
+    if sources.no_features {
+        tracing::warn!(
+            "no feature store: every lookup misses; requests must carry features inline"
+        );
+        return Ok(Arc::new(SnapshotStore::empty()));
+    }
+    let store = SnapshotStore::open(&sources.features).context("opening the feature snapshot")?;
+    let (users, shows, episodes) = store.counts();
+    tracing::info!(dir = %sources.features.display(), users, shows, episodes, "feature snapshot loaded");
+    Ok(Arc::new(store))
+}
+
 /// A service over `sources` with `config`, and every model that loads published. Fails
 /// when no model does, or the default model is not among them. Blocking (reads files,
-/// builds runtimes).
+/// builds runtimes); called within a tokio runtime, which a Redis store's connection
+/// runs on.
 pub fn build(
     sources: &Sources,
     config: service::Config,
 ) -> anyhow::Result<(Service, Arc<Reloader>)> {
-    let store = if sources.no_features {
-        tracing::warn!(
-            "no feature store: every lookup misses; requests must carry features inline"
-        );
-        SnapshotStore::empty()
-    } else {
-        let store =
-            SnapshotStore::open(&sources.features).context("opening the feature snapshot")?;
-        let (users, shows, episodes) = store.counts();
-        tracing::info!(dir = %sources.features.display(), users, shows, episodes, "feature snapshot loaded");
-        store
-    };
-    let service = Service::new(config, Arc::new(store)).context("registering metrics")?;
+    let store = open_store(sources)?;
+    let service = Service::new(config, store).context("registering metrics")?;
     let reloader = Arc::new(Reloader::new(
         &sources.models,
         sources.default_model.clone(),
@@ -307,13 +333,17 @@ pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     let config = service::Config {
         // One request at a time, offline.
         max_inflight: 1,
+        store_timeout: OFFLINE_STORE_TIMEOUT,
         ..service::Config::default()
     };
-    let (service, _) = build(&args.sources, config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let (service, _) = {
+        let _entered = runtime.enter();
+        build(&args.sources, config)?
+    };
     let started = Instant::now();
     let outcome = runtime.block_on(async {
         let request = api::extract::decode_json(&body)?;

@@ -69,6 +69,8 @@ struct ResponseHead<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
     model: &'a ModelRef,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    degraded: bool,
     candidates: &'a [CandidateScores],
 }
 
@@ -80,6 +82,7 @@ pub fn encode(response: &ScoreResponse) -> Result<(Vec<u8>, StageTimings), ApiEr
     let head = ResponseHead {
         request_id: response.request_id.as_deref(),
         model: &response.model,
+        degraded: response.degraded,
         candidates: &response.candidates,
     };
     let mut body = serde_json::to_vec(&head).map_err(internal)?;

@@ -69,6 +69,7 @@ fn score_golden(
     let features = Features {
         request,
         records: StoreRecords::default(),
+        degraded: false,
         took: Duration::ZERO,
     };
     let inferred = infer(model, &features).map_err(|source| GoldenError::Score { case, source })?;

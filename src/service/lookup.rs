@@ -18,6 +18,8 @@ use super::validate::ValidatedRequest;
 pub struct Features {
     pub request: ValidatedRequest,
     pub records: StoreRecords,
+    /// The store failed or timed out: `records` is empty, and the answer says so.
+    pub degraded: bool,
     /// Time spent looking up.
     pub took: Duration,
 }
@@ -53,6 +55,7 @@ pub async fn look_up(
     Features {
         request,
         records,
+        degraded: fallback.is_some(),
         took: started.elapsed(),
     }
 }

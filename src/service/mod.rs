@@ -196,6 +196,7 @@ impl Service {
         metrics.observe_stage(Stage::Inference, timings.inference);
         Ok(respond::respond(
             &features.request,
+            features.degraded,
             &model,
             inferred,
             timings,

@@ -127,6 +127,10 @@ pub struct ScoreResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     pub model: ModelRef,
+    /// The feature store failed or timed out, so every candidate was scored without
+    /// stored features (the cold-start path). Present only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
     pub candidates: Vec<CandidateScores>,
     pub timings_us: StageTimings,
 }

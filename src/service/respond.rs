@@ -20,10 +20,12 @@ pub struct Timings {
     pub inference: Duration,
 }
 
-/// The answer to `request`, scored by `model`. `timings_us.encode` stays 0: the front end
-/// that encodes the response fills it.
+/// The answer to `request`, scored by `model`; `degraded` when the store failed and every
+/// candidate went cold. `timings_us.encode` stays 0: the front end that encodes the
+/// response fills it.
 pub fn respond(
     request: &ValidatedRequest,
+    degraded: bool,
     model: &Model,
     inferred: Inferred,
     timings: Timings,
@@ -36,6 +38,7 @@ pub fn respond(
             name: model.name().to_string(),
             version: model.version(),
         },
+        degraded,
         candidates: inferred.candidates,
         timings_us: StageTimings {
             decode: micros(timings.decode),
