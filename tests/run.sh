@@ -20,9 +20,12 @@ if [ -z "${CARGO_TARGET_DIR:-}" ]; then
 fi
 
 # Debian packages: promtool checks the /metrics exposition and deploy/prometheus;
-# podman, buildah and runc build and run deploy/Dockerfile's image.
+# podman, buildah and runc build and run deploy/Dockerfile's image; redis-server and
+# redis-cli serve the Redis feature-store tests (a server and a three-node cluster on
+# loopback ports, started by the tests themselves).
 missing=()
-for package in prometheus:promtool podman:podman buildah:buildah runc:runc; do
+for package in prometheus:promtool podman:podman buildah:buildah runc:runc \
+  redis-server:redis-server redis-tools:redis-cli; do
   command -v "${package#*:}" >/dev/null 2>&1 || missing+=("${package%%:*}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -34,7 +37,7 @@ fi
 
 # Python tools (tests/requirements.txt): ONNX Runtime and the ONNX checker for the
 # cross-runtime parity test; hadolint, kubernetes-validate, check-jsonschema and PyYAML
-# for deploy/.
+# for deploy/; the Feast SDK and mmh3 for the Redis tests.
 if [ ! -x "$root/.venv/bin/python" ]; then
   python3 -m venv "$root/.venv"
 fi
