@@ -9,14 +9,15 @@ use std::path::Path;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampSecondType,
-    UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
 };
 use arrow_array::{
     Array, BooleanArray, FixedSizeListArray, LargeListArray, LargeStringArray, ListArray,
     PrimitiveArray, RecordBatch, StringArray, StringViewArray,
 };
-use arrow_schema::DataType;
+use arrow_schema::{DataType, TimeUnit};
 
 use super::LogError;
 
@@ -151,8 +152,12 @@ enum IntegerValues<'a> {
     U16(&'a PrimitiveArray<UInt16Type>),
     U32(&'a PrimitiveArray<UInt32Type>),
     U64(&'a PrimitiveArray<UInt64Type>),
-    /// Seconds since the epoch, as a timestamp column written by another tool may carry.
+    /// Seconds since the epoch, as a timestamp column written by another tool may carry;
+    /// finer units are read as whole seconds (rounded down).
     Seconds(&'a PrimitiveArray<TimestampSecondType>),
+    Milliseconds(&'a PrimitiveArray<TimestampMillisecondType>),
+    Microseconds(&'a PrimitiveArray<TimestampMicrosecondType>),
+    Nanoseconds(&'a PrimitiveArray<TimestampNanosecondType>),
 }
 
 impl<'a> IntegerColumn<'a> {
@@ -172,8 +177,17 @@ impl<'a> IntegerColumn<'a> {
             DataType::UInt16 => array.as_primitive_opt().map(IntegerValues::U16),
             DataType::UInt32 => array.as_primitive_opt().map(IntegerValues::U32),
             DataType::UInt64 => array.as_primitive_opt().map(IntegerValues::U64),
-            DataType::Timestamp(arrow_schema::TimeUnit::Second, _) => {
+            DataType::Timestamp(TimeUnit::Second, _) => {
                 array.as_primitive_opt().map(IntegerValues::Seconds)
+            }
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                array.as_primitive_opt().map(IntegerValues::Milliseconds)
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                array.as_primitive_opt().map(IntegerValues::Microseconds)
+            }
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+                array.as_primitive_opt().map(IntegerValues::Nanoseconds)
             }
             _ => None,
         };
@@ -199,6 +213,15 @@ impl<'a> IntegerColumn<'a> {
             IntegerValues::U32(array) => at(array, row).map(i128::from),
             IntegerValues::U64(array) => at(array, row).map(i128::from),
             IntegerValues::Seconds(array) => at(array, row).map(i128::from),
+            IntegerValues::Milliseconds(array) => {
+                at(array, row).map(|value| i128::from(value).div_euclid(1_000))
+            }
+            IntegerValues::Microseconds(array) => {
+                at(array, row).map(|value| i128::from(value).div_euclid(1_000_000))
+            }
+            IntegerValues::Nanoseconds(array) => {
+                at(array, row).map(|value| i128::from(value).div_euclid(1_000_000_000))
+            }
         }
     }
 

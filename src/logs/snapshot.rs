@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use arrow_array::builder::{
     FixedSizeListBuilder, Float32Builder, Float64Builder, ListBuilder, StringBuilder, UInt8Builder,
 };
-use arrow_array::{ArrayRef, RecordBatch, TimestampSecondArray};
+use arrow_array::{ArrayRef, RecordBatch, TimestampMicrosecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 
@@ -41,16 +41,19 @@ pub struct Snapshot {
 /// Feast's examples name it, so that a Feast source over the files needs no mapping.
 pub const EVENT_TIMESTAMP_COLUMN: &str = "event_timestamp";
 
+/// Microseconds, not seconds: Parquet has no seconds unit, and a seconds column is written
+/// as a bare INT64 that pandas (and so Feast) reads as an integer, not a time.
 fn event_timestamp_field() -> Field {
     Field::new(
         EVENT_TIMESTAMP_COLUMN,
-        DataType::Timestamp(TimeUnit::Second, Some("UTC".into())),
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         false,
     )
 }
 
 fn event_timestamp_array(rows: usize, as_of: i64) -> ArrayRef {
-    Arc::new(TimestampSecondArray::from(vec![as_of; rows]).with_timezone("UTC"))
+    let micros = as_of.saturating_mul(1_000_000);
+    Arc::new(TimestampMicrosecondArray::from(vec![micros; rows]).with_timezone("UTC"))
 }
 
 fn string_list_type() -> DataType {

@@ -138,14 +138,17 @@ impl Breaker {
 }
 
 impl Attempt<'_> {
-    pub fn succeeded(mut self) {
-        self.settled = true;
-        self.breaker.settle(true, Instant::now());
+    pub fn succeeded(self) {
+        self.finish(true, Instant::now());
     }
 
-    pub fn failed(mut self) {
+    pub fn failed(self) {
+        self.finish(false, Instant::now());
+    }
+
+    fn finish(mut self, success: bool, now: Instant) {
         self.settled = true;
-        self.breaker.settle(false, Instant::now());
+        self.breaker.settle(success, now);
     }
 }
 
@@ -197,7 +200,7 @@ mod tests {
             breaker.admit_at(later).is_none(),
             "only one probe at a time"
         );
-        probe.failed();
+        probe.finish(false, later);
         assert!(
             breaker.admit_at(later).is_none(),
             "open again after a failed probe"
