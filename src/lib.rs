@@ -43,8 +43,10 @@
 //! Commands and serving:
 //!
 //! - [`world`]: `podscore simulate`, the synthetic world.
-//! - [`store`]: feature stores: the in-memory snapshot behind a trait Redis can implement,
-//!   and the timeout that turns a slow store into the cold-start path.
+//! - [`store`]: feature stores behind one trait, and the timeout that turns a slow or
+//!   failing store into the cold-start path: the in-memory snapshot, and Redis or Redis
+//!   Cluster in Feast's online-store layout behind a circuit breaker; `podscore features
+//!   load` fills Redis in that layout.
 //! - [`service`]: the service layer between the front ends and the domain: the pipeline
 //!   [`service::Service::score`] (`validate`, `lookup`, `infer`, `respond`, one file
 //!   each), the served `models` and their `reload` and `golden` checks, `admission` (the

@@ -2,8 +2,9 @@
 //! ([`super::feast`], [`super::mapping`]). A lookup sends one `HMGET` per entity (the
 //! user, every distinct show and episode) all at once over one multiplexed connection, so
 //! it costs one round trip. Single node and Redis Cluster share everything above the
-//! connection: Feast's keys carry no hash tags, so a multi-key command would cross slots,
-//! while single-key commands in flight together are each routed to their node.
+//! connection ([`Connection::query_each`]): one server takes the commands as one
+//! pipeline; on a cluster, where Feast's keys carry no hash tags and a pipeline may not
+//! cross slots, they go as single-key commands in flight together, each to its node.
 //!
 //! Failure is a fallback, never an outage: the connection re-dials by itself, a
 //! [`Breaker`] stops calls to a Redis that is down and probes it back, and [`FeatureStore::ready`]
@@ -18,7 +19,7 @@ use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 use super::breaker::{Breaker, BreakerConfig};
 use super::mapping::{EntityLayout, Layout, Mapping, MappingError, Record};
@@ -182,6 +183,34 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Sends every command and returns the replies in order, in one round trip: to one
+    /// server as one pipeline (one write, one read of all replies); to a cluster as
+    /// single commands in flight together over the multiplexed connections, since
+    /// Feast's keys carry no hash tags and a cluster pipeline may not cross slots.
+    pub async fn query_each<T: FromRedisValue>(&self, commands: Vec<Cmd>) -> RedisResult<Vec<T>> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Connection::Single(connection) => {
+                let mut pipeline = redis::pipe();
+                for command in commands {
+                    pipeline.add_command(command);
+                }
+                pipeline.query_async(&mut connection.clone()).await
+            }
+            Connection::Cluster(connection) => {
+                try_join_all(commands.into_iter().map(|command| {
+                    let mut connection = connection.clone();
+                    async move { command.query_async(&mut connection).await }
+                }))
+                .await
+            }
+        }
+    }
+}
+
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -274,33 +303,39 @@ impl RedisStore {
             .map_err(|error| StoreError::Unavailable(error.to_string()))
     }
 
-    async fn read<R: Record>(&self, layout: &EntityLayout<R>, id: &str) -> RedisResult<HashValues> {
-        let mut connection = self.connection.clone();
-        redis::cmd("HMGET")
-            .arg(layout.key(id))
-            .arg(layout.hash_fields())
-            .query_async(&mut connection)
-            .await
-    }
-
-    /// Every `HMGET` of `keys`, in flight together.
+    /// Every `HMGET` of `keys` in one round trip (see [`Connection::query_each`]): the
+    /// user's values (when there is a user), then one per show and one per episode.
     async fn read_all(
         &self,
         keys: &LookupKeys,
     ) -> RedisResult<(Option<HashValues>, Vec<HashValues>, Vec<HashValues>)> {
-        let user = async {
-            match &keys.user {
-                Some(id) => self.read(&self.layout.user, id).await.map(Some),
-                None => Ok(None),
-            }
-        };
-        let shows = try_join_all(keys.shows.iter().map(|id| self.read(&self.layout.show, id)));
-        let episodes = try_join_all(
-            keys.episodes
-                .iter()
-                .map(|id| self.read(&self.layout.episode, id)),
-        );
-        futures_util::try_join!(user, shows, episodes)
+        fn hmget<R: Record>(layout: &EntityLayout<R>, id: &str) -> Cmd {
+            let mut command = redis::cmd("HMGET");
+            command.arg(layout.key(id)).arg(layout.hash_fields());
+            command
+        }
+        let commands: Vec<Cmd> = keys
+            .user
+            .iter()
+            .map(|id| hmget(&self.layout.user, id))
+            .chain(keys.shows.iter().map(|id| hmget(&self.layout.show, id)))
+            .chain(
+                keys.episodes
+                    .iter()
+                    .map(|id| hmget(&self.layout.episode, id)),
+            )
+            .collect();
+        let expected = commands.len();
+        let mut replies: Vec<HashValues> = self.connection.query_each(commands).await?;
+        if replies.len() != expected {
+            return Err(RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "a reply count that differs from the commands sent",
+            )));
+        }
+        let episodes = replies.split_off(replies.len() - keys.episodes.len());
+        let shows = replies.split_off(replies.len() - keys.shows.len());
+        Ok((replies.pop(), shows, episodes))
     }
 
     async fn lookup_now(&self, keys: &LookupKeys) -> Result<StoreRecords, StoreError> {
@@ -313,7 +348,13 @@ impl RedisStore {
                 replies
             }
             Err(error) => {
-                attempt.failed();
+                if is_outage(&error) {
+                    attempt.failed();
+                } else {
+                    // Redis answered, refusing this read (a key of another type, say):
+                    // this request goes cold, but the server is up.
+                    attempt.succeeded();
+                }
                 return Err(StoreError::Unavailable(error.to_string()));
             }
         };
@@ -335,6 +376,22 @@ impl RedisStore {
         }
         Ok(records)
     }
+}
+
+/// Whether `error` says Redis (or the way to it) is unwell, so that the breaker should
+/// count it, rather than that Redis answered and refused one command.
+fn is_outage(error: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+        || error.is_cluster_error()
+        || matches!(
+            error.kind(),
+            ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown)
+        )
 }
 
 impl FeatureStore for RedisStore {

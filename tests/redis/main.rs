@@ -718,3 +718,75 @@ async fn a_slow_redis_still_meets_the_request_deadline_on_the_cold_path() {
     let recovered = whole_answer(&client, &server, request).await;
     assert_eq!(recovered["candidates"], whole["candidates"]);
 }
+
+/// Data Redis refuses or that does not decode (a key of another type, a field that is not
+/// a `feast.types.Value`) fails the requests that touch it, each on its own: the breaker
+/// stays closed and every other entity still reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_data_fails_only_the_lookups_that_touch_it() {
+    let data = TestData::new();
+    let redis = RedisServer::start();
+    run_podscore(&[
+        "features",
+        "load",
+        "--redis",
+        &redis.url(),
+        "--from",
+        &data.snapshot_arg(),
+    ]);
+    let layout = Mapping::default().layout().unwrap();
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let user_key = layout.user.key("u0");
+    let _: () = redis::cmd("DEL")
+        .arg(&user_key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&user_key)
+        .arg("not a hash")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let show_key = layout.show.key("s1");
+    let tier = feast::feature_field("shows", "tier");
+    let _: () = redis::cmd("HSET")
+        .arg(&show_key)
+        .arg(&tier[..])
+        .arg(&b"\x18"[..])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+
+    let store = redis_store(RedisTarget::new(&redis.url(), false));
+    let user = |id: &str| LookupKeys {
+        user: Some(id.to_string()),
+        ..LookupKeys::default()
+    };
+    for _ in 0..2 * podscore::store::DEFAULT_FAILURES_TO_OPEN {
+        let error = store.lookup(&user("u0")).await.unwrap_err();
+        assert!(error.to_string().contains("WRONGTYPE"), "{error}");
+        let error = store
+            .lookup(&LookupKeys {
+                shows: vec!["s1".into()],
+                ..LookupKeys::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("show `s1`: feature `shows:tier`"),
+            "{error}"
+        );
+    }
+    let found = store
+        .lookup(&user("u7"))
+        .await
+        .expect("the breaker stayed closed");
+    assert_eq!(found.user.as_deref(), data.snapshot.users.get("u7"));
+}

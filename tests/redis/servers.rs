@@ -1,7 +1,13 @@
 //! Real processes for the Redis tests: `redis-server` on free loopback ports (one node, or
 //! three forming a Redis Cluster), `podscore serve` on a free port, and the test
 //! virtualenv's Feast. Each is killed when its handle drops. A missing `redis-server` or
-//! Feast fails the test with the command that installs it.
+//! Feast fails the test with the command that installs it. The store bench
+//! (`tests/benches/store.rs`) starts its servers with these helpers too.
+
+#![allow(
+    dead_code,
+    reason = "the tests and the store bench use different parts"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
