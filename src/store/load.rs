@@ -146,8 +146,8 @@ fn writes<R: Record>(
     records: &HashMap<String, R>,
     as_of: i64,
 ) -> impl Iterator<Item = Write> {
-    records.values().map(move |record| Write {
-        key: layout.key(record.id()),
+    records.iter().map(move |(id, record)| Write {
+        key: layout.key(id),
         fields: layout.encode(record, as_of),
     })
 }

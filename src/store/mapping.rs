@@ -151,7 +151,6 @@ impl<R> std::fmt::Debug for RecordField<R> {
 pub trait Record: Sized + 'static {
     const FIELDS: &'static [RecordField<Self>];
     fn with_id(id: &str) -> Self;
-    fn id(&self) -> &str;
 }
 
 fn text(value: &Option<String>) -> Option<Val> {
@@ -218,13 +217,9 @@ impl Record for UserRecord {
 
     fn with_id(id: &str) -> UserRecord {
         UserRecord {
-            id: id.to_string(),
+            id: Some(id.to_string()),
             ..UserRecord::default()
         }
-    }
-
-    fn id(&self) -> &str {
-        &self.id
     }
 }
 
@@ -279,13 +274,9 @@ impl Record for ShowRecord {
 
     fn with_id(id: &str) -> ShowRecord {
         ShowRecord {
-            id: id.to_string(),
+            id: Some(id.to_string()),
             ..ShowRecord::default()
         }
-    }
-
-    fn id(&self) -> &str {
-        &self.id
     }
 }
 
@@ -319,13 +310,9 @@ impl Record for EpisodeRecord {
 
     fn with_id(id: &str) -> EpisodeRecord {
         EpisodeRecord {
-            id: id.to_string(),
+            id: Some(id.to_string()),
             ..EpisodeRecord::default()
         }
-    }
-
-    fn id(&self) -> &str {
-        &self.id
     }
 }
 
@@ -484,7 +471,7 @@ mod tests {
 
     fn show() -> ShowRecord {
         ShowRecord {
-            id: "s1".into(),
+            id: Some("s1".into()),
             genres: Some(vec!["comedy".into()]),
             topics: Some(vec![]),
             embedding: Some(vec![0.25, -1.0]),
