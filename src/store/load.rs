@@ -60,7 +60,7 @@ pub struct LoadArgs {
     #[arg(long = "from", env = "PODSCORE_LOAD_FROM")]
     pub from: PathBuf,
     /// Feast mapping file (JSON); default: the layout of `deploy/feast/`.
-    #[arg(long, env = "PODSCORE_FEAST_MAPPING")]
+    #[arg(long = "feast-mapping", env = "PODSCORE_FEAST_MAPPING")]
     pub mapping: Option<PathBuf>,
     /// `HSET` commands per pipeline.
     #[arg(long, env = "PODSCORE_LOAD_PIPELINE", default_value_t = DEFAULT_PIPELINE_COMMANDS)]

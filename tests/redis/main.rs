@@ -209,15 +209,7 @@ async fn features_load_fills_redis_idempotently_with_the_snapshot_records() {
 async fn a_redis_cluster_holds_and_serves_the_same_records() {
     let data = TestData::new();
     let cluster = RedisCluster::start();
-    run_podscore(&[
-        "features",
-        "load",
-        "--cluster",
-        "--redis",
-        &cluster.seeds(),
-        "--from",
-        &data.snapshot_arg(),
-    ]);
+    cluster.load(&data.snapshot_dir());
     assert_eq!(cluster.key_count(), data.entities() as u64);
     for node in &cluster.nodes {
         let keys: u64 = node.cli(&["DBSIZE"]).parse().unwrap();
@@ -299,23 +291,8 @@ async fn scores_from_redis_and_a_cluster_equal_scores_from_the_snapshot() {
     let models = root().join("models");
     let redis = RedisServer::start();
     let cluster = RedisCluster::start();
-    run_podscore(&[
-        "features",
-        "load",
-        "--redis",
-        &redis.url(),
-        "--from",
-        &data.snapshot_arg(),
-    ]);
-    run_podscore(&[
-        "features",
-        "load",
-        "--cluster",
-        "--redis",
-        &cluster.seeds(),
-        "--from",
-        &data.snapshot_arg(),
-    ]);
+    redis.load(&data.snapshot_dir());
+    cluster.load(&data.snapshot_dir());
     let expected = {
         let server = Podscore::serve(&models, &["--features", &data.snapshot_arg()]);
         scores(&server, &data.requests).await
@@ -401,14 +378,7 @@ async fn feast_materialization_is_read_as_the_snapshot() {
     };
     feast_command(&["apply"]);
     feast_command(&["materialize", "2026-01-01T00:00:00", "2027-01-01T00:00:00"]);
-    run_podscore(&[
-        "features",
-        "load",
-        "--redis",
-        &by_podscore.url(),
-        "--from",
-        &data.snapshot_arg(),
-    ]);
+    by_podscore.load(&data.snapshot_dir());
     let feast_hashes = by_feast.hashes().await;
     assert_eq!(feast_hashes.len(), data.entities());
     assert!(
@@ -562,17 +532,37 @@ json.dump(out, sys.stdout)
     }
 }
 
-/// Loads the test snapshot into `redis` and saves it, so that a restart reloads it.
-fn load_and_save(redis: &RedisServer, data: &TestData) {
-    run_podscore(&[
-        "features",
-        "load",
-        "--redis",
-        &redis.url(),
-        "--from",
-        &data.snapshot_arg(),
-    ]);
-    redis.cli(&["SAVE"]);
+/// The test snapshot loaded into a fresh Redis and saved (so that a restart reloads it),
+/// and `podscore serve` reading that Redis under the given store deadline.
+struct Serving {
+    data: TestData,
+    redis: RedisServer,
+    server: Podscore,
+    client: reqwest::Client,
+}
+
+impl Serving {
+    fn start(store_timeout_ms: &str) -> Serving {
+        let data = TestData::new();
+        let redis = RedisServer::start();
+        redis.load(&data.snapshot_dir());
+        redis.cli(&["SAVE"]);
+        let server = Podscore::serve(
+            &root().join("models"),
+            &[
+                "--redis",
+                &redis.url(),
+                "--store-timeout-ms",
+                store_timeout_ms,
+            ],
+        );
+        Serving {
+            data,
+            redis,
+            server,
+            client: reqwest::Client::new(),
+        }
+    }
 }
 
 /// Redis killed mid-traffic: every request still answers 200 (degraded, on the cold-start
@@ -580,16 +570,14 @@ fn load_and_save(redis: &RedisServer, data: &TestData) {
 /// whole again and the hit count climbs, without restarting podscore.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_traffic_degrades_then_recovers_without_a_restart() {
-    let data = TestData::new();
-    let mut redis = RedisServer::start();
-    load_and_save(&redis, &data);
     // Outages fail fast (refused connections), so the store deadline only needs to
     // cover a busy machine here.
-    let server = Podscore::serve(
-        &root().join("models"),
-        &["--redis", &redis.url(), "--store-timeout-ms", "250"],
-    );
-    let client = reqwest::Client::new();
+    let Serving {
+        data,
+        mut redis,
+        server,
+        client,
+    } = Serving::start("250");
     let request = &data.requests[0];
     let whole = whole_answer(&client, &server, request).await;
 
@@ -639,7 +627,12 @@ async fn redis_stopped_mid_traffic_degrades_then_recovers_without_a_restart() {
     );
 
     redis.restart();
+    let restarted = Instant::now();
     let recovered = whole_answer(&client, &server, request).await;
+    eprintln!(
+        "whole answers again {:?} after the restart",
+        restarted.elapsed()
+    );
     assert_eq!(
         recovered["candidates"], whole["candidates"],
         "whole answers again"
@@ -671,14 +664,12 @@ async fn redis_stopped_mid_traffic_degrades_then_recovers_without_a_restart() {
 /// 200 within their own deadline, degraded, on the cold-start path; then recover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_still_meets_the_request_deadline_on_the_cold_path() {
-    let data = TestData::new();
-    let redis = RedisServer::start();
-    load_and_save(&redis, &data);
-    let server = Podscore::serve(
-        &root().join("models"),
-        &["--redis", &redis.url(), "--store-timeout-ms", "20"],
-    );
-    let client = reqwest::Client::new();
+    let Serving {
+        data,
+        redis,
+        server,
+        client,
+    } = Serving::start("20");
     let request = &data.requests[1];
     let whole = whole_answer(&client, &server, request).await;
 
@@ -726,14 +717,7 @@ async fn a_slow_redis_still_meets_the_request_deadline_on_the_cold_path() {
 async fn bad_data_fails_only_the_lookups_that_touch_it() {
     let data = TestData::new();
     let redis = RedisServer::start();
-    run_podscore(&[
-        "features",
-        "load",
-        "--redis",
-        &redis.url(),
-        "--from",
-        &data.snapshot_arg(),
-    ]);
+    redis.load(&data.snapshot_dir());
     let layout = Mapping::default().layout().unwrap();
     let mut connection = redis::Client::open(redis.url())
         .unwrap()

@@ -141,6 +141,11 @@ impl RedisServer {
             .unwrap_or_else(|| panic!("redis-cli {args:?} failed on port {}", self.port))
     }
 
+    /// `podscore features load` of the snapshot in `snapshot` into this server.
+    pub fn load(&self, snapshot: &Path) -> Output {
+        load_features(&self.url(), false, snapshot)
+    }
+
     /// Every key and its hash, for byte comparisons.
     pub async fn hashes(&self) -> Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> {
         let client = redis::Client::open(self.url()).expect("a URL");
@@ -236,6 +241,11 @@ impl RedisCluster {
             .join(",")
     }
 
+    /// `podscore features load --cluster` of the snapshot in `snapshot`.
+    pub fn load(&self, snapshot: &Path) -> Output {
+        load_features(&self.seeds(), true, snapshot)
+    }
+
     /// Keys held across all nodes.
     pub fn key_count(&self) -> u64 {
         self.nodes
@@ -259,6 +269,16 @@ pub fn run_podscore(args: &[&str]) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// `podscore features load`, into a cluster's seeds or one server's URL.
+pub fn load_features(urls: &str, cluster: bool, snapshot: &Path) -> Output {
+    let snapshot = snapshot.display().to_string();
+    let mut args = vec!["features", "load", "--redis", urls, "--from", &snapshot];
+    if cluster {
+        args.push("--cluster");
+    }
+    run_podscore(&args)
 }
 
 /// `podscore serve` on a free loopback port, killed on drop.
