@@ -102,14 +102,16 @@ fn run_load(args: &LoadArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let report = runtime.block_on(async {
         let connection = Connection::open(&target, LOAD_CONNECT_TIMEOUT, LOAD_RESPONSE_TIMEOUT)
-            .with_context(|| format!("redis {}", args.redis))?;
+            .map_err(|error| anyhow::anyhow!("redis {}: {error}", args.redis))?;
         let total = snapshot.users.len() + snapshot.shows.len() + snapshot.episodes.len();
         let bar = progress_bar(total as u64);
         let report = load_snapshot(&connection, &layout, &snapshot, args.pipeline, &|count| {
             bar.inc(count)
         })
         .await
-        .with_context(|| format!("writing to redis {}", args.redis));
+        // redis-rs's errors print their I/O cause and then return it as their source:
+        // one message, not the same cause twice.
+        .map_err(|error| anyhow::anyhow!("writing to redis {}: {error}", args.redis));
         bar.finish_and_clear();
         report
     })?;

@@ -42,13 +42,13 @@ pub struct EntityMapping {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
-    #[error("reading feast mapping {}: {source}", path.display())]
+    #[error("reading feast mapping {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("feast mapping {}: {source}", path.display())]
+    #[error("feast mapping {}", path.display())]
     Json {
         path: PathBuf,
         #[source]
