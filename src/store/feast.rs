@@ -86,7 +86,7 @@ pub fn timestamp_field(view: &str) -> Vec<u8> {
 /// it holds, derived by hand for the cases a podscore record can hold: the schema is
 /// public and stable, and deriving eight message types here keeps protobuf compilation out
 /// of the store. Cases podscore does not read (maps, sets, JSON, ...) decode as an unknown
-/// value and are refused by name. `tests/redis.rs` checks these bytes against Feast's own
+/// value and are refused by name. `tests/redis/main.rs` checks these bytes against Feast's own
 /// serializer.
 pub mod proto {
     #[derive(Clone, PartialEq, prost::Message)]
