@@ -49,9 +49,9 @@
 //!   load` fills Redis in that layout.
 //! - [`service`]: the service layer between the front ends and the domain: the pipeline
 //!   [`service::Service::score`] (`validate`, `lookup`, `infer`, `respond`, one file
-//!   each), the served `models` and their `reload` and `golden` checks, `admission` (the
-//!   inference bound), the `request` and response types, and the `metrics`. It knows
-//!   nothing of HTTP.
+//!   each), the served `models` and their `reload` and `golden` checks, `admission` (a
+//!   bounded line entered before decoding, in front of the inference slots), the `request`
+//!   and response types, and the `metrics`. It knows nothing of HTTP.
 //! - [`api`]: the HTTP front end (axum): the router, `error` (the one table of statuses
 //!   and wire codes), `extract` (JSON body, deadline header), one file per route family.
 //!   It knows nothing of tract or the store's internals.
@@ -73,7 +73,8 @@
 //!   training-serving skew is designed out.
 //! - A model that fails to load, or whose golden outputs do not match, never replaces the
 //!   one being served.
-//! - tract runs off the async runtime, behind a bound; overload answers 503 at once.
+//! - tract runs off the async runtime, behind a bound; a request is admitted (or answered
+//!   503 at once) before its body is read, and waits only while its deadline allows.
 //! - Only [`api`] knows HTTP and JSON error formats; domain modules and the service
 //!   return typed errors.
 //! - Assembly never emits an id outside its vocabulary, so tract's Gather cannot panic.

@@ -40,6 +40,29 @@ const OFFLINE_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// `podscore score`'s store deadline: offline there is no caller's deadline, and a second
 /// covers dialing Redis for the one lookup.
 const OFFLINE_STORE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Open connections at most. Each costs a file descriptor and a few KiB; an ad server's
+/// pool to one replica is tens of connections, so 4096 leaves room for many clients and
+/// health checkers while a flood of idle or slow connections cannot exhaust the process's
+/// descriptors (the container's limit must exceed it). Connections past it are closed at
+/// once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
+/// Time to receive a request's headers, counted from when the connection starts waiting
+/// for them: on a kept-alive connection that includes its idle time, so this is also the
+/// idle keep-alive timeout (hyper runs one timer for both). Real clients send headers in
+/// one packet and reuse a pooled connection within seconds; 10 s keeps a pool warm and
+/// frees a half-sent header (slow loris) in 10 s instead of never.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// How long the listener keeps accepting after SIGTERM while `/readyz` answers 503: load
+/// balancers probe every few seconds and take as long again to stop routing; 5 s matches
+/// the deploy's preStop hook and the common probe period.
+pub const DEFAULT_PRE_STOP_DELAY_MS: u64 = 5_000;
+/// How long requests in flight get to finish once the listener closes: a request is due
+/// within its 1 s deadline, so 15 s only waits out slow clients, and pre-stop plus drain
+/// stay within Kubernetes' default 30 s grace period with the preStop hook's 5 s.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 15_000;
+/// Pause after a failed `accept` (out of descriptors, say) before the next: retrying at
+/// once would spin a core on the same error.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// What is served: the bundles and the feature store, for `serve` and `score` alike.
 #[derive(clap::Args, Debug, Clone)]
@@ -75,10 +98,14 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "PODSCORE_MAX_BODY_BYTES", default_value_t = api::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
-    /// Inferences running at once; more are answered 503 at once. Defaults to the number
-    /// of CPUs.
+    /// Inference slots: requests decoded and scored at once (at least 1). Defaults to the
+    /// number of CPUs.
     #[arg(long, env = "PODSCORE_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
+    /// Requests that may wait for a slot beyond those holding one; past it, and when the
+    /// expected wait exceeds a request's deadline, requests are answered 503 at once.
+    #[arg(long, env = "PODSCORE_MAX_QUEUE", default_value_t = service::admission::DEFAULT_MAX_QUEUE)]
+    pub max_queue: usize,
     /// Deadline of a request that sends no `x-request-timeout-ms`, and the longest one it
     /// may ask for, in milliseconds.
     #[arg(long, env = "PODSCORE_REQUEST_TIMEOUT_MS", default_value_t = api::DEFAULT_REQUEST_TIMEOUT_MS)]
@@ -91,6 +118,59 @@ pub struct ServeArgs {
     /// off (SIGHUP still reloads).
     #[arg(long, env = "PODSCORE_RELOAD_INTERVAL_S", default_value_t = DEFAULT_RELOAD_INTERVAL_S)]
     pub reload_interval_s: u64,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Connection limits and the shutdown sequence.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Open connections at most; more are closed at once.
+    #[arg(long, env = "PODSCORE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Milliseconds to receive a request's headers, idle keep-alive time included.
+    #[arg(long, env = "PODSCORE_HEADER_TIMEOUT_MS", default_value_t = DEFAULT_HEADER_TIMEOUT_MS)]
+    pub header_timeout_ms: u64,
+    /// Milliseconds a request body may take to arrive (the request's deadline may cut it
+    /// shorter).
+    #[arg(long, env = "PODSCORE_BODY_TIMEOUT_MS", default_value_t = api::DEFAULT_BODY_TIMEOUT_MS)]
+    pub body_timeout_ms: u64,
+    /// Milliseconds the listener keeps accepting after SIGTERM, with `/readyz` at 503.
+    #[arg(long, env = "PODSCORE_PRE_STOP_DELAY_MS", default_value_t = DEFAULT_PRE_STOP_DELAY_MS)]
+    pub pre_stop_delay_ms: u64,
+    /// Milliseconds requests in flight get to finish after the listener closes.
+    #[arg(long, env = "PODSCORE_DRAIN_TIMEOUT_MS", default_value_t = DEFAULT_DRAIN_TIMEOUT_MS)]
+    pub drain_timeout_ms: u64,
+}
+
+impl ServerArgs {
+    /// The connection limits these flags describe.
+    pub fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+        }
+    }
+}
+
+/// What bounds the server's connections.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    /// How long connections get to finish their requests once shutdown begins.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> ServerLimits {
+        ServerLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: Duration::from_millis(DEFAULT_HEADER_TIMEOUT_MS),
+            drain_timeout: Duration::from_millis(DEFAULT_DRAIN_TIMEOUT_MS),
+        }
+    }
 }
 
 impl ServeArgs {
@@ -105,6 +185,7 @@ impl ServeArgs {
             max_inflight: self
                 .max_inflight
                 .unwrap_or_else(service::default_max_inflight),
+            max_queue: self.max_queue,
         }
     }
 
@@ -113,6 +194,7 @@ impl ServeArgs {
         api::Config {
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            body_timeout: Duration::from_millis(self.server.body_timeout_ms),
         }
     }
 }
@@ -166,7 +248,7 @@ pub fn build(
     config: service::Config,
 ) -> anyhow::Result<(Service, Arc<Reloader>)> {
     let store = open_store(sources)?;
-    let service = Service::new(config, store).context("registering metrics")?;
+    let service = Service::new(config, store).context("configuring the service")?;
     let reloader = Arc::new(Reloader::new(
         &sources.models,
         sources.default_model.clone(),
@@ -200,16 +282,76 @@ pub fn build(
     Ok((service, reloader))
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then finishes the requests in
-/// flight.
+/// Serves `app` on `listener` within `limits` until `shutdown` resolves, then closes the
+/// listener and gives the connections' requests in flight `limits.drain_timeout` to
+/// finish; connections still open after it are dropped. Returns how many were.
+///
+/// hyper's HTTP/1 connection is driven directly rather than through `axum::serve`, which
+/// sets no timer (so no header timeout) and no connection bound.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    limits: &ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+) -> std::io::Result<usize> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::warn!(%peer, limit = limits.max_connections, "connection limit reached; closing the new connection");
+            drop(stream);
+            continue;
+        };
+        // Latency over throughput: answers are small and must leave at once.
+        let _ = stream.set_nodelay(true);
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let open = limits.max_connections - connections.available_permits();
+    tracing::info!(
+        connections = open,
+        "listener closed; draining requests in flight"
+    );
+    match tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await {
+        Ok(()) => Ok(0),
+        Err(_) => {
+            let left = limits.max_connections - connections.available_permits();
+            tracing::warn!(
+                connections = left,
+                "drain timeout reached; closing the connections still open"
+            );
+            Ok(left)
+        }
+    }
 }
 
 /// `podscore serve`.
@@ -233,16 +375,61 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             reloader,
             Duration::from_secs(args.reload_interval_s),
         ));
-        serve(
+        let mut signals = Signals::new().context("installing signal handlers")?;
+        let pre_stop = Duration::from_millis(args.server.pre_stop_delay_ms);
+        let draining = service.clone();
+        let limits = args.server.limits();
+        let serving = serve(
             listener,
             api::app(service, args.api_config()),
-            shutdown_signal(),
-        )
-        .await
-        .context("serving")?;
-        tracing::info!("shut down");
+            &limits,
+            async move {
+                signals.next().await;
+                draining.start_draining();
+                tracing::info!(
+                    pre_stop_ms = pre_stop.as_millis() as u64,
+                    "shutdown signal: /readyz answers 503; accepting until the pre-stop delay ends"
+                );
+                // A second signal from here on exits at once.
+                tokio::spawn(async move {
+                    signals.next().await;
+                    tracing::warn!("second shutdown signal: exiting without draining");
+                    std::process::exit(SECOND_SIGNAL_EXIT);
+                });
+                tokio::time::sleep(pre_stop).await;
+            },
+        );
+        let dropped = serving.await.context("serving")?;
+        tracing::info!(dropped_connections = dropped, "shut down");
         Ok(())
     })
+}
+
+/// The exit status after a second shutdown signal: the conventional 128 + SIGTERM (15).
+const SECOND_SIGNAL_EXIT: i32 = 143;
+
+/// SIGTERM and ctrl-c (SIGINT), as one stream of shutdown requests.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }
 
 /// Reloads on SIGHUP, and every `interval` unless it is zero.
@@ -294,23 +481,6 @@ async fn watch_models(service: Service, reloader: Arc<Reloader>, interval: Durat
     }
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
-    tracing::info!("shutdown signal received; finishing requests in flight");
-}
-
 /// JSON lines on stdout; `RUST_LOG` filters (default `info`).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -336,6 +506,7 @@ pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
         store_timeout: OFFLINE_STORE_TIMEOUT,
         ..service::Config::default()
     };
+    let max_candidates = config.limits.max_candidates;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -344,13 +515,17 @@ pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
         let _entered = runtime.enter();
         build(&args.sources, config)?
     };
-    let started = Instant::now();
     let outcome = runtime.block_on(async {
-        let request = api::extract::decode_json(&body)?;
+        let deadline = api::extract::deadline_after(OFFLINE_TIMEOUT);
+        let ticket = service.enter(deadline)?;
+        let permit = service.wait_for_slot(ticket, deadline).await?;
+        let started = Instant::now();
+        let request = api::extract::decode_score_request(&body, max_candidates)?;
         let incoming = Incoming {
             request,
             decode: started.elapsed(),
-            deadline: api::extract::deadline_after(OFFLINE_TIMEOUT),
+            deadline,
+            permit,
         };
         let response = service.score(incoming).await?;
         api::score::encode(&response)

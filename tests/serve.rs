@@ -21,7 +21,6 @@ use podscore::runtime::RuntimeConfig;
 use podscore::service::golden::GOLDEN_TOLERANCE;
 use podscore::service::request::ScoreResponse;
 use podscore::service::{self, Reloader, Service};
-use podscore::store::{FeatureStore, LookupFuture, LookupKeys};
 
 fn served_version(server: &TestServer) -> Option<u32> {
     server
@@ -92,9 +91,13 @@ async fn shipped_bundle_scores_over_http_as_the_trained_model() {
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = api::app(service, api::Config::default());
-    let running = tokio::spawn(podscore::serve::serve(listener, app, async {
-        let _ = stopped.await;
-    }));
+    let limits = podscore::serve::ServerLimits::default();
+    let running = tokio::spawn(async move {
+        podscore::serve::serve(listener, app, &limits, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
     let client = reqwest::Client::new();
     let post = |body: &Value| {
         client
@@ -428,7 +431,7 @@ async fn bad_input_gets_its_status_and_error_body() {
         unprocessable,
         error(
             "too_many_candidates",
-            "4 candidates; at most 3 per request",
+            "more than 3 candidates; at most 3 per request",
             Some("candidates"),
         ),
     )
@@ -601,23 +604,20 @@ async fn passed_deadline_answers_504() {
     .await;
 }
 
-/// With every inference slot taken, a request is shed at once with 503 and Retry-After,
-/// counted as shed; once the slot frees, requests score again.
+/// With the admission line full (every slot taken, no queue), a request is shed at once
+/// with 503 and Retry-After, counted as shed; once the slot frees, requests score again.
 #[tokio::test]
 async fn overload_answers_503_with_retry_after() {
     let server = TestServer::start(Setup {
         service: service::Config {
             max_inflight: 1,
+            max_queue: 0,
             ..Setup::default().service
         },
         ..Setup::default()
     });
     let app = server.app();
-    let slot = server
-        .service
-        .admission()
-        .try_admit()
-        .expect("one free slot");
+    let slot = common::hold_slot(&server.service).await;
     let started = std::time::Instant::now();
     let reply = score(&app, &stored_request()).await;
     assert!(
@@ -646,24 +646,19 @@ async fn overload_answers_503_with_retry_after() {
     );
 }
 
-/// A bound of zero sheds every scoring request while health and metrics still answer.
-#[tokio::test]
-async fn zero_inference_slots_shed_scoring_but_not_health() {
-    let server = TestServer::start(Setup {
-        service: service::Config {
+/// Zero inference slots, which used to shed every request while `/readyz` answered 200,
+/// is refused when the service is built.
+#[test]
+fn zero_inference_slots_are_refused_at_start() {
+    let error = Service::new(
+        service::Config {
             max_inflight: 0,
-            ..Setup::default().service
+            ..service::Config::default()
         },
-        ..Setup::default()
-    });
-    let app = server.app();
-    assert_eq!(
-        score(&app, &stored_request()).await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    assert_eq!(send(&app, get("/healthz")).await.status, StatusCode::OK);
-    assert_eq!(send(&app, get("/readyz")).await.status, StatusCode::OK);
-    assert_eq!(send(&app, get("/metrics")).await.status, StatusCode::OK);
+        Arc::new(podscore::store::SnapshotStore::empty()),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("at least 1"), "{error}");
 }
 
 /// A candidate whose show the store has never seen takes the cold-start path, is flagged
@@ -743,24 +738,6 @@ async fn unknown_user_is_scored_and_counted_as_a_miss() {
     );
 }
 
-/// A store that never answers: lookups run into the store timeout.
-#[derive(Debug)]
-struct HangingStore;
-
-impl FeatureStore for HangingStore {
-    fn backend(&self) -> &'static str {
-        "hanging"
-    }
-
-    fn lookup<'a>(&'a self, _keys: &'a LookupKeys) -> LookupFuture<'a> {
-        Box::pin(std::future::pending())
-    }
-
-    fn ready(&self) -> bool {
-        true
-    }
-}
-
 /// A store slower than its timeout does not fail the request: every candidate goes cold,
 /// and the fallback and the lookups are counted.
 #[tokio::test]
@@ -772,7 +749,7 @@ async fn slow_store_falls_back_to_cold_start_with_a_metric() {
         max_inflight: 2,
         ..service::Config::default()
     };
-    let service = Service::new(config, Arc::new(HangingStore)).unwrap();
+    let service = Service::new(config, Arc::new(common::HangingStore { ready: true })).unwrap();
     Reloader::with_runtime(models.path(), None, common::runtime_config())
         .reload(&service)
         .unwrap();
@@ -1055,9 +1032,14 @@ async fn real_listener_serves_and_shuts_down() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(podscore::serve::serve(listener, server.app(), async {
-        let _ = stopped.await;
-    }));
+    let app = server.app();
+    let limits = podscore::serve::ServerLimits::default();
+    let running = tokio::spawn(async move {
+        podscore::serve::serve(listener, app, &limits, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
     let client = reqwest::Client::new();
     let response = client
         .post(format!("http://{address}/score"))

@@ -29,7 +29,9 @@ pub enum ErrorCode {
     NotFound,
     ModelNotFound,
     MethodNotAllowed,
+    BodyTimeout,
     Overloaded,
+    QueueWait,
     NotReady,
     DeadlineExceeded,
     Internal,
@@ -53,7 +55,9 @@ impl ErrorCode {
             NotFound,
             ModelNotFound,
             MethodNotAllowed,
+            BodyTimeout,
             Overloaded,
+            QueueWait,
             NotReady,
             DeadlineExceeded,
             Internal,
@@ -74,7 +78,9 @@ impl ErrorCode {
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ModelNotFound => (StatusCode::NOT_FOUND, "model_not_found"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            QueueWait => (StatusCode::SERVICE_UNAVAILABLE, "queue_wait"),
             NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
             Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -123,6 +129,8 @@ pub enum ApiError {
     ModelNotFound(String),
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimeout(u128),
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -138,11 +146,13 @@ impl ApiError {
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::ModelNotFound(_) => ErrorCode::ModelNotFound,
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            ApiError::BodyTimeout(_) => ErrorCode::BodyTimeout,
             ApiError::Service(error) => match error {
                 ServiceError::Invalid(invalid) => ErrorCode::Invalid(invalid.reason),
                 ServiceError::UnknownModel(_) => ErrorCode::UnknownModel,
                 ServiceError::NotReady => ErrorCode::NotReady,
                 ServiceError::Overloaded => ErrorCode::Overloaded,
+                ServiceError::QueueWait => ErrorCode::QueueWait,
                 ServiceError::DeadlineExceeded => ErrorCode::DeadlineExceeded,
                 ServiceError::Internal(_) => ErrorCode::Internal,
             },

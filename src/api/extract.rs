@@ -1,24 +1,81 @@
-//! Extractors: a JSON body decoded with every rejection in the API's error format
-//! (syntax errors 400, type errors 422 with the field's path), and the request's
-//! deadline from `x-request-timeout-ms`.
+//! Reading a request: the JSON content type, the body read within its time bound, the
+//! body decoded in two passes (syntax and candidate count first, without building
+//! anything; then types, with every rejection in the API's error format: syntax errors
+//! 400, type errors 422 with the field's path), and the request's deadline from
+//! `x-request-timeout-ms`. Echoes of client text in error messages are bounded.
 
+use std::cell::Cell;
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 
+use crate::service::request::ScoreRequest;
 use crate::service::validate::{InvalidField, InvalidReason};
 
 use super::error::ApiError;
 use super::{ApiState, REQUEST_TIMEOUT_HEADER};
 
+/// Bytes of client text (a key, a value, a path) an error message repeats: enough to
+/// recognize it, never enough to turn a 2 MiB body into a 2 MiB error.
+pub const MAX_ECHO_BYTES: usize = 128;
+
+/// Refuses any content type but JSON.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+    match content_type.as_deref() {
+        Some(value) if is_json(value) => Ok(()),
+        Some(value) => Err(ApiError::UnsupportedMediaType(format!(
+            "`{}`",
+            truncate(value, 64)
+        ))),
+        None => Err(ApiError::UnsupportedMediaType("(none)".into())),
+    }
+}
+
+/// The whole body, bounded in size (413) and in time: it must arrive within the body
+/// timeout and before the request's deadline (504 when the deadline passes first, 408
+/// otherwise), so that a client trickling its body holds nothing for long.
+pub async fn read_body(
+    request: Request,
+    state: &ApiState,
+    deadline: Instant,
+) -> Result<Bytes, ApiError> {
+    let body_deadline = deadline.min(Instant::now() + state.config.body_timeout);
+    let reading = Bytes::from_request(request, state);
+    match tokio::time::timeout_at(body_deadline.into(), reading).await {
+        Err(_) if body_deadline >= deadline => Err(ApiError::Service(
+            crate::service::ServiceError::DeadlineExceeded,
+        )),
+        Err(_) => Err(ApiError::BodyTimeout(state.config.body_timeout.as_millis())),
+        Ok(Err(rejection)) => Err(body_rejection(rejection, state)),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+fn body_rejection(rejection: BytesRejection, state: &ApiState) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::BodyTooLarge {
+            limit: state.config.max_body_bytes,
+        }
+    } else {
+        ApiError::MalformedBody(bounded(&rejection.body_text(), MAX_ECHO_BYTES))
+    }
+}
+
 /// A JSON body: content type checked, size bounded, syntax and then types checked, with
-/// every rejection in the API's error format. `decode` is the time spent parsing.
+/// every rejection in the API's error format. `decode` is the time spent parsing. For
+/// routes without admission; `/score` reads and decodes in steps around it.
 #[derive(Debug)]
 pub struct JsonBody<T> {
     pub value: T,
@@ -29,32 +86,9 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &ApiState) -> Result<Self, ApiError> {
-        let content_type = request
-            .headers()
-            .get(CONTENT_TYPE)
-            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-        match content_type.as_deref() {
-            Some(value) if is_json(value) => {}
-            Some(value) => {
-                return Err(ApiError::UnsupportedMediaType(format!(
-                    "`{}`",
-                    truncate(value, 64)
-                )));
-            }
-            None => return Err(ApiError::UnsupportedMediaType("(none)".into())),
-        }
-        let bytes =
-            Bytes::from_request(request, state)
-                .await
-                .map_err(|rejection: BytesRejection| {
-                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::BodyTooLarge {
-                            limit: state.config.max_body_bytes,
-                        }
-                    } else {
-                        ApiError::MalformedBody(rejection.body_text())
-                    }
-                })?;
+        require_json(request.headers())?;
+        let deadline = Instant::now() + state.config.request_timeout;
+        let bytes = read_body(request, state, deadline).await?;
         let started = Instant::now();
         let value = decode_json(&bytes)?;
         Ok(JsonBody {
@@ -78,12 +112,186 @@ pub fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// `text` cut to at most `max` bytes, marked with an ellipsis when cut.
+pub fn bounded(text: &str, max: usize) -> String {
+    let cut = truncate(text, max);
+    if cut.len() == text.len() {
+        text.to_string()
+    } else {
+        format!("{cut}…")
+    }
+}
+
+/// A `/score` body as a [`ScoreRequest`], in two passes. The first checks syntax and
+/// counts candidates, building nothing and stopping at `max_candidates + 1`, so that a
+/// body of a hundred thousand tiny candidates costs a scan, not a hundred thousand
+/// structs, before its 422. The second decodes the types ([`decode_json`]).
+pub fn decode_score_request(bytes: &[u8], max_candidates: usize) -> Result<ScoreRequest, ApiError> {
+    let exceeded = Cell::new(false);
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let census = Census {
+        max_candidates,
+        exceeded: &exceeded,
+    };
+    let scanned = census
+        .deserialize(&mut deserializer)
+        .and_then(|()| deserializer.end());
+    if exceeded.get() {
+        return Err(ApiError::Invalid(InvalidField::new(
+            InvalidReason::TooManyCandidates,
+            "candidates",
+            format!("more than {max_candidates} candidates; at most {max_candidates} per request"),
+        )));
+    }
+    if let Err(error) = scanned {
+        return Err(ApiError::MalformedBody(bare_message(&error)));
+    }
+    decode_typed(bytes)
+}
+
+/// Visitor methods accepting (and skipping) every JSON scalar: in the count pass only the
+/// `candidates` array matters, and the typed pass reports anything else with its path.
+macro_rules! accept_scalars {
+    () => {
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    };
+}
+
+/// The first pass: any JSON value; in a top-level object, the `candidates` array is
+/// counted element by element.
+struct Census<'a> {
+    max_candidates: usize,
+    exceeded: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for Census<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Census<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(is_candidates) = map.next_key_seed(IsCandidates)? {
+            if is_candidates {
+                map.next_value_seed(Count {
+                    max: self.max_candidates,
+                    exceeded: self.exceeded,
+                })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    accept_scalars!();
+}
+
+/// A key, compared with `candidates` without copying it.
+struct IsCandidates;
+
+impl<'de> DeserializeSeed<'de> for IsCandidates {
+    type Value = bool;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IsCandidates {
+    type Value = bool;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<bool, E> {
+        Ok(key == "candidates")
+    }
+}
+
+/// The candidates array's elements, skipped and counted; past `max` the scan stops.
+struct Count<'a> {
+    max: usize,
+    exceeded: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for Count<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Count<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut count = 0usize;
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            count += 1;
+            if count > self.max {
+                self.exceeded.set(true);
+                return Err(de::Error::custom("too many candidates"));
+            }
+        }
+        Ok(())
+    }
+
+    // Anything but an array is the typed pass's error to report, with its path.
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        IgnoredAny.visit_map(map).map(|_| ())
+    }
+    accept_scalars!();
+}
+
 /// Parses `bytes` as `T`. Syntax is checked first, so that broken JSON is a 400 whatever
 /// the types say; then a type error is a 422 naming the field's path (`candidates[3].kind`).
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if let Err(error) = serde_json::from_slice::<IgnoredAny>(bytes) {
         return Err(ApiError::MalformedBody(bare_message(&error)));
     }
+    decode_typed(bytes)
+}
+
+/// The typed pass of [`decode_json`], on bytes whose syntax is known to be good.
+fn decode_typed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde would read a struct from an array of its fields; a body is an object.
     if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::Invalid(InvalidField::new(
@@ -96,18 +304,26 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let message = bare_message(error.inner());
-        ApiError::Invalid(classify(if path == "." { "" } else { &path }, message))
+        let invalid = classify(if path == "." { "" } else { &path }, message);
+        // Paths and messages can carry a client's key or string (an unknown key of a
+        // megabyte): both are echoed bounded.
+        ApiError::Invalid(InvalidField {
+            field: bounded(&invalid.field, 2 * MAX_ECHO_BYTES),
+            message: bounded(&invalid.message, 2 * MAX_ECHO_BYTES),
+            ..invalid
+        })
     })
 }
 
-/// serde_json's message without its ` at line L column C` suffix: the field path says
-/// where, in terms a client can act on.
+/// serde_json's message without its ` at line L column C` suffix (the field path says
+/// where, in terms a client can act on), bounded.
 fn bare_message(error: &serde_json::Error) -> String {
     let text = error.to_string();
-    match text.rfind(" at line ") {
-        Some(position) if error.line() > 0 => text[..position].to_string(),
-        _ => text,
-    }
+    let bare = match text.rfind(" at line ") {
+        Some(position) if error.line() > 0 => &text[..position],
+        _ => &text,
+    };
+    bounded(bare, 2 * MAX_ECHO_BYTES)
 }
 
 /// Maps a serde data error to its reason. Missing and unknown fields name the field

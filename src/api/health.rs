@@ -18,7 +18,8 @@ pub(super) async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "live"}))
 }
 
-/// `GET /readyz`: a model is loaded and the store expects to answer.
+/// `GET /readyz`: a model is loaded and the server is not draining. The store's health is
+/// never required: with the store down, requests score cold (degraded).
 pub(super) async fn ready(
     State(state): State<ApiState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::HeaderName;
+use axum::http::{HeaderName, HeaderValue};
 use axum::routing::{get, post};
 use axum::{Router, middleware};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -40,9 +40,16 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 1_000;
 /// What 503 answers ask clients to wait: overload at these latencies clears within a
 /// second, and a not-ready server is usually loading a model.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
+/// How long a request body may take to arrive, unless the request's deadline is sooner:
+/// 2 MiB over a 100 Mbit/s link takes under 200 ms; a body still arriving after a second
+/// is a slow or hostile client holding a place in line.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 1_000;
 /// The header carrying a request's deadline, relative, in milliseconds.
 pub const REQUEST_TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Longest request id echoed and logged: a UUID is 36 bytes, a trace id 32; ids are
+/// labels, not payloads.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
 
 /// The HTTP front end's configuration; the pipeline's is the service's.
 #[derive(Debug, Clone)]
@@ -51,6 +58,8 @@ pub struct Config {
     /// Deadline of a request that sends no `x-request-timeout-ms`, and the longest one
     /// it may ask for.
     pub request_timeout: Duration,
+    /// How long a body may take to arrive (the request's deadline may cut it shorter).
+    pub body_timeout: Duration,
 }
 
 impl Default for Config {
@@ -58,6 +67,7 @@ impl Default for Config {
         Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
+            body_timeout: Duration::from_millis(DEFAULT_BODY_TIMEOUT_MS),
         }
     }
 }
@@ -71,7 +81,8 @@ pub struct ApiState {
 }
 
 /// The router over `service`. Every route, the fallback included, is wrapped by request
-/// ids (in, or generated, and echoed out) and by `observe` (metrics and the request log).
+/// ids (in, sanitized and capped, or generated; echoed out) and by `observe` (metrics
+/// and the request log).
 pub fn app(service: Service, config: Config) -> Router {
     let state = ApiState {
         service,
@@ -101,7 +112,38 @@ pub fn app(service: Service, config: Config) -> Router {
             HeaderName::from_static(REQUEST_ID_HEADER),
             MakeRequestUuid,
         ))
+        .layer(middleware::map_request(sanitize_request_id))
         .with_state(state)
+}
+
+/// Keeps a client's `x-request-id` to what logs and echoes can carry: at most
+/// [`MAX_REQUEST_ID_BYTES`] of letters, digits and `-_.:/+=@`. An id with nothing left is
+/// dropped, so that one is generated.
+async fn sanitize_request_id(mut request: Request) -> Request {
+    let name = HeaderName::from_static(REQUEST_ID_HEADER);
+    let Some(value) = request.headers().get(&name) else {
+        return request;
+    };
+    let allowed = |byte: &u8| byte.is_ascii_alphanumeric() || b"-_.:/+=@".contains(byte);
+    if value.len() <= MAX_REQUEST_ID_BYTES && value.as_bytes().iter().all(allowed) {
+        return request;
+    }
+    let clean: Vec<u8> = value
+        .as_bytes()
+        .iter()
+        .copied()
+        .filter(allowed)
+        .take(MAX_REQUEST_ID_BYTES)
+        .collect();
+    match HeaderValue::from_bytes(&clean) {
+        Ok(value) if !clean.is_empty() => {
+            request.headers_mut().insert(name, value);
+        }
+        _ => {
+            request.headers_mut().remove(name);
+        }
+    }
+    request
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -101,7 +101,7 @@ mod tests {
         );
         assert_eq!(
             document["paths"]["/score"]["post"]["responses"]["503"]["x-error-codes"],
-            serde_json::json!(["overloaded", "not_ready"])
+            serde_json::json!(["overloaded", "queue_wait", "not_ready"])
         );
     }
 }

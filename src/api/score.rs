@@ -4,29 +4,44 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::service::metrics::Stage;
-use crate::service::request::{
-    CandidateScores, ModelRef, ScoreRequest, ScoreResponse, StageTimings,
-};
+use crate::service::request::{CandidateScores, ModelRef, ScoreResponse, StageTimings};
 use crate::service::respond::micros;
 use crate::service::{Incoming, Service, ServiceError};
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{Deadline, JsonBody};
+use super::extract::{self, Deadline};
 
+/// Admission comes before the body: a place in line is taken (or refused at once) before
+/// the body is read, and a slot before it is decoded, so that every body read or decoded
+/// at once holds a place in the bounded line and every decode a slot.
 pub(super) async fn score(
     State(state): State<ApiState>,
     Deadline(deadline): Deadline,
-    JsonBody { value, decode }: JsonBody<ScoreRequest>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let (body, timings) = score_and_encode(&state.service, value, decode, deadline).await?;
+    extract::require_json(request.headers())?;
+    let service = &state.service;
+    let ticket = service.enter(deadline)?;
+    let bytes = extract::read_body(request, &state, deadline).await?;
+    let permit = service.wait_for_slot(ticket, deadline).await?;
+    let started = Instant::now();
+    let value = extract::decode_score_request(&bytes, service.config().limits.max_candidates)?;
+    drop(bytes);
+    let incoming = Incoming {
+        request: value,
+        decode: started.elapsed(),
+        deadline,
+        permit,
+    };
+    let (body, timings) = score_and_encode(service, incoming).await?;
     let mut response = (
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         body,
@@ -40,21 +55,13 @@ pub(super) async fn score(
     Ok(response)
 }
 
-/// Scores a decoded request with `service` and encodes the answer: what `POST /score`
-/// and `podscore score` both do after decoding.
+/// Scores an admitted, decoded request with `service` and encodes the answer: what
+/// `POST /score` does after decoding.
 pub async fn score_and_encode(
     service: &Service,
-    request: ScoreRequest,
-    decode: Duration,
-    deadline: Instant,
+    incoming: Incoming,
 ) -> Result<(Vec<u8>, StageTimings), ApiError> {
-    let response = service
-        .score(Incoming {
-            request,
-            decode,
-            deadline,
-        })
-        .await?;
+    let response = service.score(incoming).await?;
     let (body, timings) = encode(&response)?;
     service
         .metrics()

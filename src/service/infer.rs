@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bundle::ResponseField;
+use crate::bundle::{HeadsError, ResponseField};
 use crate::entities::{CandidateView, EpisodeRecord, Overlay, RequestView, ShowRecord, overlay};
 use crate::features::{Assembler, AssemblyError};
 
@@ -30,6 +30,9 @@ pub enum InferError {
     Invalid(#[from] InvalidField),
     #[error("model `{name}`: {message}")]
     Model { name: String, message: String },
+    /// The request's deadline passed before the model ran: the work was skipped.
+    #[error("the deadline passed before inference")]
+    Expired,
 }
 
 /// The scores of one request's candidates, in request order, and how long assembly and
@@ -41,23 +44,24 @@ pub struct Inferred {
     pub inference: Duration,
 }
 
-/// Runs [`infer`] on a blocking thread, holding `permit` until the work is done, and
-/// waits for it until `deadline`. The looked-up request comes back with the scores, for
-/// the response.
+/// Runs [`infer`] on a blocking thread, holding `permit` until the work is done or
+/// skipped, and waits for it until `deadline`. The task checks the deadline when it
+/// starts and again before the model runs, so that a request its caller was already
+/// answered 504 for costs no inference and gives its slot back at once; only a model
+/// call already running (milliseconds, not interruptible in tract) finishes. The
+/// looked-up request comes back with the scores, for the response.
 pub async fn on_blocking_thread(
     model: Arc<Model>,
     features: Features,
     permit: Permit,
-    deadline: tokio::time::Instant,
+    deadline: Instant,
 ) -> Result<(Features, Inferred), ServiceError> {
     let task = tokio::task::spawn_blocking(move || {
-        // The slot is held until the work is done, even if the caller gave up waiting:
-        // the bound is on CPU work, not on waiting requests.
         let _permit = permit;
-        let result = infer(&model, &features);
+        let result = infer_before(&model, &features, Some(deadline));
         (features, result)
     });
-    let (features, result) = match tokio::time::timeout_at(deadline, task).await {
+    let (features, result) = match tokio::time::timeout_at(deadline.into(), task).await {
         Err(_) => return Err(ServiceError::DeadlineExceeded),
         Ok(Err(join_error)) => {
             return Err(ServiceError::Internal(format!(
@@ -69,13 +73,29 @@ pub async fn on_blocking_thread(
     match result {
         Ok(inferred) => Ok((features, inferred)),
         Err(InferError::Invalid(invalid)) => Err(ServiceError::Invalid(invalid)),
+        Err(InferError::Expired) => Err(ServiceError::DeadlineExceeded),
         Err(error @ InferError::Model { .. }) => Err(ServiceError::Internal(error.to_string())),
     }
 }
 
+/// [`infer_before`] with no deadline: golden checks and offline callers.
+pub fn infer(model: &Model, features: &Features) -> Result<Inferred, InferError> {
+    infer_before(model, features, None)
+}
+
 /// Scores a looked-up request with `model`: features taken from the request first, then
 /// from the store's records. Plain CPU work: the service runs it on a blocking thread.
-pub fn infer(model: &Model, features: &Features) -> Result<Inferred, InferError> {
+/// With a `deadline`, work stops with [`InferError::Expired`] when it has passed at the
+/// start or after assembly.
+pub fn infer_before(
+    model: &Model,
+    features: &Features,
+    deadline: Option<Instant>,
+) -> Result<Inferred, InferError> {
+    let expired = || deadline.is_some_and(|deadline| Instant::now() >= deadline);
+    if expired() {
+        return Err(InferError::Expired);
+    }
     let started = Instant::now();
     let (request, records) = (&features.request, &features.records);
     let model_error = |message: String| InferError::Model {
@@ -126,6 +146,9 @@ pub fn infer(model: &Model, features: &Features) -> Result<Inferred, InferError>
     let candidate_tensors = assembler.candidates(&views).map_err(assembly_error)?;
     let assembled = Instant::now();
     let assembly = assembled - started;
+    if expired() {
+        return Err(InferError::Expired);
+    }
 
     let logits = model
         .runtime()
@@ -148,7 +171,19 @@ pub fn infer(model: &Model, features: &Features) -> Result<Inferred, InferError>
             model
                 .heads()
                 .probability(candidate.kind, field, logits.row(row))
-                .map_err(|error| model_error(format!("row {row}: {error}")))
+                .map_err(|error| match error {
+                    // Inputs within their bounds can still drive a network to overflow:
+                    // that is this candidate's answer (a 422 naming it), never a 500.
+                    HeadsError::NotFinite { head, .. } => InferError::Invalid(InvalidField::new(
+                        InvalidReason::InvalidValue,
+                        format!("candidates[{row}]"),
+                        format!(
+                            "the model gives no finite `{head}` score for this candidate; \
+                             check its numeric inputs"
+                        ),
+                    )),
+                    error => model_error(format!("row {row}: {error}")),
+                })
         };
         candidates.push(CandidateScores {
             id: candidate.id.clone(),

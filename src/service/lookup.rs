@@ -6,6 +6,7 @@
 //! This module knows the store's trait and its timeout hook; it knows nothing of HTTP or
 //! of a particular backend.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::store::{self, FeatureStore, LookupKeys, StoreRecords};
@@ -24,18 +25,26 @@ pub struct Features {
     pub took: Duration,
 }
 
-/// The store keys `request` needs, each once, in first-seen order.
+/// The store keys `request` needs, each once, in first-seen order. Sets of the ids seen
+/// keep this linear in the candidates: a thousand distinct shows cost a thousand hash
+/// look-ups, not half a million comparisons on the async worker.
 pub fn keys(request: &ValidatedRequest) -> LookupKeys {
     let mut keys = LookupKeys {
         user: request.user_id.clone(),
         ..LookupKeys::default()
     };
+    let mut shows = HashSet::new();
+    let mut episodes = HashSet::new();
     for candidate in &request.candidates {
-        if let Some(show_id) = &candidate.show_id {
-            keys.add_show(show_id);
+        if let Some(show_id) = &candidate.show_id
+            && shows.insert(show_id.as_str())
+        {
+            keys.shows.push(show_id.clone());
         }
-        if let Some(episode_id) = &candidate.episode_id {
-            keys.add_episode(episode_id);
+        if let Some(episode_id) = &candidate.episode_id
+            && episodes.insert(episode_id.as_str())
+        {
+            keys.episodes.push(episode_id.clone());
         }
     }
     keys
@@ -95,5 +104,37 @@ mod tests {
         assert_eq!(keys.user.as_deref(), Some("u1"));
         assert_eq!(keys.shows, ["s1"]);
         assert_eq!(keys.episodes, ["e1"]);
+    }
+
+    /// Ten thousand distinct shows are keyed in linear time: within a generous 200 ms,
+    /// where a pairwise scan makes fifty million string comparisons.
+    #[test]
+    fn many_distinct_shows_are_keyed_in_linear_time() {
+        let candidates = (0..10_000)
+            .map(|index| {
+                let mut candidate = candidate("ad");
+                candidate.show_id = Some(format!("show-{index}"));
+                candidate.episode_id = Some(format!("episode-{}", index % 7));
+                candidate
+            })
+            .collect();
+        let limits = Limits {
+            max_candidates: 10_000,
+            ..Limits::default()
+        };
+        let request = validate(
+            ScoreRequest {
+                candidates,
+                ..ScoreRequest::default()
+            },
+            &limits,
+        )
+        .unwrap();
+        let started = Instant::now();
+        let keys = keys(&request);
+        assert!(started.elapsed() < Duration::from_millis(200));
+        assert_eq!(keys.shows.len(), 10_000);
+        assert_eq!(keys.shows[9_999], "show-9999");
+        assert_eq!(keys.episodes.len(), 7);
     }
 }

@@ -66,18 +66,25 @@ impl Stage {
 /// Why a request was answered at once without scoring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShedReason {
-    /// Every inference slot was taken.
+    /// The admission line (slots and queue) was full.
     Overloaded,
+    /// The expected wait for a slot was longer than the request's deadline.
+    QueueWait,
     /// No model is loaded.
     NotReady,
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 2] = [ShedReason::Overloaded, ShedReason::NotReady];
+    pub const ALL: [ShedReason; 3] = [
+        ShedReason::Overloaded,
+        ShedReason::QueueWait,
+        ShedReason::NotReady,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ShedReason::Overloaded => "overloaded",
+            ShedReason::QueueWait => "queue_wait",
             ShedReason::NotReady => "not_ready",
         }
     }

@@ -26,13 +26,14 @@ pub mod respond;
 pub mod validate;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::store::FeatureStore;
 
-pub use admission::Admission;
+pub use admission::{Admission, Permit, Refusal, Ticket};
 pub use models::{Model, ModelError, ServedModels};
 pub use reload::Reloader;
 
@@ -51,8 +52,10 @@ pub struct Config {
     pub limits: Limits,
     /// How long a store look-up may take before the request goes on cold.
     pub store_timeout: Duration,
-    /// Inferences running at once; more are shed.
+    /// Requests holding an inference slot at once (decoding to answer); at least one.
     pub max_inflight: usize,
+    /// Requests that may wait for a slot beyond those holding one.
+    pub max_queue: usize,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             limits: Limits::default(),
             store_timeout: Duration::from_millis(DEFAULT_STORE_TIMEOUT_MS),
             max_inflight: default_max_inflight(),
+            max_queue: admission::DEFAULT_MAX_QUEUE,
         }
     }
 }
@@ -82,6 +86,8 @@ pub enum ServiceError {
     NotReady,
     #[error("too many requests in flight; retry shortly")]
     Overloaded,
+    #[error("the expected wait for a slot exceeds the request's deadline; retry shortly")]
+    QueueWait,
     #[error("the request's deadline passed before scoring finished")]
     DeadlineExceeded,
     /// A bug or a broken model, not a client error.
@@ -96,19 +102,31 @@ impl From<InvalidField> for ServiceError {
 }
 
 /// A request as a front end hands it over: decoded, with the time decoding took (counted
-/// in the `decode` stage) and the instant by which it must be answered.
-#[derive(Debug, Clone)]
+/// in the `decode` stage), the instant by which it must be answered, and the slot it was
+/// admitted to before its body was decoded ([`Service::enter`], [`Service::wait_for_slot`]).
+#[derive(Debug)]
 pub struct Incoming {
     pub request: ScoreRequest,
     pub decode: Duration,
     pub deadline: Instant,
+    pub permit: Permit,
 }
 
-/// What `/readyz` reports when the service can score.
+/// What `/readyz` reports when the service can score. The store's health is never part
+/// of it: a store that is down means cold-start (degraded) scores, not an unready fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
     pub models: usize,
     pub store: &'static str,
+}
+
+/// A configuration the service cannot run with.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("max inflight must be at least 1: with no inference slot every request is shed")]
+    NoSlots,
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// The scoring service. Cheap to clone: every clone shares the same models, store,
@@ -127,11 +145,18 @@ struct Shared {
     metrics: Metrics,
     admission: Admission,
     config: Config,
+    /// Set once on shutdown: `/readyz` answers 503 from then on, so that load balancers
+    /// stop routing here while requests in flight finish.
+    draining: AtomicBool,
 }
 
 impl Service {
     /// A service serving no model yet (not ready), looking features up in `store`.
-    pub fn new(config: Config, store: Arc<dyn FeatureStore>) -> Result<Service, prometheus::Error> {
+    /// Refuses a configuration without inference slots.
+    pub fn new(config: Config, store: Arc<dyn FeatureStore>) -> Result<Service, BuildError> {
+        if config.max_inflight == 0 {
+            return Err(BuildError::NoSlots);
+        }
         let metrics = Metrics::new()?;
         metrics.initialize_series();
         Ok(Service {
@@ -139,8 +164,9 @@ impl Service {
                 models: ArcSwap::from_pointee(ServedModels::default()),
                 store,
                 metrics,
-                admission: Admission::new(config.max_inflight),
+                admission: Admission::new(config.max_inflight, config.max_queue),
                 config,
+                draining: AtomicBool::new(false),
             }),
         })
     }
@@ -152,6 +178,7 @@ impl Service {
             request,
             decode,
             deadline,
+            permit,
         } = incoming;
         let metrics = self.metrics();
         let validating = Instant::now();
@@ -180,13 +207,8 @@ impl Service {
         let features = lookup::look_up(self.store(), request, store_timeout, metrics).await;
         check_deadline(deadline)?;
 
-        let Some(permit) = self.admission().try_admit() else {
-            metrics.observe_shed(ShedReason::Overloaded);
-            return Err(ServiceError::Overloaded);
-        };
         let (features, inferred) =
-            infer::on_blocking_thread(Arc::clone(&model), features, permit, deadline.into())
-                .await?;
+            infer::on_blocking_thread(Arc::clone(&model), features, permit, deadline).await?;
         let timings = respond::Timings {
             decode,
             features: features.took + inferred.assembly,
@@ -220,17 +242,63 @@ impl Service {
         self.shared.models.store(Arc::new(models));
     }
 
-    /// Whether the service can score: a model is loaded and the store expects to answer.
+    /// A place in line for a request due by `deadline`, taken before its body is read or
+    /// decoded; refused at once (and counted as shed) when the line is full or the
+    /// expected wait exceeds the deadline. Every front end calls this, then
+    /// [`Service::wait_for_slot`], then decodes and calls [`Service::score`].
+    pub fn enter(&self, deadline: Instant) -> Result<Ticket, ServiceError> {
+        self.admission()
+            .enter(deadline)
+            .map_err(|refusal| self.refused(refusal))
+    }
+
+    /// Waits for an inference slot while `deadline` allows.
+    pub async fn wait_for_slot(
+        &self,
+        ticket: Ticket,
+        deadline: Instant,
+    ) -> Result<Permit, ServiceError> {
+        ticket
+            .slot(deadline)
+            .await
+            .map_err(|refusal| self.refused(refusal))
+    }
+
+    fn refused(&self, refusal: Refusal) -> ServiceError {
+        match refusal {
+            Refusal::QueueFull => {
+                self.metrics().observe_shed(ShedReason::Overloaded);
+                ServiceError::Overloaded
+            }
+            Refusal::WaitTooLong => {
+                self.metrics().observe_shed(ShedReason::QueueWait);
+                ServiceError::QueueWait
+            }
+            Refusal::DeadlineExceeded => ServiceError::DeadlineExceeded,
+        }
+    }
+
+    /// Whether the service can score: a model is loaded and the server is not draining.
+    /// The store is never consulted (see [`Readiness`]).
     pub fn readiness(&self) -> Result<Readiness, ServiceError> {
         let models = self.models();
-        let store = self.store();
-        if models.is_empty() || !store.ready() {
+        if models.is_empty() || self.is_draining() {
             return Err(ServiceError::NotReady);
         }
         Ok(Readiness {
             models: models.models.len(),
-            store: store.backend(),
+            store: self.store().backend(),
         })
+    }
+
+    /// From now on `/readyz` answers 503; scoring goes on for the requests that still
+    /// arrive while load balancers notice.
+    pub fn start_draining(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst)
     }
 
     pub fn store(&self) -> &dyn FeatureStore {

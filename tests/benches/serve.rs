@@ -91,7 +91,10 @@ fn score_100(c: &mut Criterion) {
         .unwrap();
     let address = listener.local_addr().unwrap();
     let served = app.clone();
-    runtime.spawn(async move { axum::serve(listener, served).await });
+    runtime.spawn(async move {
+        let limits = podscore::serve::ServerLimits::default();
+        podscore::serve::serve(listener, served, &limits, std::future::pending()).await
+    });
     let client = reqwest::Client::new();
     let url = format!("http://{address}/score");
     group.bench_function("loopback_http_100", |b| {

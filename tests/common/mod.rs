@@ -21,8 +21,9 @@ use podscore::logs::Snapshot;
 use podscore::model::testing::{self, VocabularySizes};
 use podscore::onnx;
 use podscore::runtime::RuntimeConfig;
+use podscore::service::Permit;
 use podscore::service::{self, Model, Reloader, Service};
-use podscore::store::SnapshotStore;
+use podscore::store::{FeatureStore, LookupFuture, LookupKeys, SnapshotStore};
 
 /// Name of the model every test serves.
 pub const MODEL: &str = "podcast-mtl";
@@ -329,4 +330,36 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
                 .and_then(|rest| rest.strip_prefix(' '))
         })
         .and_then(|value| value.trim().parse().ok())
+}
+
+/// A store that never answers, so that look-ups run into their timeout; `ready` is what
+/// it reports to readiness.
+#[derive(Debug)]
+pub struct HangingStore {
+    pub ready: bool,
+}
+
+impl FeatureStore for HangingStore {
+    fn backend(&self) -> &'static str {
+        "hanging"
+    }
+
+    fn lookup<'a>(&'a self, _keys: &'a LookupKeys) -> LookupFuture<'a> {
+        Box::pin(std::future::pending())
+    }
+
+    fn ready(&self) -> bool {
+        self.ready
+    }
+}
+
+/// Takes a place in line and a slot of `service`, as a request would, and holds them
+/// until the permit drops.
+pub async fn hold_slot(service: &Service) -> Permit {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let ticket = service.enter(deadline).expect("a place in line");
+    service
+        .wait_for_slot(ticket, deadline)
+        .await
+        .expect("a free slot")
 }
