@@ -16,12 +16,12 @@
 //! stores or how tensors were assembled.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tract_onnx::prelude::{
-    Framework, InferenceModelExt, IntoRunnable, IntoTValue, IntoTensor, TDim, TValue, TVec, Tensor,
-    TypedModel, TypedSimplePlan, tract_ndarray,
+    Datum, Framework, InferenceModelExt, IntoRunnable, IntoTValue, TDim, TValue, TVec, Tensor,
+    TypedModel, TypedSimplePlan, TypedSimpleState,
 };
 
 use tract_onnx::pb;
@@ -136,11 +136,52 @@ struct IdColumns {
     table_rows: usize,
 }
 
+/// A plan and the run states it has handed out and got back.
+///
+/// A state holds one run's per-node setup (tract builds it for every node of the plan);
+/// building it for every call, as `plan.run` does, was a tenth of a one-candidate call.
+/// A call takes a state from the pool or spawns one, and gives it back when done, so the
+/// pool holds at most as many states as calls ever ran at once on this plan.
+#[derive(Debug)]
+struct PooledPlan {
+    plan: Arc<TypedSimplePlan>,
+    /// Locked only to push or pop, never across a run.
+    idle: Mutex<Vec<TypedSimpleState>>,
+}
+
+impl PooledPlan {
+    fn new(plan: Arc<TypedSimplePlan>) -> PooledPlan {
+        PooledPlan {
+            plan,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn run(&self, inputs: TVec<TValue>) -> anyhow::Result<TVec<TValue>> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let mut state = match pooled {
+            Some(state) => state,
+            None => self.plan.spawn()?,
+        };
+        // A failed run may leave values behind in the state: it is dropped, not pooled.
+        let outputs = state.run(inputs)?;
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(state);
+        Ok(outputs)
+    }
+}
+
 /// A plan optimized for exactly `rows` candidates.
 #[derive(Debug)]
 struct BucketPlan {
     rows: usize,
-    plan: Arc<TypedSimplePlan>,
+    plan: PooledPlan,
 }
 
 /// How long each load step took, for the logs and the load-time budget.
@@ -160,7 +201,7 @@ pub struct Runtime {
     heads: usize,
     /// Sorted by `rows`, ascending.
     buckets: Vec<BucketPlan>,
-    symbolic: Arc<TypedSimplePlan>,
+    symbolic: PooledPlan,
     timings: LoadTimings,
 }
 
@@ -299,7 +340,7 @@ impl Runtime {
                     .map_err(tract_error(load_error))?;
                 Ok(BucketPlan {
                     rows,
-                    plan: optimize(concrete)?,
+                    plan: PooledPlan::new(optimize(concrete)?),
                 })
             })
             .collect::<Result<Vec<_>, RuntimeError>>()?;
@@ -314,7 +355,7 @@ impl Runtime {
             id_columns,
             heads,
             buckets,
-            symbolic,
+            symbolic: PooledPlan::new(symbolic),
             timings: LoadTimings {
                 decode_and_type,
                 symbolic_plan,
@@ -492,7 +533,8 @@ fn optimize(model: TypedModel) -> Result<Arc<TypedSimplePlan>, RuntimeError> {
         .map_err(tract_error(load_error))
 }
 
-/// One graph input for `rows` rows: the scope's values, then zero rows up to `rows`.
+/// One graph input for `rows` rows: the scope's values, then zero rows up to `rows`,
+/// written straight into the tensor tract reads.
 fn input_tensor(
     input: &Input,
     tensors: &ScopeTensors,
@@ -500,24 +542,23 @@ fn input_tensor(
 ) -> Result<TValue, RuntimeError> {
     let shape = [rows, input.columns];
     let used = tensors.rows * input.columns;
-    let padded = rows * input.columns;
     let tensor = match input.values(tensors) {
-        Values::Int64(values) => padded_tensor(&shape, &values[..used], padded),
-        Values::Float32(values) => padded_tensor(&shape, &values[..used], padded),
+        Values::Int64(values) => padded_tensor(&shape, &values[..used]),
+        Values::Float32(values) => padded_tensor(&shape, &values[..used]),
     };
     tensor
         .map(IntoTValue::into_tvalue)
         .map_err(tract_error(|reason| RuntimeError::Inference { reason }))
 }
 
-fn padded_tensor<T>(shape: &[usize; 2], values: &[T], padded: usize) -> anyhow::Result<Tensor>
+/// A zeroed tensor of `shape` whose first values are `values`.
+fn padded_tensor<T>(shape: &[usize; 2], values: &[T]) -> anyhow::Result<Tensor>
 where
-    T: tract_onnx::prelude::Datum + Copy + Default,
+    T: Datum + Copy + tract_onnx::prelude::tract_num_traits::Zero,
 {
-    let mut data = Vec::with_capacity(padded);
-    data.extend_from_slice(values);
-    data.resize(padded, T::default());
-    Ok(tract_ndarray::Array2::from_shape_vec((shape[0], shape[1]), data)?.into_tensor())
+    let mut tensor = Tensor::zero::<T>(shape)?;
+    tensor.try_as_plain_ram_mut()?.as_slice_mut::<T>()?[..values.len()].copy_from_slice(values);
+    Ok(tensor)
 }
 
 // The server shares one runtime across threads; this stops compiling if it cannot.
