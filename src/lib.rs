@@ -57,6 +57,8 @@
 //!   It knows nothing of tract or the store's internals.
 //! - [`serve`]: `podscore serve` and `podscore score`: flags, building the service, the
 //!   server's lifecycle.
+//! - [`reexport`]: `podscore reexport`, a bundle written again in the current graph from
+//!   the weights inside its `model.onnx`, its golden cases checked and rescored.
 //! - [`healthcheck`]: `podscore healthcheck`, the container image's readiness probe.
 //! - `train` (feature `train`): the candle trainer in four phases (`scan`, `fit`,
 //!   `calibrate`, `package`), its sampler, network and optimizer.
@@ -92,6 +94,7 @@ pub mod logs;
 pub mod model;
 pub mod onnx;
 pub mod quality;
+pub mod reexport;
 pub mod runtime;
 pub mod serve;
 pub mod service;

@@ -40,6 +40,8 @@ enum Command {
     Healthcheck(podscore::healthcheck::HealthcheckArgs),
     /// Feature store tools: `features load` writes a snapshot into Redis in Feast's layout.
     Features(podscore::store::load::FeaturesArgs),
+    /// Write a bundle again in this version's graph, from the weights in its model.onnx.
+    Reexport(podscore::reexport::ReexportArgs),
 }
 
 /// candle's CPU pool spins at its barriers, and the trainer runs a batch-preparation
@@ -82,6 +84,7 @@ fn main() {
         Command::Score(args) => podscore::serve::score(&args),
         Command::Healthcheck(args) => podscore::healthcheck::run(&args),
         Command::Features(args) => podscore::store::load::run(&args),
+        Command::Reexport(args) => podscore::reexport::run(&args),
     };
     if let Err(error) = outcome {
         // One line: the cause chain joined, as the README promises.

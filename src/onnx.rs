@@ -9,9 +9,10 @@
 //!   leading dimension 1, candidate-scope ones the symbolic `N`;
 //! - per scope, a feature vector: the concatenation, in spec order, of an embedding per
 //!   id feature, a masked mean of embeddings per bag, and the raw columns of dense and
-//!   numeric features. The graph computes the same first-layer product from three
-//!   pieces per scope instead (all ids, all bags, all dense columns) with the weight's
-//!   rows permuted to match, because tract runs one product per concatenated piece;
+//!   numeric features. The graph computes the same first-layer product as one product
+//!   over blocks of the embedding width (all ids, all bags, all dense columns padded to
+//!   whole blocks) with the weight's rows permuted to match (see `first_layer_part` for
+//!   why it is laid out so for tract);
 //! - the first encoder layer split by scope, so that the request-scope half (and the
 //!   bias) is computed once per request and broadcast over the `N` candidates;
 //! - the rest of the encoder, the folded batch norm, and one tower per head, written as
@@ -20,8 +21,10 @@
 //!   runtime checks ids against (the tables are stacked in the graph).
 //!
 //! [`Weights`] is the hand-over format between the trainer and this module: plain
-//! row-major `f32` tensors by name. This module knows protobuf and the ONNX operator set;
-//! it knows nothing of candle, tract's runtime or HTTP.
+//! row-major `f32` tensors by name. [`read_weights`] is the inverse of [`export`], so a
+//! bundle can be written again in a newer graph without training. This module knows
+//! protobuf and the ONNX operator set; it knows nothing of candle, tract's runtime or
+//! HTTP.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -442,6 +445,19 @@ pub fn export(manifest: &Manifest, weights: &Weights) -> Result<Vec<u8>, ExportE
     Ok(model.encode_to_vec())
 }
 
+/// Each id feature's table rows, as the graph's metadata records them (entries that do
+/// not parse are left out, so a reader reports the feature as unknown).
+pub fn embedding_table_rows(model: &pb::ModelProto) -> BTreeMap<&str, usize> {
+    model
+        .metadata_props
+        .iter()
+        .filter_map(|entry| {
+            let feature = graph::embedding_rows_feature(&entry.key)?;
+            Some((feature, entry.value.parse().ok()?))
+        })
+        .collect()
+}
+
 fn embedding_rows_metadata(
     manifest: &Manifest,
     weights: &Weights,
@@ -458,6 +474,45 @@ fn embedding_rows_metadata(
             })
         })
         .collect()
+}
+
+/// For each row of a scope's first-layer weight as the graph stores it, the row of the
+/// spec-order weight it holds, or `None` for a zero row facing dense padding: the id
+/// blocks in column order, then one block per bag, then the dense columns, then the
+/// padding up to a whole block of `E`. The exporter writes the weight in this order and
+/// [`read_weights`] reads it back; a graph written before the padding existed holds the
+/// same rows without the trailing `None`s.
+fn first_layer_rows(
+    manifest: &Manifest,
+    owners: &ColumnOwners<'_>,
+    scope: Scope,
+) -> Vec<Option<usize>> {
+    let embedding_dim = manifest.architecture.embedding_dim;
+    let mut block_start = BTreeMap::new();
+    let mut next_row = 0;
+    for spec in manifest.features.iter().filter(|spec| spec.scope == scope) {
+        block_start.insert(spec.name.as_str(), next_row);
+        next_row += feature_vector_columns(spec, embedding_dim);
+    }
+    let block = |spec: &FeatureSpec| {
+        let start = block_start[spec.name.as_str()];
+        (start..start + embedding_dim).map(Some)
+    };
+    let mut rows = Vec::with_capacity(next_row + embedding_dim);
+    for spec in &owners.ids {
+        rows.extend(block(spec));
+    }
+    let mut bags: Vec<&FeatureSpec> = owners.bag.clone();
+    bags.dedup_by(|a, b| a.name == b.name);
+    for spec in bags {
+        rows.extend(block(spec));
+    }
+    for (column, spec) in owners.dense.iter().enumerate() {
+        rows.push(Some(block_start[spec.name.as_str()] + column - spec.slot));
+    }
+    let padding = owners.dense.len().next_multiple_of(embedding_dim) - owners.dense.len();
+    rows.extend(std::iter::repeat_n(None, padding));
+    rows
 }
 
 /// For each column of a scope's `ids`, `bag_ids` and `dense` inputs, the feature that
@@ -560,6 +615,275 @@ fn fused_tower_layer(
         bias.data[column_offset..column_offset + block_columns].copy_from_slice(&block_bias.data);
     }
     Ok((matrix, bias))
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading trained weights back out of an exported graph.
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ReadError {
+    #[error("not an ONNX model: {0}")]
+    Decode(String),
+    #[error("the model has no graph")]
+    NoGraph,
+    #[error("initializer `{name}` is missing")]
+    MissingInitializer { name: String },
+    #[error("initializer `{name}` is not {expected} (data type {data_type}, shape {shape:?})")]
+    WrongInitializer {
+        name: String,
+        expected: String,
+        data_type: i32,
+        shape: Vec<i64>,
+    },
+    #[error(
+        "no `{prefix}{feature}` entry: the table size of feature `{feature}` is unknown",
+        prefix = graph::EMBEDDING_ROWS_KEY_PREFIX
+    )]
+    MissingTableRows { feature: String },
+    #[error("feature `{feature}`: rows {start}..{end} lie outside its stacked table of {rows}")]
+    TableRange {
+        feature: String,
+        start: usize,
+        end: usize,
+        rows: usize,
+    },
+    #[error(transparent)]
+    Architecture(#[from] ExportError),
+}
+
+/// The trained weights of a graph [`export`] wrote for `manifest`, by the names
+/// [`weight_shapes`] lists: the inverse of [`export`], so that a bundle can be written
+/// again in the graph of a newer exporter without training (`podscore reexport`).
+///
+/// It reads the initializers by name: embedding tables cut out of the stacked ones at
+/// each column's offset, the first-layer weights un-permuted (the row order of
+/// [`first_layer_rows`], with or without the dense padding rows of graphs written before
+/// it), the towers cut out of their fused matrices. The result passes [`export`]'s own
+/// checks, so a graph that is not one of ours fails here rather than exporting garbage.
+pub fn read_weights(manifest: &Manifest, onnx: &[u8]) -> Result<Weights, ReadError> {
+    let model =
+        pb::ModelProto::decode(onnx).map_err(|error| ReadError::Decode(error.to_string()))?;
+    let graph = model.graph.as_ref().ok_or(ReadError::NoGraph)?;
+    let initializers: BTreeMap<&str, &pb::TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|tensor| (tensor.name.as_str(), tensor))
+        .collect();
+    let table_rows = embedding_table_rows(&model);
+    let reader = InitializerReader { initializers };
+    let architecture = &manifest.architecture;
+    let mut tensors = BTreeMap::new();
+
+    for scope in Scope::ALL {
+        let owners = ColumnOwners::of(manifest, scope)?;
+        let scope_name = scope.as_str();
+        for (columns, part) in [(&owners.ids, "id"), (&owners.bag, "bag")] {
+            if columns.is_empty() {
+                continue;
+            }
+            let table = reader.f32(&format!("{scope_name}.{part}_tables"))?;
+            let offsets = reader.i64(&format!("{scope_name}.{part}_offsets"))?;
+            if table.shape.len() != 2 || offsets.len() != columns.len() {
+                return Err(ReadError::WrongInitializer {
+                    name: format!("{scope_name}.{part}_tables"),
+                    expected: format!("a stacked table for {} columns", columns.len()),
+                    data_type: DataType::Float as i32,
+                    shape: table.shape.iter().map(|dim| *dim as i64).collect(),
+                });
+            }
+            let width = table.shape[1];
+            for (spec, offset) in columns.iter().zip(&offsets) {
+                let name = embedding_weight_name(&spec.name);
+                if tensors.contains_key(&name) {
+                    continue;
+                }
+                let rows = *table_rows.get(spec.name.as_str()).ok_or_else(|| {
+                    ReadError::MissingTableRows {
+                        feature: spec.name.clone(),
+                    }
+                })?;
+                let start = usize::try_from(*offset).unwrap_or(usize::MAX);
+                let end = start.saturating_add(rows);
+                if end > table.shape[0] {
+                    return Err(ReadError::TableRange {
+                        feature: spec.name.clone(),
+                        start,
+                        end,
+                        rows: table.shape[0],
+                    });
+                }
+                let data = table.data[start * width..end * width].to_vec();
+                tensors.insert(name, WeightTensor::new(vec![rows, width], data));
+            }
+        }
+        if feature_vector_width(manifest, scope) == 0 {
+            continue;
+        }
+        let weight_name = format!("encoder.0.{scope_name}_weight");
+        let stored = reader.f32(&format!("{weight_name}.by_input_column"))?;
+        let rows = first_layer_rows(manifest, &owners, scope);
+        let unpadded = rows.iter().filter(|row| row.is_some()).count();
+        let columns = stored.shape.get(1).copied().unwrap_or(0);
+        if stored.shape.len() != 2
+            || !(stored.shape[0] == rows.len() || stored.shape[0] == unpadded)
+        {
+            return Err(ReadError::WrongInitializer {
+                name: format!("{weight_name}.by_input_column"),
+                expected: format!("[{} or {unpadded}, columns]", rows.len()),
+                data_type: DataType::Float as i32,
+                shape: stored.shape.iter().map(|dim| *dim as i64).collect(),
+            });
+        }
+        let mut weight = WeightTensor::zeros(vec![unpadded, columns]);
+        for (stored_row, row) in rows.iter().enumerate() {
+            if let Some(row) = row {
+                weight.data[row * columns..(row + 1) * columns].copy_from_slice(
+                    &stored.data[stored_row * columns..(stored_row + 1) * columns],
+                );
+            }
+        }
+        tensors.insert(weight_name, weight);
+    }
+
+    let mut copy = |name: String| -> Result<(), ReadError> {
+        let tensor = reader.f32(&name)?;
+        tensors.insert(name, tensor);
+        Ok(())
+    };
+    copy("encoder.0.bias".into())?;
+    for layer in 1..architecture.encoder.len() {
+        copy(format!("encoder.{layer}.weight"))?;
+        copy(format!("encoder.{layer}.bias"))?;
+    }
+    copy("batch_norm.scale".into())?;
+    copy("batch_norm.shift".into())?;
+
+    let heads = heads_by_column(manifest)?;
+    let last = *architecture
+        .encoder
+        .last()
+        .ok_or_else(|| ExportError::InvalidArchitecture {
+            reason: "the encoder needs at least one layer (the split first layer)".into(),
+        })?;
+    let tower_widths: Vec<usize> = std::iter::once(last)
+        .chain(architecture.tower.iter().copied())
+        .chain(std::iter::once(1))
+        .collect();
+    for (layer, pair) in tower_widths.windows(2).enumerate() {
+        let (block_rows, block_columns) = (pair[0], pair[1]);
+        let fused = reader.f32(&format!("towers.{layer}.weight"))?;
+        let fused_bias = reader.f32(&format!("towers.{layer}.bias"))?;
+        let columns = block_columns * heads.len();
+        let rows = if layer == 0 {
+            block_rows
+        } else {
+            block_rows * heads.len()
+        };
+        if fused.shape != [rows, columns] || fused_bias.shape != [columns] {
+            return Err(ReadError::WrongInitializer {
+                name: format!("towers.{layer}.weight"),
+                expected: format!("[{rows}, {columns}] with a [{columns}] bias"),
+                data_type: DataType::Float as i32,
+                shape: fused.shape.iter().map(|dim| *dim as i64).collect(),
+            });
+        }
+        for (block, head) in heads.iter().enumerate() {
+            let row_offset = if layer == 0 { 0 } else { block * block_rows };
+            let column_offset = block * block_columns;
+            let mut weight = Vec::with_capacity(block_rows * block_columns);
+            for row in 0..block_rows {
+                let start = (row_offset + row) * columns + column_offset;
+                weight.extend_from_slice(&fused.data[start..start + block_columns]);
+            }
+            let bias = fused_bias.data[column_offset..column_offset + block_columns].to_vec();
+            let prefix = format!("tower.{}.{layer}", head.name);
+            tensors.insert(
+                format!("{prefix}.weight"),
+                WeightTensor::new(vec![block_rows, block_columns], weight),
+            );
+            tensors.insert(
+                format!("{prefix}.bias"),
+                WeightTensor::new(vec![block_columns], bias),
+            );
+        }
+    }
+
+    let weights = Weights { tensors };
+    validate(manifest, &weights)?;
+    Ok(weights)
+}
+
+/// Initializers by name, decoded on demand.
+struct InitializerReader<'a> {
+    initializers: BTreeMap<&'a str, &'a pb::TensorProto>,
+}
+
+impl InitializerReader<'_> {
+    fn get(&self, name: &str) -> Result<&pb::TensorProto, ReadError> {
+        self.initializers
+            .get(name)
+            .copied()
+            .ok_or_else(|| ReadError::MissingInitializer { name: name.into() })
+    }
+
+    fn wrong(tensor: &pb::TensorProto, expected: &str) -> ReadError {
+        ReadError::WrongInitializer {
+            name: tensor.name.clone(),
+            expected: expected.into(),
+            data_type: tensor.data_type,
+            shape: tensor.dims.clone(),
+        }
+    }
+
+    /// A float initializer as a [`WeightTensor`]; the exporter writes `raw_data`
+    /// (little-endian), other writers may use `float_data`.
+    fn f32(&self, name: &str) -> Result<WeightTensor, ReadError> {
+        let tensor = self.get(name)?;
+        let shape: Vec<usize> = tensor
+            .dims
+            .iter()
+            .map(|dim| usize::try_from(*dim))
+            .collect::<Result<_, _>>()
+            .map_err(|_| Self::wrong(tensor, "a float tensor"))?;
+        let length: usize = shape.iter().product();
+        let data: Vec<f32> = if tensor.data_type != DataType::Float as i32 {
+            return Err(Self::wrong(tensor, "a float tensor"));
+        } else if !tensor.raw_data.is_empty() {
+            tensor
+                .raw_data
+                .chunks_exact(4)
+                .map(|bytes| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+                .collect()
+        } else {
+            tensor.float_data.clone()
+        };
+        if data.len() != length {
+            return Err(Self::wrong(tensor, "as many floats as its shape says"));
+        }
+        Ok(WeightTensor::new(shape, data))
+    }
+
+    /// An int64 initializer's values, flattened.
+    fn i64(&self, name: &str) -> Result<Vec<i64>, ReadError> {
+        let tensor = self.get(name)?;
+        if tensor.data_type != DataType::Int64 as i32 {
+            return Err(Self::wrong(tensor, "an int64 tensor"));
+        }
+        if !tensor.raw_data.is_empty() {
+            Ok(tensor
+                .raw_data
+                .chunks_exact(8)
+                .map(|bytes| {
+                    i64::from_le_bytes([
+                        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6],
+                        bytes[7],
+                    ])
+                })
+                .collect())
+        } else {
+            Ok(tensor.int64_data.clone())
+        }
+    }
 }
 
 /// The ONNX type of a graph element.
@@ -709,17 +1033,24 @@ impl GraphBuilder {
     /// `x_scope @ W_scope` for the first encoder layer, where `weight_name` holds `W_scope`
     /// with rows in spec order (the contract's feature vector).
     ///
-    /// The graph does not build that feature vector feature by feature: tract splits a
-    /// matrix product whose input is a concatenation into one product per piece, and a
-    /// dozen thin products cost several times one wide product. So the vector is built
-    /// from three pieces whatever the feature count, and the weight's rows are permuted
-    /// to match (a permutation of the sum's terms, the same arithmetic):
+    /// The graph builds that feature vector from whole blocks of `E` (the embedding
+    /// width) values, in three pieces whatever the feature count, and permutes the
+    /// weight's rows to match (a permutation of the sum's terms, the same arithmetic):
     /// - ids: every id column looked up at once in the scope's tables stacked into one
-    ///   (each column's ids offset to its feature's table), flattened to `[rows, ids*E]`;
-    /// - bags: every bag slot looked up at once the same way, weighted by
-    ///   `mask / max(count of its bag, 1)`, and summed per bag by a product with a 0/1
-    ///   slot-to-bag matrix, flattened to `[rows, bags*E]`;
-    /// - dense: the dense input as is.
+    ///   (each column's ids offset to its feature's table): `[rows, ids, E]`;
+    /// - bags: every bag slot looked up at once the same way, each slot weighted by
+    ///   `mask / max(count of its bag, 1)` (the count per slot is one product of the mask
+    ///   with a 0/1 same-bag matrix), and summed per bag by a product with a 0/1
+    ///   bag-to-slot matrix: `[rows, bags, E]`;
+    /// - dense: the dense columns padded with zeros to a multiple of `E` and cut into
+    ///   blocks: `[rows, ceil(dense / E), E]` (the padding meets zero weight rows).
+    ///
+    /// The blocks are concatenated, copied through a `Gather` with constant indices
+    /// `0..blocks` (the identity), flattened and multiplied once. The copy is there for
+    /// tract: a product fed directly by a concatenation is split into one product per
+    /// piece (tract's `ConcatThenEinsum` pass, which sees through reshapes), and thin
+    /// pieces are slow (the 18-column dense piece ran at a few GFLOP/s), while a copy of
+    /// the blocks costs less than one of those products.
     fn first_layer_part(
         &mut self,
         manifest: &Manifest,
@@ -731,25 +1062,13 @@ impl GraphBuilder {
         let owners = ColumnOwners::of(manifest, scope)?;
         let weight = weights.get(weight_name)?;
         let scope_name = scope.as_str();
-        // Row of each feature's first value in the spec-order feature vector.
-        let mut block_start = BTreeMap::new();
-        let mut next_row = 0;
-        for spec in manifest.features.iter().filter(|spec| spec.scope == scope) {
-            block_start.insert(spec.name.as_str(), next_row);
-            next_row += feature_vector_columns(spec, embedding_dim);
-        }
-        // For each row of the permuted weight, the row of `weight` it takes.
-        let mut source_rows: Vec<usize> = Vec::with_capacity(next_row);
+        let source_rows = first_layer_rows(manifest, &owners, scope);
+        // Pieces of shape [rows, blocks, E], in concatenation order.
         let mut pieces: Vec<String> = Vec::new();
 
         if !owners.ids.is_empty() {
             let (table, offsets) =
                 self.stacked_table(weights, &owners.ids, &format!("{scope_name}.id"))?;
-            for spec in &owners.ids {
-                source_rows.extend(
-                    (0..embedding_dim).map(|value| block_start[spec.name.as_str()] + value),
-                );
-            }
             let input = graph::input_name(scope, Part::Ids);
             let indices = self.node(
                 "Add",
@@ -757,17 +1076,11 @@ impl GraphBuilder {
                 vec![],
                 &format!("{scope_name}.id_rows"),
             );
-            let gathered = self.node(
+            pieces.push(self.node(
                 "Gather",
                 &[&table, &indices],
                 vec![attribute_int("axis", 0)],
                 &format!("{scope_name}.id_embeddings"),
-            );
-            pieces.push(self.node(
-                "Flatten",
-                &[&gathered],
-                vec![attribute_int("axis", 1)],
-                &format!("{scope_name}.id_vector"),
             ));
         }
 
@@ -778,29 +1091,25 @@ impl GraphBuilder {
             let (table, offsets) =
                 self.stacked_table(weights, &owners.bag, &format!("{scope_name}.bag"))?;
             let slots = owners.bag.len();
-            let mut slot_to_bag = vec![0.0f32; slots * bags.len()];
+            let mut same_bag = vec![0.0f32; slots * slots];
             let mut bag_to_slot = vec![0.0f32; bags.len() * slots];
             for (slot, spec) in owners.bag.iter().enumerate() {
+                for (other, other_spec) in owners.bag.iter().enumerate() {
+                    if other_spec.name == spec.name {
+                        same_bag[slot * slots + other] = 1.0;
+                    }
+                }
                 let bag = bags
                     .iter()
                     .position(|bag| bag.name == spec.name)
                     .expect("deduplicated from these");
-                slot_to_bag[slot * bags.len() + bag] = 1.0;
                 bag_to_slot[bag * slots + slot] = 1.0;
-            }
-            for spec in &bags {
-                source_rows.extend(
-                    (0..embedding_dim).map(|value| block_start[spec.name.as_str()] + value),
-                );
             }
             let prefix = format!("{scope_name}.bags");
             let bag_ids = graph::input_name(scope, Part::BagIds);
             let mask = graph::input_name(scope, Part::BagMask);
-            let slot_to_bag = self.initializer_f32(
-                &format!("{prefix}.slot_to_bag"),
-                &[slots, bags.len()],
-                &slot_to_bag,
-            );
+            let same_bag =
+                self.initializer_f32(&format!("{prefix}.same_bag"), &[slots, slots], &same_bag);
             let bag_to_slot = self.initializer_f32(
                 &format!("{prefix}.bag_to_slot"),
                 &[bags.len(), slots],
@@ -818,9 +1127,10 @@ impl GraphBuilder {
                 vec![attribute_int("axis", 0)],
                 &format!("{prefix}.embeddings"),
             );
+            // Per slot, how many slots of its bag are present.
             let counts = self.node(
                 "MatMul",
-                &[&mask, &slot_to_bag],
+                &[&mask, &same_bag],
                 vec![],
                 &format!("{prefix}.counts"),
             );
@@ -832,21 +1142,9 @@ impl GraphBuilder {
                 vec![],
                 &format!("{prefix}.divisors"),
             );
-            let inverses = self.node(
-                "Reciprocal",
-                &[&divisors],
-                vec![],
-                &format!("{prefix}.inverses"),
-            );
-            let slot_inverses = self.node(
-                "MatMul",
-                &[&inverses, &bag_to_slot],
-                vec![],
-                &format!("{prefix}.slot_inverses"),
-            );
             let slot_weights = self.node(
-                "Mul",
-                &[&mask, &slot_inverses],
+                "Div",
+                &[&mask, &divisors],
                 vec![],
                 &format!("{prefix}.slot_weights"),
             );
@@ -864,47 +1162,91 @@ impl GraphBuilder {
                 &format!("{prefix}.weighted"),
             );
             // [bags, slots] @ [rows, slots, E] -> [rows, bags, E]: the sum of each bag's slots.
-            let means = self.node(
+            pieces.push(self.node(
                 "MatMul",
                 &[&bag_to_slot, &weighted],
                 vec![],
                 &format!("{prefix}.means"),
-            );
-            pieces.push(self.node(
-                "Flatten",
-                &[&means],
-                vec![attribute_int("axis", 1)],
-                &format!("{prefix}.vector"),
             ));
         }
 
         if !owners.dense.is_empty() {
-            for (column, spec) in owners.dense.iter().enumerate() {
-                source_rows.push(block_start[spec.name.as_str()] + column - spec.slot);
+            let columns = owners.dense.len();
+            let blocks = columns.div_ceil(embedding_dim);
+            let padding = blocks * embedding_dim - columns;
+            let mut dense = graph::input_name(scope, Part::Dense);
+            if padding > 0 {
+                let pads = self.initializer_i64(
+                    &format!("{scope_name}.dense_pads"),
+                    &[4],
+                    &[0, 0, 0, padding as i64],
+                );
+                dense = self.node(
+                    "Pad",
+                    &[&dense, &pads],
+                    vec![],
+                    &format!("{scope_name}.dense_padded"),
+                );
             }
-            pieces.push(graph::input_name(scope, Part::Dense));
+            let shape = self.initializer_i64(
+                &format!("{scope_name}.dense_block_shape"),
+                &[3],
+                &[-1, blocks as i64, embedding_dim as i64],
+            );
+            pieces.push(self.node(
+                "Reshape",
+                &[&dense, &shape],
+                vec![],
+                &format!("{scope_name}.dense_blocks"),
+            ));
         }
 
         let columns = weight.shape[1];
         let mut permuted = Vec::with_capacity(source_rows.len() * columns);
         for row in &source_rows {
-            permuted.extend_from_slice(&weight.data[row * columns..(row + 1) * columns]);
+            match row {
+                Some(row) => {
+                    permuted.extend_from_slice(&weight.data[row * columns..(row + 1) * columns])
+                }
+                None => permuted.extend(std::iter::repeat_n(0.0, columns)),
+            }
         }
         let permuted = self.initializer_f32(
             &format!("{weight_name}.by_input_column"),
             &[source_rows.len(), columns],
             &permuted,
         );
-        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-        let vector = match refs.as_slice() {
-            [single] => single.to_string(),
-            _ => self.node(
-                "Concat",
-                &refs,
-                vec![attribute_int("axis", 1)],
-                &format!("{scope_name}.features"),
-            ),
+        let blocks = match pieces.as_slice() {
+            [single] => single.clone(),
+            _ => {
+                let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+                let concatenated = self.node(
+                    "Concat",
+                    &refs,
+                    vec![attribute_int("axis", 1)],
+                    &format!("{scope_name}.blocks"),
+                );
+                let count = (source_rows.len() / embedding_dim) as i64;
+                let identity: Vec<i64> = (0..count).collect();
+                let identity = self.initializer_i64(
+                    &format!("{scope_name}.block_order"),
+                    &[identity.len()],
+                    &identity,
+                );
+                self.node(
+                    "Gather",
+                    &[&concatenated, &identity],
+                    vec![attribute_int("axis", 1)],
+                    &format!("{scope_name}.blocks_copied"),
+                )
+            }
         };
+        let vector = self.node(
+            "Flatten",
+            &[&blocks],
+            vec![attribute_int("axis", 1)],
+            &format!("{scope_name}.features"),
+        );
         Ok(self.node(
             "MatMul",
             &[&vector, &permuted],

@@ -31,7 +31,7 @@ use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dimension;
 use crate::bundle::Manifest;
 use crate::features::{Kind, Scope, ScopeTensors, ScopeWidths};
 use crate::graph::{self, CANDIDATES_DIM, Input, OUTPUT_NAME, Part, Values};
-use crate::onnx::{data_type, dimension};
+use crate::onnx::{data_type, dimension, embedding_table_rows};
 
 /// Sizes 1.33x to 1.5x apart up to 1024: above 4 candidates a call pads to at most 1.5
 /// times its rows, so padding costs at most half the work of the real rows (below 4 the
@@ -282,14 +282,7 @@ impl Runtime {
                 "the graph's one output must be `{OUTPUT_NAME}`"
             )));
         }
-        let table_rows: HashMap<&str, usize> = proto
-            .metadata_props
-            .iter()
-            .filter_map(|entry| {
-                let feature = graph::embedding_rows_feature(&entry.key)?;
-                Some((feature, entry.value.parse().ok()?))
-            })
-            .collect();
+        let table_rows = embedding_table_rows(&proto);
         let mut id_columns = Vec::new();
         for spec in &manifest.features {
             if !matches!(spec.kind, Kind::Id | Kind::IdBag) {

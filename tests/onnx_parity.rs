@@ -578,3 +578,113 @@ fn onnx_runtime_matches_tract_on_the_shipped_bundle() {
         .collect();
     run_onnx_runtime(&python, &root, &bundle.onnx, cases);
 }
+
+/// Reading the weights back out of an exported graph gives exactly the weights that went
+/// in, so `podscore reexport` loses nothing.
+#[test]
+fn read_weights_inverts_export() {
+    let (bundle, onnx) = bundle();
+    let read = onnx::read_weights(&bundle.manifest, &onnx).expect("reads its own export");
+    assert_eq!(read, bundle.weights);
+    let again = onnx::export(&bundle.manifest, &read).expect("exports again");
+    assert!(
+        again == onnx,
+        "export(read(export(w))) must be the same file"
+    );
+}
+
+/// A graph whose initializers do not fit the manifest is refused with the initializer's
+/// name, not read into wrong weights.
+#[test]
+fn read_weights_refuses_a_graph_of_another_architecture() {
+    let (bundle, onnx) = bundle();
+    let mut narrower = bundle.manifest.clone();
+    narrower.architecture.encoder = vec![32, 16];
+    let error = onnx::read_weights(&narrower, &onnx).expect_err("the encoder widths differ");
+    assert!(
+        matches!(
+            &error,
+            onnx::ReadError::WrongInitializer { name, .. }
+                | onnx::ReadError::Architecture(ExportError::WrongShape { name, .. })
+                if name.starts_with("towers.") || name.starts_with("encoder.")
+        ),
+        "{error}"
+    );
+    assert!(matches!(
+        onnx::read_weights(&bundle.manifest, b"not a model"),
+        Err(onnx::ReadError::Decode(_)) | Err(onnx::ReadError::NoGraph)
+    ));
+}
+
+/// The shipped bundle's graph is the one the current exporter writes from its weights:
+/// a change to the graph's shape must come with a re-exported bundle
+/// (`podscore reexport`), or this fails.
+#[test]
+fn the_shipped_bundle_is_in_the_current_graph() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bundle =
+        podscore::bundle::Bundle::read(&root.join("models/podcast-mtl/1")).expect("shipped bundle");
+    let weights = onnx::read_weights(&bundle.manifest, &bundle.onnx).expect("reads its weights");
+    let exported = onnx::export(&bundle.manifest, &weights).expect("exports");
+    assert!(
+        exported == bundle.onnx,
+        "models/podcast-mtl/1/model.onnx is not what this exporter writes; run `podscore reexport --bundle models/podcast-mtl/1 --out /tmp/re` and ship the result"
+    );
+}
+
+/// `podscore reexport` writes the shipped bundle again: the new bundle passes its golden
+/// check in tract, holds the same manifest but for rescored golden cases, and a bundle
+/// already in the current graph comes out with the same `model.onnx`. A missing bundle or
+/// an existing output fails with one line and writes nothing.
+#[test]
+fn reexport_writes_a_bundle_that_passes_its_golden_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = root.join("models/podcast-mtl/1");
+    let temp = tempfile::tempdir().unwrap();
+    let out = temp.path().join("podcast-mtl/1");
+    let run = |bundle: &Path, out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_podscore"))
+            .args(["reexport", "--bundle"])
+            .arg(bundle)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .expect("runs podscore")
+    };
+    let output = run(&shipped, &out);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let model = podscore::service::Model::open(&out, &RuntimeConfig::default())
+        .expect("the re-exported bundle loads and passes its golden check");
+    let old = podscore::bundle::Bundle::read(&shipped).unwrap();
+    let new = podscore::bundle::Bundle::read(&out).unwrap();
+    assert!(
+        new.onnx == old.onnx,
+        "the shipped bundle is already current"
+    );
+    let mut without_golden = model.manifest.clone();
+    without_golden.golden = old.manifest.golden.clone();
+    assert_eq!(without_golden, old.manifest);
+
+    for (bundle, out, cause) in [
+        (
+            temp.path().join("absent"),
+            temp.path().join("x"),
+            "reading bundle",
+        ),
+        (shipped.clone(), out.clone(), "already exists"),
+    ] {
+        let output = run(&bundle, &out);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(cause),
+            "{stderr}"
+        );
+    }
+    assert!(!temp.path().join("x").exists());
+}
