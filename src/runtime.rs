@@ -16,6 +16,7 @@
 //! stores or how tensors were assembled.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,27 +34,104 @@ use crate::features::{Kind, Scope, ScopeTensors, ScopeWidths};
 use crate::graph::{self, CANDIDATES_DIM, Input, OUTPUT_NAME, Part, Values};
 use crate::onnx::{data_type, dimension, embedding_table_rows};
 
-/// Sizes 1.33x to 1.5x apart up to 1024: above 4 candidates a call pads to at most 1.5
-/// times its rows, so padding costs at most half the work of the real rows (below 4 the
-/// call is per-operator overhead, not rows). Each plan optimizes in milliseconds, so the
-/// nineteen load in a small part of the server's 2 s readiness budget (the README's
-/// "Serving figures"). Ad requests carry a handful to a few hundred candidates; the rare
-/// call above 1024 runs on the symbolic plan.
-pub const DEFAULT_BUCKETS: [usize; 19] = [
-    1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
+/// Sizes at most 1.2x apart up to 1024, so that a call pads to at most 20% more rows (7%
+/// on average over 1..1024; the earlier 1.33x-1.5x steps padded 18% on average). tract's
+/// time per call grows almost linearly with the padded rows (about 5.3 µs a row at 96 to
+/// 128 rows, interleaved plan-size runs on the shared machine), so padding 100
+/// candidates to 128 cost 27% more than 100. Each plan optimizes in milliseconds: the 42
+/// loaded in 0.84 s on the shared machine, against 0.42 s for the earlier 19. Ad requests
+/// carry a handful to a few hundred candidates; the rare call above 1024 runs on the
+/// symbolic plan.
+pub const DEFAULT_BUCKETS: [usize; 42] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 36, 40, 48, 56, 64, 72, 80, 96,
+    112, 128, 144, 160, 192, 224, 256, 288, 320, 384, 448, 512, 576, 640, 768, 896, 1024,
 ];
+
+/// Candidates from which a call may spread its matrix products over idle cores: below
+/// it, the products are too small for the split to pay for the threads' hand-over
+/// (measured with `tests/bench.sh`; see the README's performance section).
+pub const DEFAULT_THREADED_FROM: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
     /// Candidate counts to optimize a concrete plan for. Empty means the symbolic plan
     /// only (useful to compare, never faster).
     pub buckets: Vec<usize>,
+    /// Threads one call's matrix products may use when it is the only call running in
+    /// this runtime; 1 keeps every call on its own thread.
+    pub threads: usize,
+    /// Candidates from which a call may use [`RuntimeConfig::threads`].
+    pub threaded_from: usize,
 }
 
 impl Default for RuntimeConfig {
+    /// Every core for a large call while the server has no other call to run: a lone
+    /// request then finishes sooner, and under load each call keeps to its own thread
+    /// (the calls themselves fill the cores).
     fn default() -> RuntimeConfig {
         RuntimeConfig {
             buckets: DEFAULT_BUCKETS.to_vec(),
+            threads: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            threaded_from: DEFAULT_THREADED_FROM,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The default buckets, every call on one thread: what tests and offline scoring
+    /// that runs many calls at once want.
+    pub fn single_threaded() -> RuntimeConfig {
+        RuntimeConfig {
+            threads: 1,
+            ..RuntimeConfig::default()
+        }
+    }
+}
+
+/// Whether a call runs alone, so that it may take the idle cores.
+///
+/// Calls in flight are counted; a call that starts while none other runs, with enough
+/// candidates, runs its products on a pool of [`RuntimeConfig::threads`] threads. A call
+/// that starts during it stays on its own thread, so the cores are shared for the rest
+/// of the first call at most.
+struct Threading {
+    pool: Option<tract_linalg::multithread::Executor>,
+    from: usize,
+    in_flight: AtomicUsize,
+}
+
+/// Counts one call in flight until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Threading {
+    fn new(config: &RuntimeConfig) -> Threading {
+        Threading {
+            pool: (config.threads > 1).then(|| {
+                tract_linalg::multithread::Executor::multithread_with_name(
+                    config.threads,
+                    "podscore-tract",
+                )
+            }),
+            from: config.threaded_from,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `call` for `rows` candidates, on the pool if it is alone and large enough.
+    fn run<R>(&self, rows: usize, call: impl FnOnce() -> R) -> R {
+        let others = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _counted = InFlight(&self.in_flight);
+        match &self.pool {
+            Some(pool) if others == 0 && rows >= self.from => {
+                tract_linalg::multithread::multithread_tract_scope(pool.clone(), call)
+            }
+            _ => call(),
         }
     }
 }
@@ -202,6 +280,7 @@ pub struct Runtime {
     /// Sorted by `rows`, ascending.
     buckets: Vec<BucketPlan>,
     symbolic: PooledPlan,
+    threading: Threading,
     timings: LoadTimings,
 }
 
@@ -237,6 +316,11 @@ impl Runtime {
         if buckets.first() == Some(&0) {
             return Err(RuntimeError::Config {
                 reason: "a bucket of 0 candidates".into(),
+            });
+        }
+        if config.threads == 0 {
+            return Err(RuntimeError::Config {
+                reason: "0 threads".into(),
             });
         }
         let heads = manifest
@@ -349,6 +433,7 @@ impl Runtime {
             heads,
             buckets,
             symbolic: PooledPlan::new(symbolic),
+            threading: Threading::new(config),
             timings: LoadTimings {
                 decode_and_type,
                 symbolic_plan,
@@ -417,8 +502,9 @@ impl Runtime {
                 Scope::Candidate => input_tensor(input, candidates, rows),
             })
             .collect::<Result<_, _>>()?;
-        let outputs = plan
-            .run(tensors)
+        let outputs = self
+            .threading
+            .run(rows, || plan.run(tensors))
             .map_err(tract_error(|reason| RuntimeError::Inference { reason }))?;
         let values = outputs
             .first()

@@ -131,12 +131,20 @@ fn bucketed_and_symbolic_plans_agree_and_large_calls_work() {
         &onnx,
         &RuntimeConfig {
             buckets: vec![8, 4, 16],
+            ..RuntimeConfig::default()
         },
     )
     .expect("loads");
     assert_eq!(bucketed.buckets(), vec![4, 8, 16], "buckets are sorted");
-    let symbolic =
-        Runtime::load(&bundle.manifest, &onnx, &RuntimeConfig { buckets: vec![] }).expect("loads");
+    let symbolic = Runtime::load(
+        &bundle.manifest,
+        &onnx,
+        &RuntimeConfig {
+            buckets: vec![],
+            ..RuntimeConfig::default()
+        },
+    )
+    .expect("loads");
     for (candidates, seed) in [(1, 11), (3, 12), (8, 13), (9, 14), (17, 15), (300, 16)] {
         let (request, candidate_tensors) = inputs(&bundle, candidates, seed, false);
         let from_bucket = bucketed

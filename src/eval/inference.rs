@@ -52,8 +52,8 @@ pub fn score(
 ) -> Result<Scores> {
     let started = Instant::now();
     let manifest = &bundle.manifest;
-    let runtime =
-        Runtime::load(manifest, &bundle.onnx, &RuntimeConfig::default()).with_context(|| {
+    let runtime = Runtime::load(manifest, &bundle.onnx, &RuntimeConfig::single_threaded())
+        .with_context(|| {
             format!(
                 "bundle {label}: loading {} into tract",
                 bundle.dir.display()

@@ -43,6 +43,7 @@ fn inference(criterion: &mut Criterion) {
     let bucketed = load(&RuntimeConfig::default());
     let symbolic = load(&RuntimeConfig {
         buckets: Vec::new(),
+        ..RuntimeConfig::default()
     });
 
     let mut group = criterion.benchmark_group("inference");

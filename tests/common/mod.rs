@@ -84,6 +84,7 @@ pub fn golden_requests() -> Vec<Value> {
 pub fn runtime_config() -> RuntimeConfig {
     RuntimeConfig {
         buckets: vec![1, 4, 16],
+        ..RuntimeConfig::default()
     }
 }
 
