@@ -158,6 +158,109 @@ def inference(args, work):
     return result
 
 
+def reproduction_models(work):
+    """Minimal graphs for what stands between tract and ONNX Runtime here, each an ONNX
+    file with rows `N` and random weights of the shipped model's shapes:
+
+    - `matmul`: one product with bias and ReLU, [N, 208] x [208, 256] (the first layer's
+      shape): the kernels alone;
+    - `concat_split`: three pieces of 16-wide blocks, [N, 8, 16], [N, 3, 16], [N, 2, 16]
+      (ids, pooled bags, padded dense, as in the exported graph) concatenated, flattened
+      and multiplied by [208, 256], which tract splits into one product per piece;
+    - `concat_copied`: the same with a constant-index Gather of the blocks between the
+      concatenation and the product (the exported graph's workaround)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+
+    def weight(name, rows, columns):
+        return numpy_helper.from_array((rng.standard_normal((rows, columns)) * 0.05).astype(np.float32), name)
+
+    def save(name, nodes, inputs, initializers):
+        graph = helper.make_graph(
+            nodes, name,
+            [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", *shape]) for input_name, shape in inputs],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 256])],
+            initializers,
+        )
+        path = work / f"{name}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+        return path, inputs
+
+    bias = numpy_helper.from_array((rng.standard_normal(256) * 0.05).astype(np.float32), "bias")
+    tail = [helper.make_node("Flatten", ["blocks"], ["features"], axis=1),
+            helper.make_node("MatMul", ["features", "w"], ["product"]),
+            helper.make_node("Add", ["product", "bias"], ["biased"]),
+            helper.make_node("Relu", ["biased"], ["logits"])]
+    models = {}
+    models["matmul"] = save("matmul", [
+        helper.make_node("Identity", ["x"], ["blocks"]), *tail,
+    ], [("x", [13, 16])], [weight("w", 208, 256), bias])
+    pieces = [("ids", [8, 16]), ("bags", [3, 16]), ("dense", [2, 16])]
+    models["concat_split"] = save("concat_split", [
+        helper.make_node("Concat", [name for name, _ in pieces], ["blocks"], axis=1), *tail,
+    ], pieces, [weight("w", 208, 256), bias])
+    order = numpy_helper.from_array(np.arange(13, dtype=np.int64), "order")
+    models["concat_copied"] = save("concat_copied", [
+        helper.make_node("Concat", [name for name, _ in pieces], ["joined"], axis=1),
+        helper.make_node("Gather", ["joined", "order"], ["blocks"], axis=1), *tail,
+    ], pieces, [weight("w", 208, 256), bias, order])
+    return models
+
+
+def reproductions(args, work, candidates=(100, 1000)):
+    """tract alone and ONNX Runtime on each reproduction graph, interleaved."""
+    import numpy as np
+
+    rng = np.random.default_rng(6)
+    results = {}
+    for name, (path, inputs) in reproduction_models(work).items():
+        feeds = {
+            str(count): {
+                input_name: {"dtype": "float32", "shape": [count, *shape],
+                             "data": rng.standard_normal(count * int(np.prod(shape))).astype(np.float32).tolist()}
+                for input_name, shape in inputs
+            }
+            for count in candidates
+        }
+        feeds_path = work / f"{name}.feeds.json"
+        feeds_path.write_text(json.dumps(feeds))
+        sides = {
+            "tract": Worker([args.compare, "--model", str(path), "--inputs", str(feeds_path)]),
+            "onnxruntime": Worker([sys.executable, __file__, "--ort-worker", str(path), str(feeds_path)]),
+        }
+        medians = {side: {count: [] for count in candidates} for side in sides}
+        for round_index in range(args.rounds):
+            order = list(sides.items()) if round_index % 2 == 0 else list(sides.items())[::-1]
+            for count in candidates:
+                for side, worker in order:
+                    times = worker.run(count, calls_for(count, args.seconds_per_measure))["times_us"]
+                    medians[side][count].append(statistics.median(times))
+        for worker in sides.values():
+            worker.close()
+        results[name] = {
+            count: {side: statistics.median(medians[side][count]) for side in sides} for count in candidates
+        }
+        log(f"reproduction {name}: " + ", ".join(
+            f"N={count} tract {results[name][count]['tract']:.0f} / onnxruntime {results[name][count]['onnxruntime']:.0f} us"
+            for count in candidates))
+    return results
+
+
+def profiles(args, counts=(100, 1000)):
+    """tract's per-node profile of the bundle's graph at each count."""
+    result = {}
+    for count in counts:
+        output = subprocess.run(
+            [args.compare, "--bundle", args.bundle, "--profile", str(count), "--calls", str(calls_for(count, 2.0))],
+            check=True, capture_output=True, text=True, cwd=ROOT,
+        ).stdout
+        result[count] = json.loads(output)
+    return result
+
+
 def graph_flops(model_path, candidates):
     """FLOP of one call with `candidates` candidates: 2 * m * k * n per matrix product,
     from the graph's shapes with N set (element-wise work is not counted)."""
@@ -384,6 +487,24 @@ def report(result, args):
         lines.append(line)
     lines.append("")
     lines.append(f"FLOP per candidate (matrix products, marginal): {result['flops_per_candidate'] / 1e3:.0f} k")
+    lines.append("")
+    lines.append("Minimal reproductions (tract alone against ONNX Runtime, one thread each, medians):")
+    lines.append("")
+    lines.append("| graph | N | tract | ONNX Runtime | ratio |")
+    lines.append("|---|---|---|---|---|")
+    for name, by_count in result["reproductions"].items():
+        for count, row in by_count.items():
+            lines.append(f"| {name} | {count} | {row['tract']:.0f} µs | {row['onnxruntime']:.0f} µs | {row['tract'] / row['onnxruntime']:.2f} |")
+    for count, profile in result["profiles"].items():
+        total = profile["median_total_us"]
+        lines.append("")
+        lines.append(f"tract's per-node profile at N = {count} ({profile['nodes_in_plan']} nodes, median call {total:.0f} µs; top 10):")
+        lines.append("")
+        lines.append("| node | operator | output | median | share | kernel |")
+        lines.append("|---|---|---|---|---|---|")
+        for node in profile["nodes"][:10]:
+            kernel = node["info"].split("with [")[1].split("]")[0] if "with [" in node["info"] else ""
+            lines.append(f"| {node['name']} | {node['op']} | {node['shape']} | {node['median_us']:.1f} µs | {node['median_us'] / total:.0%} | {kernel} |")
     if "end_to_end" in result:
         e2e = result["end_to_end"]
         lines.append("")
@@ -434,6 +555,8 @@ def main():
         result["flops"] = {str(n): graph_flops(model, n) for n in args.candidates}
         result["flops_per_candidate"] = (graph_flops(model, 1001) - graph_flops(model, 1)) / 1000
         result["inference"] = inference(args, work)
+        result["profiles"] = profiles(args)
+        result["reproductions"] = reproductions(args, work)
         if not args.skip_end_to_end:
             result["end_to_end"] = end_to_end(args, work)
     text = report(result, args)
