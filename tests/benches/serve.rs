@@ -11,42 +11,12 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use podscore::api;
 use podscore::service::{self, Reloader, Service};
 use podscore::store::SnapshotStore;
-use serde_json::json;
 use tower::ServiceExt;
 
-const CANDIDATES: usize = 100;
+#[path = "requests.rs"]
+mod requests;
 
-fn request_body(store_dir: &Path) -> String {
-    let snapshot = podscore::logs::read_snapshot(store_dir).expect("demo snapshot");
-    let mut users: Vec<&String> = snapshot.users.keys().collect();
-    users.sort();
-    let mut episodes: Vec<_> = snapshot
-        .episodes
-        .values()
-        .filter(|e| e.show_id.is_some())
-        .collect();
-    episodes.sort_by(|a, b| a.id.cmp(&b.id));
-    let candidates: Vec<_> = episodes
-        .iter()
-        .step_by((episodes.len() / CANDIDATES).max(1))
-        .take(CANDIDATES)
-        .enumerate()
-        .map(|(index, episode)| {
-            let show_id = episode.show_id.clone().unwrap_or_default();
-            if index % 2 == 0 {
-                json!({"id": format!("c{index}"), "kind": "ad", "show_id": show_id, "episode_id": episode.id,
-                       "creative": {"creative_id": "cr3", "campaign_id": "cp1", "format": "audio", "slot": "midroll"}})
-            } else {
-                json!({"id": format!("c{index}"), "kind": "promotion", "show_id": show_id,
-                       "creative": {"campaign_id": "p7", "slot": "home_shelf", "layout": "card"}})
-            }
-        })
-        .collect();
-    json!({"request_id": "bench", "user": {"id": users[users.len() / 2]},
-           "context": {"timestamp": "2026-11-28T10:15:00Z", "surface": "home", "session_length_s": 420},
-           "candidates": candidates})
-    .to_string()
-}
+const CANDIDATES: usize = 100;
 
 fn score_100(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -66,7 +36,7 @@ fn score_100(c: &mut Criterion) {
         .reload(&service)
         .expect("load the shipped bundle");
     let app = api::app(service, api::Config::default());
-    let body = request_body(&features);
+    let body = requests::score_request(&features, CANDIDATES);
 
     let mut group = c.benchmark_group("score_e2e");
     group.throughput(Throughput::Elements(CANDIDATES as u64));
