@@ -88,21 +88,24 @@ mod tests {
     #[test]
     fn lookup_keys_are_deduplicated() {
         let mut first = candidate("ad");
-        first.show_id = Some("s1".into());
+        first.show_id = Some("s2".into());
         let mut second = candidate("promotion");
         second.show_id = Some("s1".into());
         second.episode_id = Some("e1".into());
+        let mut third = candidate("promotion");
+        third.show_id = Some("s2".into());
+        third.episode_id = Some("e1".into());
         let raw = ScoreRequest {
             user: Some(UserRecord {
                 id: Some("u1".into()),
                 ..UserRecord::default()
             }),
-            candidates: vec![first, second],
+            candidates: vec![first, second, third],
             ..ScoreRequest::default()
         };
         let keys = keys(&validate(raw, &Limits::default()).unwrap());
         assert_eq!(keys.user.as_deref(), Some("u1"));
-        assert_eq!(keys.shows, ["s1"]);
+        assert_eq!(keys.shows, ["s2", "s1"]);
         assert_eq!(keys.episodes, ["e1"]);
     }
 
