@@ -23,6 +23,11 @@ use podscore::store::{FeatureStore, SnapshotStore};
 #[path = "requests.rs"]
 mod requests;
 
+/// The allocator the `podscore` binary serves with, so that these figures are the
+/// served ones.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CANDIDATE_COUNTS: [usize; 4] = [1, 10, 100, 1000];
 
 fn decode(body: &str, limits: &Limits) -> ValidatedRequest {
