@@ -48,7 +48,7 @@ cat >"$work/score.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
 local f = io.open("$work/body.json"); wrk.body = f:read("*a"); f:close()
-local statuses = {}
+statuses = {}
 function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
 LUA
 # Per-thread status counts are summed in done() through the threads' tables.
@@ -90,7 +90,7 @@ stop_server() {
 }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$server_pid/status"; }
 load() { # connections seconds
-  timeout $(( $2 + 30 )) wrk -t 2 -c "$1" -d "${2}s" --latency -s "$work/score.lua" "$base/score" \
+  timeout $(( $2 + 30 )) wrk -t "$(( $1 < 2 ? $1 : 2 ))" -c "$1" -d "${2}s" --latency -s "$work/score.lua" "$base/score" \
     | grep -E "^(statuses|rps)" | tr '\n' ' '
   echo
 }
@@ -111,7 +111,7 @@ for phase in "${phases[@]}"; do
     for c in 2 4 8 16; do
       line=$(load "$c" "$duration"); echo "$c connections: $line"
       p99=$(echo "$line" | field p99_ms)
-      if awk -v p="$p99" 'BEGIN {exit !(p < 10)}' && ! echo "$line" | grep -q "503="; then capacity_c=$c; fi
+      if [ -n "$p99" ] && awk -v p="$p99" 'BEGIN {exit !(p < 10)}' && ! echo "$line" | grep -q "503="; then capacity_c=$c; fi
     done
     echo "capacity: $capacity_c connections (the most with p99 under 10 ms and nothing shed)"
     stop_server ;;
