@@ -5,7 +5,13 @@
 //! spec, the heads and their calibration, the architecture, and golden cases. This module
 //! reads and writes bundles and finds the newest valid version; it knows nothing of tract,
 //! candle or HTTP.
+//!
+//! Reading is bounded so that no bundle can take its reader down: every file must be a
+//! regular file whose real path lies inside the bundle (no symlink to `/dev/zero`, no
+//! FIFO, no device), within a size cap, and vocabulary names must be plain names.
 
+use std::hash::{Hash, Hasher};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +23,16 @@ use crate::graph::OUTPUT_NAME;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const MODEL_FILE: &str = "model.onnx";
 pub const VOCAB_DIR: &str = "vocab";
+/// Largest manifest read: feature specs and golden cases take tens of KiB; 16 MiB leaves
+/// room for growth and nothing for abuse.
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+/// Largest graph read: the shipped one is 3.6 MB; 512 MiB holds embedding tables of
+/// millions of ids and stops a file that never ends.
+pub const MAX_MODEL_BYTES: u64 = 512 << 20;
+/// Largest vocabulary file: 64 MiB holds millions of ids.
+pub const MAX_VOCAB_BYTES: u64 = 64 << 20;
+/// Longest vocabulary name: names are short words (`show`, `campaign`).
+const MAX_VOCAB_NAME_BYTES: usize = 64;
 
 /// The response field a head fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -336,22 +352,37 @@ pub struct Bundle {
 }
 
 impl Bundle {
+    /// Reads the bundle in `dir`, every file bounded (see the module's doc).
     pub fn read(dir: &Path) -> Result<Bundle, BundleError> {
+        let root = dir.canonicalize().map_err(io_error(dir))?;
         let manifest_path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&manifest_path).map_err(io_error(&manifest_path))?;
+        let bytes = read_file(&root, &manifest_path, MAX_MANIFEST_BYTES)?;
         let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|source| BundleError::Manifest {
+            serde_json::from_slice(&bytes).map_err(|source| BundleError::Manifest {
                 path: manifest_path.clone(),
                 source,
             })?;
         let mut vocabularies = Vocabularies::new();
         for name in manifest.vocabulary_names() {
+            if !is_plain_name(&name) {
+                return Err(BundleError::Invalid {
+                    path: manifest_path,
+                    reason: format!(
+                        "vocabulary name `{}` is not a plain name (letters, digits, `_` and `-`)",
+                        name.chars().take(MAX_VOCAB_NAME_BYTES).collect::<String>()
+                    ),
+                });
+            }
             let path = dir.join(VOCAB_DIR).join(format!("{name}.txt"));
-            let vocabulary = Vocabulary::read(&path).map_err(io_error(&path))?;
-            vocabularies.insert(name, vocabulary);
+            let bytes = read_file(&root, &path, MAX_VOCAB_BYTES)?;
+            let text = String::from_utf8(bytes).map_err(|_| BundleError::Invalid {
+                path: path.clone(),
+                reason: "not UTF-8 text".into(),
+            })?;
+            vocabularies.insert(name, Vocabulary::parse(&text));
         }
         let model_path = dir.join(MODEL_FILE);
-        let onnx = std::fs::read(&model_path).map_err(io_error(&model_path))?;
+        let onnx = read_file(&root, &model_path, MAX_MODEL_BYTES)?;
         Ok(Bundle {
             dir: dir.to_path_buf(),
             manifest,
@@ -406,6 +437,88 @@ impl Bundle {
         }
         result
     }
+}
+
+/// A vocabulary name that can only name a file in `vocab/`: letters, digits, `_` and `-`,
+/// so no `/`, no `..`, and no absolute path.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_VOCAB_NAME_BYTES
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+}
+
+/// Reads `path`, a file of the bundle whose canonical directory is `root`: its real path
+/// must lie inside the bundle, it must be a regular file (checked before opening, so that
+/// a FIFO is never opened and cannot hang the reader, and again on the open file), and it
+/// may hold at most `cap` bytes (read through a bound, so a file that grows while read
+/// stops there too). Hand-written because it is these checks, in this order, that matter.
+pub fn read_file(root: &Path, path: &Path, cap: u64) -> Result<Vec<u8>, BundleError> {
+    let invalid = |reason: String| BundleError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let real = path.canonicalize().map_err(io_error(path))?;
+    if !real.starts_with(root) {
+        return Err(invalid(format!(
+            "resolves to {}, outside the bundle",
+            real.display()
+        )));
+    }
+    let is_regular = |meta: &std::fs::Metadata| meta.file_type().is_file();
+    let meta = std::fs::metadata(&real).map_err(io_error(path))?;
+    if !is_regular(&meta) {
+        return Err(invalid("not a regular file".into()));
+    }
+    let file = std::fs::File::open(&real).map_err(io_error(path))?;
+    let meta = file.metadata().map_err(io_error(path))?;
+    if !is_regular(&meta) {
+        return Err(invalid("not a regular file".into()));
+    }
+    if meta.len() > cap {
+        return Err(invalid(format!(
+            "{} bytes, over the {cap}-byte cap",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error(path))?;
+    if bytes.len() as u64 > cap {
+        return Err(invalid(format!("over the {cap}-byte cap")));
+    }
+    Ok(bytes)
+}
+
+/// A hash of the bundle's content: every file's path and bytes under `dir` (two levels,
+/// regular files only, each read within the largest cap). Reload remembers refused
+/// bundles by it, so that a changed bundle is retried whatever its modification times say,
+/// and an unchanged one is not retried every poll.
+pub fn fingerprint(dir: &Path) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let root = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            for inner in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                paths.push(inner.path());
+            }
+        } else {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    for path in paths {
+        path.strip_prefix(dir).unwrap_or(&path).hash(&mut hasher);
+        match read_file(&root, &path, MAX_MODEL_BYTES) {
+            Ok(bytes) => bytes.hash(&mut hasher),
+            Err(error) => error.to_string().hash(&mut hasher),
+        }
+    }
+    hasher.finish()
 }
 
 /// One servable bundle directory found under a models root.

@@ -170,6 +170,61 @@ pub struct FeatureSpec {
     /// When this id maps to index 0 the candidate is reported as cold-start.
     #[serde(default)]
     pub marks_cold_start: bool,
+    /// The raw values the server accepts for a numeric feature (each element, for a dense
+    /// one), recorded by the trainer from its data (see [`NumericStats::bounds`]). Absent
+    /// in bundles trained before bounds were recorded: [`FeatureSpec::accepted`] then
+    /// falls back to a plausibility range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounds: Option<Bounds>,
+}
+
+/// An inclusive range of raw values.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Bounds {
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Bounds {
+    pub fn contains(&self, value: f64) -> bool {
+        self.min <= value && value <= self.max
+    }
+}
+
+/// The range a `log1p` numeric feature without recorded bounds accepts: counts and
+/// durations are never negative (shaping clamps them at zero, so a negative would be
+/// scored as zero), and 1e15 is beyond any count of streams or seconds while its
+/// `log1p` (34.5) stays far from overflowing the network.
+pub const FALLBACK_COUNT_BOUNDS: Bounds = Bounds {
+    min: 0.0,
+    max: 1e15,
+};
+/// The range another numeric feature without recorded bounds accepts: as for counts,
+/// either sign.
+pub const FALLBACK_NUMERIC_BOUNDS: Bounds = Bounds {
+    min: -1e15,
+    max: 1e15,
+};
+/// The range each element of a dense vector without recorded bounds accepts: content
+/// embeddings are unit-scale; a thousand leaves room for unnormalized ones while ±3.4e38
+/// (which overflowed the network into confident nonsense) is refused.
+pub const FALLBACK_DENSE_BOUNDS: Bounds = Bounds {
+    min: -1e3,
+    max: 1e3,
+};
+
+impl FeatureSpec {
+    /// The raw values this feature accepts: its recorded bounds, or the fallback for its
+    /// kind. `None` for id features, which any string feeds safely.
+    pub fn accepted(&self) -> Option<Bounds> {
+        let fallback = match &self.transform {
+            Transform::Numeric { log1p: true, .. } => FALLBACK_COUNT_BOUNDS,
+            Transform::Numeric { log1p: false, .. } => FALLBACK_NUMERIC_BOUNDS,
+            Transform::Dense { .. } => FALLBACK_DENSE_BOUNDS,
+            Transform::Id { .. } | Transform::IdBag { .. } => return None,
+        };
+        Some(self.bounds.unwrap_or(fallback))
+    }
 }
 
 /// A feature before slots are assigned (`graph::lay_out` assigns them): what the trainer
@@ -218,6 +273,16 @@ pub enum AssemblyError {
         got: usize,
         row: usize,
     },
+    #[error(
+        "feature `{feature}`: {value} is outside the accepted range [{min}, {max}] (row {row})"
+    )]
+    OutOfRange {
+        feature: String,
+        row: usize,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
     #[error("feature `{feature}`: no vocabulary `{vocab}` in the bundle")]
     MissingVocabulary { feature: String, vocab: String },
     #[error("feature `{feature}`: {reason}")]
@@ -259,12 +324,9 @@ impl Vocabulary {
         &self.tokens
     }
 
-    /// One token per line, in index order (line 1 is index 1).
-    pub fn read(path: &Path) -> std::io::Result<Vocabulary> {
-        let text = std::fs::read_to_string(path)?;
-        Ok(Vocabulary::from_tokens(
-            text.lines().map(str::to_string).collect(),
-        ))
+    /// A vocabulary file's text: one token per line, in index order.
+    pub fn parse(text: &str) -> Vocabulary {
+        Vocabulary::from_tokens(text.lines().map(str::to_string).collect())
     }
 
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
@@ -454,6 +516,9 @@ pub struct NumericStats {
     count: f64,
     mean: f64,
     m2: f64,
+    /// Smallest and largest shaped values seen.
+    low: f64,
+    high: f64,
 }
 
 /// Smallest standard deviation a numeric feature is divided by: a constant feature
@@ -467,6 +532,8 @@ impl NumericStats {
             count: 0.0,
             mean: 0.0,
             m2: 0.0,
+            low: f64::INFINITY,
+            high: f64::NEG_INFINITY,
         }
     }
 
@@ -480,6 +547,8 @@ impl NumericStats {
             return;
         }
         let shaped = shape(number, self.log1p);
+        self.low = self.low.min(shaped);
+        self.high = self.high.max(shaped);
         self.count += 1.0;
         let delta = shaped - self.mean;
         self.mean += delta / self.count;
@@ -493,6 +562,30 @@ impl NumericStats {
         } else {
             (self.m2 / (self.count - 1.0)).sqrt().max(MIN_STD)
         }
+    }
+
+    /// The raw values the server should accept: the observed range of shaped values
+    /// widened by its own width (at least 1) on each side, mapped back to raw values. For
+    /// `log1p` features that is `[0, expm1(high + width)]`: negatives are refused (shaping
+    /// would clamp them to zero), and a count may grow by orders of magnitude beyond what
+    /// training saw. `None` before any value was observed (the fallback applies).
+    pub fn bounds(&self) -> Option<Bounds> {
+        if self.count == 0.0 {
+            return None;
+        }
+        let width = (self.high - self.low).max(1.0);
+        Some(if self.log1p {
+            Bounds {
+                min: 0.0,
+                // Finite, so that the manifest can write it.
+                max: (self.high + width).exp_m1().min(f64::MAX),
+            }
+        } else {
+            Bounds {
+                min: self.low - width,
+                max: self.high + width,
+            }
+        })
     }
 
     /// The fitted transform: observed values standardize to mean 0 and standard deviation
@@ -618,6 +711,56 @@ impl Assembler {
 
     pub fn widths(&self, scope: Scope) -> ScopeWidths {
         self.widths[scope as usize]
+    }
+
+    /// Checks every numeric and dense value of these request views against the range its
+    /// spec accepts ([`FeatureSpec::accepted`]). The server calls this before assembly, so
+    /// that no implausible value reaches the network; training and evaluation, which
+    /// assemble the data the bounds came from, do not.
+    pub fn check_request(&self, views: &[RequestView<'_>]) -> Result<(), AssemblyError> {
+        self.check(Scope::Request, views.len(), |source, row| {
+            request_value(source, &views[row])
+        })
+    }
+
+    /// [`Assembler::check_request`] for candidate views.
+    pub fn check_candidates(&self, views: &[CandidateView<'_>]) -> Result<(), AssemblyError> {
+        self.check(Scope::Candidate, views.len(), |source, row| {
+            candidate_value(source, &views[row])
+        })
+    }
+
+    fn check<'v>(
+        &self,
+        scope: Scope,
+        rows: usize,
+        value_of: impl Fn(Source, usize) -> RawValue<'v>,
+    ) -> Result<(), AssemblyError> {
+        for spec in self.specs.iter().filter(|spec| spec.scope == scope) {
+            let Some(bounds) = spec.accepted() else {
+                continue;
+            };
+            for row in 0..rows {
+                let outside = match value_of(spec.source, row) {
+                    RawValue::Number(value) => (!bounds.contains(value)).then_some(value),
+                    RawValue::Vector(values) => values
+                        .iter()
+                        .map(|&value| f64::from(value))
+                        .find(|&value| !bounds.contains(value)),
+                    _ => None,
+                };
+                if let Some(value) = outside {
+                    return Err(AssemblyError::OutOfRange {
+                        feature: spec.name.clone(),
+                        row,
+                        value,
+                        min: bounds.min,
+                        max: bounds.max,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Request-scope tensors, one row per view (one for serving, a batch for training).

@@ -221,6 +221,7 @@ pub fn lay_out(definitions: &[FeatureDefinition]) -> Vec<FeatureSpec> {
             width,
             transform: definition.transform.clone(),
             marks_cold_start: definition.marks_cold_start,
+            bounds: None,
         });
         *slot += width;
     }

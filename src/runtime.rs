@@ -447,6 +447,14 @@ impl Runtime {
         self.heads
     }
 
+    /// Rows of the embedding table of id feature `feature`, from the graph's metadata.
+    pub fn table_rows(&self, feature: &str) -> Option<usize> {
+        self.id_columns
+            .iter()
+            .find(|columns| columns.feature == feature)
+            .map(|columns| columns.table_rows)
+    }
+
     pub fn load_timings(&self) -> &LoadTimings {
         &self.timings
     }

@@ -102,6 +102,7 @@ fn invalid_code(reason: InvalidReason) -> &'static str {
         InvalidReason::ListTooLong => "list_too_long",
         InvalidReason::InvalidTimestamp => "invalid_timestamp",
         InvalidReason::WrongDimension => "wrong_dimension",
+        InvalidReason::OutOfRange => "out_of_range",
         InvalidReason::InvalidValue => "invalid_value",
     }
 }

@@ -142,6 +142,10 @@ pub fn infer_before(
         Some(invalid) => InferError::Invalid(invalid),
         None => model_error(error.to_string()),
     };
+    assembler
+        .check_request(&[request_view])
+        .map_err(assembly_error)?;
+    assembler.check_candidates(&views).map_err(assembly_error)?;
     let request_tensors = assembler.request(&[request_view]).map_err(assembly_error)?;
     let candidate_tensors = assembler.candidates(&views).map_err(assembly_error)?;
     let assembled = Instant::now();
@@ -219,6 +223,9 @@ fn locate(assembler: &Assembler, error: &AssemblyError) -> Option<InvalidField> 
         AssemblyError::NotFinite { feature, row } => (feature, *row, InvalidReason::NotFinite),
         AssemblyError::WrongDimension { feature, row, .. } => {
             (feature, *row, InvalidReason::WrongDimension)
+        }
+        AssemblyError::OutOfRange { feature, row, .. } => {
+            (feature, *row, InvalidReason::OutOfRange)
         }
         _ => return None,
     };

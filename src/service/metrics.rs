@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::bundle::ResponseField;
@@ -130,6 +130,10 @@ pub struct Metrics {
     /// 1 for each served model, by `name` and `version`.
     pub model_info: IntGaugeVec,
     pub model_reloads: IntCounterVec,
+    /// How long loading and proving one bundle took (read, plans, golden, smoke run).
+    pub model_load_duration: Histogram,
+    /// Unix time of the last bundle that loaded and was published.
+    pub model_last_load_success: Gauge,
 }
 
 impl Metrics {
@@ -218,7 +222,22 @@ impl Metrics {
             "Bundle loads at start and on reload, by result: loaded or failed.",
             &["result"],
         )?;
+        let model_load_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "podscore_model_load_duration_seconds",
+                "Time to load and prove one bundle, whether it loaded or failed.",
+            )
+            .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+        )?;
+        registry.register(Box::new(model_load_duration.clone()))?;
+        let model_last_load_success = Gauge::new(
+            "podscore_model_last_load_success_timestamp_seconds",
+            "Unix time at which the last bundle loaded and was published.",
+        )?;
+        registry.register(Box::new(model_last_load_success.clone()))?;
         Ok(Metrics {
+            model_load_duration,
+            model_last_load_success,
             registry,
             http_requests,
             http_request_duration,
@@ -321,10 +340,19 @@ impl Metrics {
         }
     }
 
-    pub fn observe_reload(&self, outcome: ReloadOutcome) {
+    /// One bundle's load: its outcome and how long it took; a success also stamps the
+    /// time of the last success.
+    pub fn observe_reload(&self, outcome: ReloadOutcome, took: Duration) {
         self.model_reloads
             .with_label_values(&[outcome.as_str()])
             .inc();
+        self.model_load_duration.observe(took.as_secs_f64());
+        if outcome == ReloadOutcome::Loaded {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.model_last_load_success.set(now.as_secs_f64());
+        }
     }
 
     /// Starts both kinds at zero, so that dashboards see the series before the first

@@ -1,17 +1,30 @@
 //! Reload: finds the best version of each model under a directory, loads and proves it
-//! ([`Model::open`]), and publishes the new set, at start, on a timer and on SIGHUP. A
+//! ([`Model::load`]), and publishes the new set, at start, on a timer and on SIGHUP. A
 //! bundle that fails never replaces the one being served, and is not retried until its
-//! manifest changes.
+//! content changes.
+//!
+//! Loading happens off the request path (the caller's blocking thread): the new model is
+//! read, checked, golden-checked and its every plan warmed before the swap, and requests
+//! in flight finish on the model they started with. Nothing a bundle holds can take the
+//! reloader down: reads are bounded (see [`crate::bundle`]), a panic while loading is
+//! caught and recorded as that bundle's failure, a bundle whose directory disagrees with
+//! its manifest's name or version is refused, and at start the highest version that loads
+//! is served, whichever versions above it fail.
+//!
+//! The default model (for requests naming none) is fixed by the first publication: the
+//! configured one, or else the first name in order at start, never changed by a model
+//! added later.
 //!
 //! Blocking work (files, runtimes): callers run [`Reloader::reload`] on a blocking thread.
 //! This module knows bundles on disk; it knows nothing of HTTP or signals.
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::Instant;
 
-use crate::bundle::{self, BundleError, BundleLocation, MANIFEST_FILE};
+use crate::bundle::{self, Bundle, BundleError, BundleLocation};
 use crate::runtime::RuntimeConfig;
 
 use super::Service;
@@ -36,16 +49,23 @@ pub struct ReloadReport {
 }
 
 /// Finds, loads and publishes the best version of each model under a directory. Keeps
-/// the bundles that failed (by manifest modification time) so that a broken bundle is
-/// not reloaded and re-logged on every poll, only when it changes.
+/// the bundles that failed (by a hash of their content) so that a broken bundle is not
+/// reloaded and re-logged on every poll, only when it changes.
 #[derive(Debug)]
 pub struct Reloader {
     models_dir: PathBuf,
-    default_model: Option<String>,
     runtime: RuntimeConfig,
     /// Held for a whole pass, which runs on a blocking thread and never across an
     /// `.await`: it also serializes passes (a poll and a SIGHUP at once).
-    failed: Mutex<HashMap<PathBuf, Option<SystemTime>>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The configured default model, or the one fixed at the first publication.
+    default_model: Option<String>,
+    /// Refused bundle directories and the content hash they were refused with.
+    failed: HashMap<PathBuf, u64>,
 }
 
 impl Reloader {
@@ -60,18 +80,20 @@ impl Reloader {
     ) -> Reloader {
         Reloader {
             models_dir: models_dir.to_path_buf(),
-            default_model,
             runtime,
-            failed: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                default_model,
+                failed: HashMap::new(),
+            }),
         }
     }
 
     /// One pass: for each model name, tries versions newer than the served one, highest
-    /// first, and publishes the first that loads and passes its golden check. Blocking
-    /// (reads files, builds runtimes): call it from a blocking thread.
+    /// first, and publishes the first that loads and passes its checks. Blocking (reads
+    /// files, builds runtimes): call it from a blocking thread.
     pub fn reload(&self, service: &Service) -> Result<ReloadReport, BundleError> {
-        let mut failed = self
-            .failed
+        let mut state = self
+            .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let locations = bundle::discover(&self.models_dir)?;
@@ -89,45 +111,74 @@ impl Reloader {
                 if served.is_some_and(|served| location.version <= served) {
                     break;
                 }
-                let stamp = manifest_stamp(&location.dir);
-                if failed.get(&location.dir) == Some(&stamp) {
+                let fingerprint = bundle::fingerprint(&location.dir);
+                if state.failed.get(&location.dir) == Some(&fingerprint) {
                     continue;
                 }
-                match Model::open(&location.dir, &self.runtime) {
+                let started = Instant::now();
+                match self.load(location) {
                     Ok(model) => {
-                        tracing::info!(model = name, version = location.version, dir = %location.dir.display(), "serving model");
-                        service.metrics().observe_reload(ReloadOutcome::Loaded);
-                        failed.remove(&location.dir);
+                        tracing::info!(model = name, version = location.version, dir = %location.dir.display(), took_ms = started.elapsed().as_millis() as u64, "serving model");
+                        service
+                            .metrics()
+                            .observe_reload(ReloadOutcome::Loaded, started.elapsed());
+                        state.failed.remove(&location.dir);
                         report.loaded.push((name.to_string(), location.version));
                         next.insert(name.to_string(), Arc::new(model));
                         break;
                     }
-                    Err(error) => {
-                        tracing::error!(model = name, version = location.version, dir = %location.dir.display(), %error, "bundle refused; keeping the served model");
-                        service.metrics().observe_reload(ReloadOutcome::Failed);
-                        failed.insert(location.dir.clone(), stamp);
+                    Err(reason) => {
+                        tracing::error!(model = name, version = location.version, dir = %location.dir.display(), error = %reason, "bundle refused; keeping the served model");
+                        service
+                            .metrics()
+                            .observe_reload(ReloadOutcome::Failed, started.elapsed());
+                        state.failed.insert(location.dir.clone(), fingerprint);
                         report.failed.push(LoadFailure {
                             name: name.to_string(),
                             version: location.version,
                             dir: location.dir.clone(),
-                            reason: format!("{error:#}"),
+                            reason,
                         });
                     }
                 }
             }
         }
         if !report.loaded.is_empty() {
+            if state.default_model.is_none() {
+                state.default_model = next.keys().next().cloned();
+                if let Some(name) = &state.default_model {
+                    tracing::info!(model = %name, "default model fixed until restart (--default-model chooses another)");
+                }
+            }
             service.publish(ServedModels {
                 models: next,
-                default_name: self.default_model.clone(),
+                default_name: state.default_model.clone(),
             });
         }
         Ok(report)
     }
-}
 
-fn manifest_stamp(dir: &Path) -> Option<SystemTime> {
-    std::fs::metadata(dir.join(MANIFEST_FILE))
-        .and_then(|meta| meta.modified())
-        .ok()
+    /// Reads and proves the bundle at `location`; any failure, a panic included, is its
+    /// reason.
+    fn load(&self, location: &BundleLocation) -> Result<Model, String> {
+        let loading = AssertUnwindSafe(|| -> Result<Model, String> {
+            let bundle = Bundle::read(&location.dir).map_err(|error| error.to_string())?;
+            let manifest = &bundle.manifest;
+            if manifest.name != location.name || manifest.version != location.version {
+                return Err(format!(
+                    "the directory says {}/{}, the manifest {}/{}",
+                    location.name, location.version, manifest.name, manifest.version
+                ));
+            }
+            Model::load(bundle, &self.runtime).map_err(|error| format!("{error:#}"))
+        });
+        catch_unwind(loading).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            Err(format!("panicked while loading: {message}"))
+        })
+    }
 }

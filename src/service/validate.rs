@@ -53,11 +53,12 @@ pub enum InvalidReason {
     ListTooLong,
     InvalidTimestamp,
     WrongDimension,
+    OutOfRange,
     InvalidValue,
 }
 
 impl InvalidReason {
-    pub const ALL: [InvalidReason; 12] = [
+    pub const ALL: [InvalidReason; 13] = [
         InvalidReason::MissingField,
         InvalidReason::WrongType,
         InvalidReason::UnknownField,
@@ -69,6 +70,7 @@ impl InvalidReason {
         InvalidReason::ListTooLong,
         InvalidReason::InvalidTimestamp,
         InvalidReason::WrongDimension,
+        InvalidReason::OutOfRange,
         InvalidReason::InvalidValue,
     ];
 }

@@ -129,7 +129,12 @@ pub fn scan(run: &Run<'_>) -> Result<Scanned> {
             definition.transform = stats.transform();
         }
     }
-    let specs = graph::lay_out(&definitions);
+    let mut specs = graph::lay_out(&definitions);
+    // Definitions and specs are in the same order: the served range of each numeric
+    // feature is recorded from the same training values as its statistics.
+    for (spec, stats) in specs.iter_mut().zip(&stats) {
+        spec.bounds = stats.as_ref().and_then(NumericStats::bounds);
+    }
     let mut vocabularies = builder.build(args.min_count);
     // A vocabulary no training row filled is still written, empty: the feature then
     // always takes the unknown row.
