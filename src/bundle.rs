@@ -1,5 +1,6 @@
 //! Model bundles on disk: `models/<name>/<version>/` holding `model.onnx`,
-//! `manifest.json` and `vocab/<name>.txt`.
+//! `manifest.json`, `vocab/<name>.txt` and, for bundles that can be trained further,
+//! `weights.safetensors` (the trainer's state; the server never reads it).
 //!
 //! The manifest is everything a consumer needs to feed and read the graph: the feature
 //! spec, the heads and their calibration, the architecture, and golden cases. This module
@@ -17,6 +18,9 @@ use crate::graph::OUTPUT_NAME;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const MODEL_FILE: &str = "model.onnx";
 pub const VOCAB_DIR: &str = "vocab";
+/// The training state beside the graph: what `podscore finetune` continues from. The
+/// graph is the served form (batch norm folded, tables stacked), not a training state.
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
 
 /// The response field a head fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -368,6 +372,17 @@ impl Bundle {
         vocabularies: &Vocabularies,
         onnx: &[u8],
     ) -> Result<(), BundleError> {
+        Bundle::write_with_weights(dir, manifest, vocabularies, onnx, None)
+    }
+
+    /// [`Bundle::write`], with the training state in [`WEIGHTS_FILE`] when given.
+    pub fn write_with_weights(
+        dir: &Path,
+        manifest: &Manifest,
+        vocabularies: &Vocabularies,
+        onnx: &[u8],
+        weights: Option<&[u8]>,
+    ) -> Result<(), BundleError> {
         if dir.exists() {
             return Err(BundleError::Invalid {
                 path: dir.to_path_buf(),
@@ -392,6 +407,10 @@ impl Bundle {
             }
             let model_path = staging.join(MODEL_FILE);
             std::fs::write(&model_path, onnx).map_err(io_error(&model_path))?;
+            if let Some(weights) = weights {
+                let weights_path = staging.join(WEIGHTS_FILE);
+                std::fs::write(&weights_path, weights).map_err(io_error(&weights_path))?;
+            }
             let manifest_path = staging.join(MANIFEST_FILE);
             let text =
                 serde_json::to_string_pretty(manifest).map_err(|source| BundleError::Manifest {

@@ -428,11 +428,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         fitted,
         calibrated,
     )?;
-    Bundle::write(
+    Bundle::write_with_weights(
         &args.out,
         &package.manifest,
         &scanned.vocabularies,
         &package.onnx,
+        Some(&package.weights),
     )?;
     log.write(&json!({"done": true, "bundle": args.out.display().to_string(), "best_epoch": best_epoch, "validation": package.manifest.metrics["validation"], "train_seconds": train_seconds}))?;
     eprintln!(

@@ -5,6 +5,7 @@
 //! did) before anything is written.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -13,7 +14,7 @@ use crate::bundle::{Bundle, GoldenCase, GoldenScores, Heads, Manifest, ResponseF
 use crate::dataset;
 use crate::entities::UserRecord;
 use crate::entities::{CandidateKind, CandidateView, ContextRecord, CreativeRecord, RequestView};
-use crate::features::Assembler;
+use crate::features::{Assembler, Vocabularies};
 use crate::logs::{Impression, Snapshot};
 use crate::runtime::RuntimeConfig;
 use crate::service::Model;
@@ -29,6 +30,8 @@ use super::scan::Scanned;
 pub struct Package {
     pub manifest: Manifest,
     pub onnx: Vec<u8>,
+    /// The training state (`weights.safetensors`), to continue training from.
+    pub weights: Vec<u8>,
 }
 
 /// The manifest, golden cases and exported graph of a trained network, proven in tract.
@@ -40,29 +43,68 @@ pub fn package(
     mut fitted: Fitted,
     calibrated: Calibrated,
 ) -> Result<Package> {
-    let mut manifest = manifest(run, scanned, validation_rows.len(), &fitted, calibrated)?;
-    manifest.golden = golden_cases(
+    let manifest = manifest(run, scanned, validation_rows.len(), &fitted, calibrated)?;
+    finish(
+        manifest,
         &mut fitted.network,
+        &Sources {
+            assembler,
+            vocabularies: &scanned.vocabularies,
+            snapshot: &run.snapshot,
+            rows: validation_rows,
+        },
+        &run.args.out,
+    )
+}
+
+/// What the golden cases are built from: the feature assembly and vocabularies of the
+/// bundle, and logged impressions whose entities become fully inline requests.
+pub struct Sources<'a> {
+    pub assembler: &'a Assembler,
+    pub vocabularies: &'a Vocabularies,
+    pub snapshot: &'a Snapshot,
+    pub rows: &'a [Impression],
+}
+
+/// Every bundle a training command writes ends here: golden cases scored by `network`
+/// under `manifest`'s heads, the graph exported and proven in tract (it must score the
+/// golden cases as candle did), and the training state to continue from. `dir` is where
+/// the bundle will be written (the proof names it in errors).
+pub fn finish(
+    mut manifest: Manifest,
+    network: &mut Network,
+    sources: &Sources<'_>,
+    dir: &Path,
+) -> Result<Package> {
+    manifest.golden = golden_cases(
+        network,
         &manifest,
-        assembler,
-        &run.snapshot,
-        validation_rows,
+        sources.assembler,
+        sources.snapshot,
+        sources.rows,
     )?;
-    let weights = fitted.network.export_weights()?;
+    let weights = network.export_weights()?;
     let onnx = crate::onnx::export(&manifest, &weights)?;
     // Prove the export before anything is written: the graph loads in tract and scores
     // the golden cases (computed by candle) as the server will, within tolerance.
     Model::load(
         Bundle {
-            dir: run.args.out.clone(),
+            dir: dir.to_path_buf(),
             manifest: manifest.clone(),
-            vocabularies: scanned.vocabularies.clone(),
+            vocabularies: sources.vocabularies.clone(),
             onnx: onnx.clone(),
         },
         &RuntimeConfig::default(),
     )
     .context("the exported bundle fails its own golden check in tract")?;
-    Ok(Package { manifest, onnx })
+    let weights = network
+        .to_safetensors()
+        .context("serializing the training weights")?;
+    Ok(Package {
+        manifest,
+        onnx,
+        weights,
+    })
 }
 
 fn manifest(
