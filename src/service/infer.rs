@@ -167,7 +167,7 @@ pub fn infer_before(
 
     let mut candidates = Vec::with_capacity(rows);
     for (row, (candidate, show)) in request.candidates.iter().zip(&shows).enumerate() {
-        let probability = |field| {
+        let probability = |field: &ResponseField| {
             model
                 .heads()
                 .probability(candidate.kind, field, logits.row(row))
@@ -185,13 +185,21 @@ pub fn infer_before(
                     error => model_error(format!("row {row}: {error}")),
                 })
         };
+        // The manifest-named fields, for every candidate (null where no head serves it).
+        let objectives = model
+            .heads()
+            .objective_fields()
+            .iter()
+            .map(|field| Ok((field.name().to_string(), probability(field)?)))
+            .collect::<Result<_, InferError>>()?;
         candidates.push(CandidateScores {
             id: candidate.id.clone(),
             kind: candidate.kind,
-            stream: probability(ResponseField::Stream)?,
-            click: probability(ResponseField::Click)?,
-            like: probability(ResponseField::Like)?,
-            follow: probability(ResponseField::Follow)?,
+            stream: probability(&ResponseField::Stream)?,
+            click: probability(&ResponseField::Click)?,
+            like: probability(&ResponseField::Like)?,
+            follow: probability(&ResponseField::Follow)?,
+            objectives,
             cold_start: candidate_tensors.cold_start[row] || show.is_none(),
         });
     }

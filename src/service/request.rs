@@ -6,6 +6,8 @@
 //! This module knows serde derives only; the wire codecs (JSON field paths of decode
 //! errors, protobuf) belong to the front ends.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::ResponseField;
@@ -90,14 +92,25 @@ pub struct CandidateScores {
     pub click: Option<f64>,
     pub like: Option<f64>,
     pub follow: Option<f64>,
+    /// The fields the model's manifest names for objectives added by fine-tuning
+    /// (`video_follow`), beside the four above and with the same meaning; none for a
+    /// model without such heads.
+    #[serde(flatten)]
+    pub objectives: BTreeMap<String, Option<f64>>,
     /// The show was unknown (to the store and the request) or mapped to the model's
     /// unknown id: the model scored it from its cold-start row.
     pub cold_start: bool,
 }
 
 impl CandidateScores {
-    pub fn get(&self, field: ResponseField) -> Option<f64> {
-        [self.stream, self.click, self.like, self.follow][field.index()]
+    pub fn get(&self, field: &ResponseField) -> Option<f64> {
+        match field {
+            ResponseField::Stream => self.stream,
+            ResponseField::Click => self.click,
+            ResponseField::Like => self.like,
+            ResponseField::Follow => self.follow,
+            ResponseField::Objective(name) => self.objectives.get(name).copied().flatten(),
+        }
     }
 }
 

@@ -57,7 +57,7 @@ pub fn calibrate(
             output: OUTPUT_NAME.to_string(),
             index,
             kinds: head.kinds.clone(),
-            field: head.field,
+            field: head.field.clone(),
             calibration,
         });
     }

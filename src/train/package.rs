@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::bundle::{Bundle, GoldenCase, GoldenScores, Heads, Manifest, ResponseField};
+use crate::bundle::{Bundle, GoldenCase, GoldenScores, Heads, Manifest};
 use crate::dataset;
 use crate::entities::UserRecord;
 use crate::entities::{CandidateKind, CandidateView, ContextRecord, CreativeRecord, RequestView};
@@ -239,13 +239,11 @@ fn expected_scores(
         .iter()
         .zip(logits.chunks(heads.width()))
         .map(|(view, row)| {
-            let score = |field| heads.probability(view.kind, field, row);
-            Ok(GoldenScores {
-                stream: score(ResponseField::Stream)?,
-                click: score(ResponseField::Click)?,
-                like: score(ResponseField::Like)?,
-                follow: score(ResponseField::Follow)?,
-            })
+            let mut scores = GoldenScores::default();
+            for field in heads.fields() {
+                scores.set(field, heads.probability(view.kind, field, row)?);
+            }
+            Ok(scores)
         })
         .collect()
 }
