@@ -26,6 +26,10 @@ enum Command {
     /// Train a model on a world's logs and export a bundle (ONNX + manifest).
     #[cfg(feature = "train")]
     Train(podscore::train::TrainArgs),
+    /// Add a new objective to a trained bundle from a few labels: a head filling a new
+    /// response field.
+    #[cfg(feature = "train")]
+    Finetune(podscore::train::finetune::FinetuneArgs),
     /// Evaluate bundles on the time-split test set: Table 1, tiers, calibration, eCPS.
     #[cfg(feature = "train")]
     Eval(podscore::eval::EvalArgs),
@@ -65,8 +69,10 @@ fn rerun_with_one_candle_thread() -> Option<i32> {
 fn main() {
     let cli = Cli::parse();
     #[cfg(feature = "train")]
-    if matches!(cli.command, Command::Train(_) | Command::Reproduce(_))
-        && let Some(code) = rerun_with_one_candle_thread()
+    if matches!(
+        cli.command,
+        Command::Train(_) | Command::Finetune(_) | Command::Reproduce(_)
+    ) && let Some(code) = rerun_with_one_candle_thread()
     {
         std::process::exit(code);
     }
@@ -74,6 +80,8 @@ fn main() {
         Command::Simulate(args) => podscore::world::run(&args),
         #[cfg(feature = "train")]
         Command::Train(args) => podscore::train::run(&args),
+        #[cfg(feature = "train")]
+        Command::Finetune(args) => podscore::train::finetune::run(&args),
         #[cfg(feature = "train")]
         Command::Eval(args) => podscore::eval::run(&args),
         #[cfg(feature = "train")]
