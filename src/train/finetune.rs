@@ -454,7 +454,9 @@ pub struct Inputs<'a> {
     /// The held-out labels, and the same assembled.
     pub held_out: &'a [ObjectiveImpression],
     pub validation: &'a Labelled,
-    /// Needed by `full` only.
+    /// The world's validation rows, on which `full` recalibrates the base heads it moved
+    /// (the command always passes them; without, the base heads keep their calibration,
+    /// which only an experiment scoring the objective's head alone may accept).
     pub base_validation: Option<&'a BaseValidation>,
 }
 
@@ -518,7 +520,6 @@ pub fn fine_tune(
     };
     let before = match (settings.mode, inputs.base_validation) {
         (Mode::Full, Some(base)) => Some(base_head_quality(&mut network, &heads, base)?),
-        (Mode::Full, None) => bail!("fine-tuning everything needs the world's validation rows"),
         _ => None,
     };
     match settings.mode {
