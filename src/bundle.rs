@@ -689,7 +689,7 @@ mod tests {
             head("video_follow", 1, &[CandidateKind::Ad], objective.clone()),
         ];
         let heads = Heads::resolve(&manifest).unwrap();
-        assert_eq!(heads.objective_fields(), [objective.clone()]);
+        assert_eq!(heads.objective_fields(), std::slice::from_ref(&objective));
         assert_eq!(heads.fields().len(), 5);
         let logits = [0.5, -0.25];
         let served = |kind, field: &ResponseField| heads.probability(kind, field, &logits).unwrap();
