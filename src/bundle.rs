@@ -187,9 +187,11 @@ pub struct Architecture {
     pub tower: Vec<usize>,
 }
 
-/// Expected outputs of one golden case, per candidate, calibrated as served.
+/// The calibrated probabilities of one candidate by response field: what `/score`
+/// answers for it and what a golden case expects. A field is `None` when the model has
+/// no head filling it for the candidate's kind.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct GoldenScores {
+pub struct FieldScores {
     pub stream: Option<f64>,
     pub click: Option<f64>,
     pub like: Option<f64>,
@@ -199,7 +201,7 @@ pub struct GoldenScores {
     pub objectives: BTreeMap<String, Option<f64>>,
 }
 
-impl GoldenScores {
+impl FieldScores {
     pub fn get(&self, field: &ResponseField) -> Option<f64> {
         match field {
             ResponseField::Stream => self.stream,
@@ -228,7 +230,7 @@ impl GoldenScores {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GoldenCase {
     pub request: serde_json::Value,
-    pub expected: Vec<GoldenScores>,
+    pub expected: Vec<FieldScores>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use podscore::entities::CandidateKind;
 use podscore::features::Assembler;
 use podscore::logs::{self, ObjectiveImpression};
 use podscore::runtime::RuntimeConfig;
-use podscore::scoring::Model;
+use podscore::service::models::Model;
 use podscore::train::finetune::{self, FinetuneArgs};
 use podscore::train::network::Network;
 use podscore::train::{self, TrainArgs};
@@ -45,6 +45,19 @@ struct FinetuneCommand {
     args: FinetuneArgs,
 }
 
+/// The small world with [`POOL`] labelled and [`TEST`] test impressions per objective.
+fn simulate_with_objectives(dir: &Path) {
+    world::simulate(
+        &WorldConfig {
+            objective_labels: POOL,
+            objective_test_labels: TEST,
+            ..WorldConfig::preset(Preset::Small)
+        },
+        dir,
+    )
+    .expect("simulate the small world with objectives");
+}
+
 /// A small world with both objectives and a quickly trained joint bundle on it.
 struct Fixture {
     temp: TempDir,
@@ -56,15 +69,7 @@ impl Fixture {
     fn new() -> Fixture {
         let temp = tempfile::tempdir().unwrap();
         let world = temp.path().join("world");
-        world::simulate(
-            &WorldConfig {
-                objective_labels: POOL,
-                objective_test_labels: TEST,
-                ..WorldConfig::preset(Preset::Small)
-            },
-            &world,
-        )
-        .expect("simulate the small world with objectives");
+        simulate_with_objectives(&world);
         let base = temp.path().join("base/podcast-mtl/1");
         let args = TrainCommand::try_parse_from(
             [
@@ -415,86 +420,73 @@ fn finetune_refuses_bad_input_with_one_line() {
         stateless.to_str().unwrap(),
         out.to_str().unwrap(),
     );
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    // (bundle, world, objective, more flags, the cause the one line names)
+    let cases: [(&str, &str, &str, &[&str], &str); 6] = [
         (
-            vec![
-                "--from",
-                stateless_dir,
-                "--data",
-                world,
-                "--objective",
-                "video_follow",
-            ],
+            stateless_dir,
+            world,
+            "video_follow",
+            &[],
             "no weights.safetensors",
         ),
         (
-            vec!["--from", base, "--data", world, "--objective", "listen_7d"],
+            base,
+            world,
+            "listen_7d",
+            &[],
             "no objective `listen_7d`; it has video_follow, episode_complete",
         ),
         (
-            vec![
-                "--from",
-                base,
-                "--data",
-                world,
-                "--objective",
-                "video_follow",
-                "--labels",
-                "5000",
-            ],
+            base,
+            world,
+            "video_follow",
+            &["--labels", "5000"],
             "--labels 5000: objective `video_follow` has 4000 labelled impressions",
         ),
         (
-            vec![
-                "--from",
-                base,
-                "--data",
-                bare,
-                "--objective",
-                "video_follow",
-            ],
+            base,
+            bare,
+            "video_follow",
+            &[],
             "no objectives; simulate the world with --objective-labels N",
         ),
         (
-            vec![
-                "--from",
-                base,
-                "--data",
-                world,
-                "--objective",
-                "video_follow",
-                "--labels",
-                "5",
-                "--validation-share",
-                "1.5",
-            ],
+            base,
+            world,
+            "video_follow",
+            &["--labels", "5", "--validation-share", "1.5"],
             "--labels must be at least 20, got 5; --validation-share must be in (0, 1), got 1.5",
         ),
         (
-            vec![
-                "--from",
-                base,
-                "--data",
-                world,
-                "--objective",
-                "video_follow",
-                "--head",
-                "follow",
-            ],
+            base,
+            world,
+            "video_follow",
+            &["--head", "follow"],
             "--head applies to --mode zero-shot only",
         ),
     ];
-    for (flags, cause) in cases {
-        let mut args = vec!["finetune", "--out", out_dir, "--quiet"];
-        args.extend(&flags);
+    for (from, data, objective, flags, cause) in cases {
+        let mut args = vec![
+            "finetune",
+            "--out",
+            out_dir,
+            "--quiet",
+            "--from",
+            from,
+            "--data",
+            data,
+            "--objective",
+            objective,
+        ];
+        args.extend(flags);
         let (success, stderr) = podscore(&args);
-        assert!(!success, "{flags:?} succeeded");
-        assert_eq!(stderr.trim().lines().count(), 1, "{flags:?}: {stderr}");
+        assert!(!success, "{args:?} succeeded");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
         assert!(
             stderr.starts_with("error: ") && stderr.contains(cause),
-            "{flags:?}: {stderr}"
+            "{args:?}: {stderr}"
         );
-        assert!(!out.exists(), "{flags:?} wrote {}", out.display());
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
 }
 
@@ -507,15 +499,7 @@ fn objectives_leave_the_world_unchanged_and_label_later_days() {
     let temp = tempfile::tempdir().unwrap();
     let (plain, with) = (temp.path().join("plain"), temp.path().join("with"));
     world::simulate(&WorldConfig::preset(Preset::Small), &plain).unwrap();
-    world::simulate(
-        &WorldConfig {
-            objective_labels: POOL,
-            objective_test_labels: TEST,
-            ..WorldConfig::preset(Preset::Small)
-        },
-        &with,
-    )
-    .unwrap();
+    simulate_with_objectives(&with);
     for file in [
         "world.json",
         "logs/promotion_impressions.parquet",

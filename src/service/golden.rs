@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::bundle::{GoldenCase, GoldenScores, ResponseField};
+use crate::bundle::{GoldenCase, ResponseField};
 use crate::store::StoreRecords;
 
 use super::infer::{InferError, infer};
@@ -139,13 +139,7 @@ pub fn golden_cases(
                 request: request.clone(),
                 expected: scored
                     .iter()
-                    .map(|scores| GoldenScores {
-                        stream: scores.stream,
-                        click: scores.click,
-                        like: scores.like,
-                        follow: scores.follow,
-                        objectives: scores.objectives.clone(),
-                    })
+                    .map(|candidate| candidate.scores.clone())
                     .collect(),
             })
         })

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bundle::{HeadsError, ResponseField};
+use crate::bundle::{FieldScores, HeadsError};
 use crate::entities::{CandidateView, EpisodeRecord, Overlay, RequestView, ShowRecord, overlay};
 use crate::features::{Assembler, AssemblyError};
 
@@ -167,8 +167,9 @@ pub fn infer_before(
 
     let mut candidates = Vec::with_capacity(rows);
     for (row, (candidate, show)) in request.candidates.iter().zip(&shows).enumerate() {
-        let probability = |field: &ResponseField| {
-            model
+        let mut scores = FieldScores::default();
+        for field in model.heads().fields() {
+            let probability = model
                 .heads()
                 .probability(candidate.kind, field, logits.row(row))
                 .map_err(|error| match error {
@@ -183,23 +184,13 @@ pub fn infer_before(
                         ),
                     )),
                     error => model_error(format!("row {row}: {error}")),
-                })
-        };
-        // The manifest-named fields, for every candidate (null where no head serves it).
-        let objectives = model
-            .heads()
-            .objective_fields()
-            .iter()
-            .map(|field| Ok((field.name().to_string(), probability(field)?)))
-            .collect::<Result<_, InferError>>()?;
+                })?;
+            scores.set(field, probability);
+        }
         candidates.push(CandidateScores {
             id: candidate.id.clone(),
             kind: candidate.kind,
-            stream: probability(&ResponseField::Stream)?,
-            click: probability(&ResponseField::Click)?,
-            like: probability(&ResponseField::Like)?,
-            follow: probability(&ResponseField::Follow)?,
-            objectives,
+            scores,
             cold_start: candidate_tensors.cold_start[row] || show.is_none(),
         });
     }

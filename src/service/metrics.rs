@@ -309,7 +309,7 @@ impl Metrics {
                 }
             }
             // Manifest-named fields: label values bounded by the served models' heads.
-            for (field, probability) in &candidate.objectives {
+            for (field, probability) in &candidate.scores.objectives {
                 if let Some(probability) = probability {
                     self.predicted_probability
                         .with_label_values(&[kind, field.as_str()])

@@ -6,11 +6,9 @@
 //! This module knows serde derives only; the wire codecs (JSON field paths of decode
 //! errors, protobuf) belong to the front ends.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::ResponseField;
+use crate::bundle::{FieldScores, ResponseField};
 use crate::entities::{
     CandidateKind, ContextRecord, CreativeRecord, EpisodeRecord, ShowRecord, UserRecord,
 };
@@ -88,15 +86,10 @@ pub struct CandidateInput {
 pub struct CandidateScores {
     pub id: String,
     pub kind: CandidateKind,
-    pub stream: Option<f64>,
-    pub click: Option<f64>,
-    pub like: Option<f64>,
-    pub follow: Option<f64>,
-    /// The fields the model's manifest names for objectives added by fine-tuning
-    /// (`video_follow`), beside the four above and with the same meaning; none for a
-    /// model without such heads.
+    /// `stream`, `click`, `like`, `follow`, then the fields the model's manifest names for
+    /// objectives added by fine-tuning (`video_follow`), none for a model without them.
     #[serde(flatten)]
-    pub objectives: BTreeMap<String, Option<f64>>,
+    pub scores: FieldScores,
     /// The show was unknown (to the store and the request) or mapped to the model's
     /// unknown id: the model scored it from its cold-start row.
     pub cold_start: bool,
@@ -104,13 +97,7 @@ pub struct CandidateScores {
 
 impl CandidateScores {
     pub fn get(&self, field: &ResponseField) -> Option<f64> {
-        match field {
-            ResponseField::Stream => self.stream,
-            ResponseField::Click => self.click,
-            ResponseField::Like => self.like,
-            ResponseField::Follow => self.follow,
-            ResponseField::Objective(name) => self.objectives.get(name).copied().flatten(),
-        }
+        self.scores.get(field)
     }
 }
 

@@ -730,32 +730,54 @@ fn closest_head(
     })
 }
 
+impl BaseValidation {
+    /// Per base head with logged labels (by position in `heads`): its logits and labels on
+    /// the validation rows of the kinds it serves.
+    fn head_rows(
+        &self,
+        network: &mut Network,
+        heads: &[HeadSpec],
+    ) -> Result<Vec<(usize, Vec<f32>, Vec<bool>)>> {
+        let logits = self.set.predict(network)?;
+        let width = network.heads.len();
+        Ok(heads
+            .iter()
+            .enumerate()
+            .filter_map(|(position, head)| {
+                let label = Label::of_field(&head.field)?;
+                let (head_logits, labels) = self
+                    .set
+                    .rows
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, row)| head.kinds.contains(&row.kind))
+                    .map(|(index, row)| (logits[index * width + head.index], label.of(row)))
+                    .unzip();
+                Some((position, head_logits, labels))
+            })
+            .collect())
+    }
+}
+
+/// The validation AP of a head's logits.
+fn logit_ap(logits: &[f32], labels: &[bool]) -> Option<f64> {
+    let scores: Vec<f64> = logits.iter().map(|logit| f64::from(*logit)).collect();
+    quality::average_precision(&scores, labels)
+}
+
 /// Validation AP of each base head with logged labels, on the kinds it serves.
 fn base_head_quality(
     network: &mut Network,
     heads: &[HeadSpec],
     base: &BaseValidation,
 ) -> Result<BTreeMap<String, f64>> {
-    let logits = base.set.predict(network)?;
-    let width = network.heads.len();
-    let mut quality_by_head = BTreeMap::new();
-    for head in heads {
-        let Some(label) = Label::of_field(&head.field) else {
-            continue;
-        };
-        let (scores, labels): (Vec<f64>, Vec<bool>) = base
-            .set
-            .rows
-            .iter()
-            .enumerate()
-            .filter(|(_, row)| head.kinds.contains(&row.kind))
-            .map(|(index, row)| (f64::from(logits[index * width + head.index]), label.of(row)))
-            .unzip();
-        if let Some(ap) = quality::average_precision(&scores, &labels) {
-            quality_by_head.insert(head.name.clone(), ap);
-        }
-    }
-    Ok(quality_by_head)
+    Ok(base
+        .head_rows(network, heads)?
+        .into_iter()
+        .filter_map(|(position, logits, labels)| {
+            Some((heads[position].name.clone(), logit_ap(&logits, &labels)?))
+        })
+        .collect())
 }
 
 /// Refits the calibration of every base head with logged labels on the world's
@@ -765,23 +787,15 @@ fn recalibrate_base_heads(
     heads: &mut [HeadSpec],
     base: &BaseValidation,
 ) -> Result<BTreeMap<String, f64>> {
-    let logits = base.set.predict(network)?;
-    let width = network.heads.len();
-    for head in heads.iter_mut() {
-        let Some(label) = Label::of_field(&head.field) else {
-            continue;
-        };
-        let (head_logits, labels): (Vec<f32>, Vec<bool>) = base
-            .set
-            .rows
-            .iter()
-            .enumerate()
-            .filter(|(_, row)| head.kinds.contains(&row.kind))
-            .map(|(index, row)| (logits[index * width + head.index], label.of(row)))
-            .unzip();
-        head.calibration = calibrate::fit_head(&head_logits, &labels).0;
+    let mut quality_by_head = BTreeMap::new();
+    for (position, logits, labels) in base.head_rows(network, heads)? {
+        let head = &mut heads[position];
+        head.calibration = calibrate::fit_head(&logits, &labels).0;
+        if let Some(ap) = logit_ap(&logits, &labels) {
+            quality_by_head.insert(head.name.clone(), ap);
+        }
     }
-    base_head_quality(network, heads, base)
+    Ok(quality_by_head)
 }
 
 /// The manifest of a fine-tuned bundle: the base's features and architecture, the heads
@@ -793,18 +807,7 @@ fn manifest(
     finetuned: &Finetuned,
     labels: usize,
 ) -> Result<Manifest> {
-    let name = args.name.clone().unwrap_or_else(|| {
-        args.out
-            .parent()
-            .and_then(|parent| parent.file_name())
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "podscore".into())
-    });
-    let version = args
-        .out
-        .file_name()
-        .and_then(|name| name.to_string_lossy().parse::<u32>().ok())
-        .unwrap_or(1);
+    let (name, version) = package::name_and_version(&args.out, args.name.as_deref());
     Ok(Manifest {
         name,
         version,

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::bundle::{Bundle, GoldenCase, GoldenScores, Heads, Manifest};
+use crate::bundle::{Bundle, FieldScores, GoldenCase, Heads, Manifest};
 use crate::dataset;
 use crate::entities::UserRecord;
 use crate::entities::{CandidateKind, CandidateView, ContextRecord, CreativeRecord, RequestView};
@@ -107,6 +107,23 @@ pub fn finish(
     })
 }
 
+/// The manifest's name and version of a bundle written to `out`: `name` when given, else
+/// the name of `out`'s parent (`models/<name>/<version>`); the version is `out`'s own
+/// name when it is a number, else 1.
+pub fn name_and_version(out: &Path, name: Option<&str>) -> (String, u32) {
+    let name = name.map(str::to_string).unwrap_or_else(|| {
+        out.parent()
+            .and_then(|parent| parent.file_name())
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "podscore".into())
+    });
+    let version = out
+        .file_name()
+        .and_then(|version| version.to_string_lossy().parse::<u32>().ok())
+        .unwrap_or(1);
+    (name, version)
+}
+
 fn manifest(
     run: &Run<'_>,
     scanned: &Scanned,
@@ -115,18 +132,7 @@ fn manifest(
     calibrated: Calibrated,
 ) -> Result<Manifest> {
     let args = run.args;
-    let name = args.name.clone().unwrap_or_else(|| {
-        args.out
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "podscore".into())
-    });
-    let version = args
-        .out
-        .file_name()
-        .and_then(|n| n.to_string_lossy().parse::<u32>().ok())
-        .unwrap_or(1);
+    let (name, version) = name_and_version(&args.out, args.name.as_deref());
     let train_rows = &scanned.counts.train_rows;
     Ok(Manifest {
         name,
@@ -228,7 +234,7 @@ fn expected_scores(
     assembler: &Assembler,
     request: RequestView<'_>,
     candidates: &[(String, CandidateView<'_>)],
-) -> Result<Vec<GoldenScores>> {
+) -> Result<Vec<FieldScores>> {
     let views: Vec<CandidateView<'_>> = candidates.iter().map(|(_, view)| *view).collect();
     let request_tensors = assembler.request(&[request])?;
     let candidate_tensors = assembler.candidates(&views)?;
@@ -239,7 +245,7 @@ fn expected_scores(
         .iter()
         .zip(logits.chunks(heads.width()))
         .map(|(view, row)| {
-            let mut scores = GoldenScores::default();
+            let mut scores = FieldScores::default();
             for field in heads.fields() {
                 scores.set(field, heads.probability(view.kind, field, row)?);
             }
