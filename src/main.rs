@@ -36,6 +36,10 @@ enum Command {
     /// Simulate, train every variant, evaluate: the paper's tables in one command.
     #[cfg(feature = "train")]
     Reproduce(podscore::eval::ReproduceArgs),
+    /// Learning curves of new objectives fine-tuned on trained bundles (the experiment
+    /// of `reproduce`, alone).
+    #[cfg(feature = "train")]
+    Curves(podscore::eval::curves::CurvesArgs),
     /// Serve the bundles over HTTP.
     Serve(podscore::serve::ServeArgs),
     /// Score one request offline, without a server.
@@ -71,7 +75,7 @@ fn main() {
     #[cfg(feature = "train")]
     if matches!(
         cli.command,
-        Command::Train(_) | Command::Finetune(_) | Command::Reproduce(_)
+        Command::Train(_) | Command::Finetune(_) | Command::Reproduce(_) | Command::Curves(_)
     ) && let Some(code) = rerun_with_one_candle_thread()
     {
         std::process::exit(code);
@@ -86,6 +90,8 @@ fn main() {
         Command::Eval(args) => podscore::eval::run(&args),
         #[cfg(feature = "train")]
         Command::Reproduce(args) => podscore::eval::reproduce(&args),
+        #[cfg(feature = "train")]
+        Command::Curves(args) => podscore::eval::curves::command(&args),
         Command::Serve(args) => podscore::serve::run(&args),
         Command::Score(args) => podscore::serve::score(&args),
         Command::Healthcheck(args) => podscore::healthcheck::run(&args),

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use podscore::bundle::{Manifest, ResponseField};
 use podscore::entities::CandidateKind;
+use podscore::eval::curves::CurveGrid;
 use podscore::eval::{self, EXPERIMENTS, EvalArgs, Preset, ReplayArgs, ReproduceArgs, Switch};
 use serde_json::Value;
 
@@ -44,9 +45,11 @@ fn reproduction() -> &'static Path {
         // its report section are checked end to end.
         let args = ReproduceArgs {
             learning_curves: Some(Switch::On),
-            curve_labels: Some(vec![400, 1_500]),
-            curve_seeds: 2,
-            curve_objectives: Some(vec!["video_follow".into()]),
+            curves: CurveGrid {
+                curve_labels: Some(vec![400, 1_500]),
+                curve_seeds: Some(2),
+                curve_objectives: Some(vec!["video_follow".into()]),
+            },
             quiet: true,
             ..ReproduceArgs::new(out.clone(), Preset::Small)
         };

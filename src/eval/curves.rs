@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 
 use crate::logs::{self, ObjectiveImpression, Snapshot};
@@ -97,6 +97,122 @@ pub struct CurveSettings {
     pub seeds: Vec<u64>,
     /// Everything else of fine-tuning (mode, labels and seed are set per cell).
     pub finetune: FinetuneSettings,
+}
+
+/// The grid of the learning curves, shared by `reproduce` and `curves`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CurveGrid {
+    /// Label counts of the learning curves (default: 1k, 3k, 10k, 30k, 100k; small preset
+    /// 300, 1k, 3k).
+    #[arg(long, value_delimiter = ',', env = "PODSCORE_CURVE_LABELS")]
+    pub curve_labels: Option<Vec<usize>>,
+    /// Seeds per cell of the learning curves (default: 3).
+    #[arg(long, env = "PODSCORE_CURVE_SEEDS")]
+    pub curve_seeds: Option<usize>,
+    /// New objectives to measure (default: every one the world has).
+    #[arg(long, value_delimiter = ',', env = "PODSCORE_CURVE_OBJECTIVES")]
+    pub curve_objectives: Option<Vec<String>>,
+}
+
+impl CurveGrid {
+    /// The experiment's settings, `default_labels` unless told; seeds count up from
+    /// `seed`. Every bad value at once.
+    pub fn settings(&self, default_labels: &[usize], seed: u64) -> Result<CurveSettings> {
+        let mut labels = self
+            .curve_labels
+            .clone()
+            .unwrap_or_else(|| default_labels.to_vec());
+        labels.sort_unstable();
+        labels.dedup();
+        let seeds = self.curve_seeds.unwrap_or(DEFAULT_SEEDS);
+        let mut problems = Vec::new();
+        if labels.is_empty() || labels[0] < 20 || labels[labels.len() - 1] > 1_000_000 {
+            problems.push(format!(
+                "--curve-labels must be 20 to 1000000 labels each, got {labels:?}"
+            ));
+        }
+        if !(1..=20).contains(&seeds) {
+            problems.push(format!("--curve-seeds must be in 1..=20, got {seeds}"));
+        }
+        let known: Vec<&str> = crate::world::objectives::OBJECTIVES
+            .iter()
+            .map(|objective| objective.name)
+            .collect();
+        let objectives = self
+            .curve_objectives
+            .clone()
+            .unwrap_or_else(|| known.iter().map(|name| name.to_string()).collect());
+        for objective in &objectives {
+            if !known.contains(&objective.as_str()) {
+                problems.push(format!(
+                    "--curve-objectives: no objective `{objective}`; the world has {}",
+                    known.join(", ")
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
+        }
+        Ok(CurveSettings {
+            objectives,
+            labels,
+            seeds: (0..seeds as u64).map(|index| seed + index).collect(),
+            finetune: FinetuneSettings::default(),
+        })
+    }
+}
+
+/// `podscore curves`: the learning curves alone, on bundles already trained (those of a
+/// reproduction, or trained as it trains them), without training every variant again.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CurvesArgs {
+    /// World directory with the objectives' labels (`simulate --objective-labels N`).
+    #[arg(long, env = "PODSCORE_DATA")]
+    pub data: PathBuf,
+    /// Directory holding the bases as `<label>/1`: `mtl` and `promo-only`, as
+    /// `reproduce` writes them under `models/`.
+    #[arg(long, env = "PODSCORE_MODELS")]
+    pub models: PathBuf,
+    /// Directory for `learning_curves.md`, `learning_curves.json` and the plots.
+    #[arg(long, env = "PODSCORE_CURVES_OUT")]
+    pub out: PathBuf,
+    /// First seed; seed `i` of a cell is this plus `i`, as in `reproduce`.
+    #[arg(long, default_value_t = 17, env = "PODSCORE_SEED")]
+    pub seed: u64,
+    #[command(flatten)]
+    pub grid: CurveGrid,
+    /// Hide per-run messages.
+    #[arg(long, env = "PODSCORE_QUIET")]
+    pub quiet: bool,
+}
+
+/// The report files `podscore curves` writes.
+pub const MARKDOWN_FILE: &str = "learning_curves.md";
+pub const JSON_FILE: &str = "learning_curves.json";
+
+/// Runs `podscore curves` and writes its report.
+pub fn command(args: &CurvesArgs) -> Result<()> {
+    let started = Instant::now();
+    let settings = args.grid.settings(&DEFAULT_LABELS, args.seed)?;
+    let say = |message: String| {
+        if !args.quiet {
+            eprintln!("[{:>6.0}s] {message}", started.elapsed().as_secs_f64());
+        }
+    };
+    let curves = run(&args.data, &args.models, &settings, &say)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let json_path = args.out.join(JSON_FILE);
+    std::fs::write(&json_path, serde_json::to_string_pretty(&curves)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let markdown_path = args.out.join(MARKDOWN_FILE);
+    std::fs::write(&markdown_path, markdown(&curves))
+        .with_context(|| format!("writing {}", markdown_path.display()))?;
+    for path in draw(&curves, &args.out)? {
+        ensure!(plots::is_png(&path)?, "{} is not a PNG", path.display());
+    }
+    say(format!("wrote {}", markdown_path.display()));
+    Ok(())
 }
 
 /// A mean over seeds with its 95% interval.

@@ -948,16 +948,8 @@ pub struct ReproduceArgs {
     /// bundles (default: on for the default preset, off for the small one).
     #[arg(long, value_enum, env = "PODSCORE_LEARNING_CURVES")]
     pub learning_curves: Option<Switch>,
-    /// Label counts of the learning curves (default: 1k, 3k, 10k, 30k, 100k; small preset
-    /// 300, 1k, 3k).
-    #[arg(long, value_delimiter = ',', env = "PODSCORE_CURVE_LABELS")]
-    pub curve_labels: Option<Vec<usize>>,
-    /// Seeds per cell of the learning curves.
-    #[arg(long, default_value_t = curves::DEFAULT_SEEDS, env = "PODSCORE_CURVE_SEEDS")]
-    pub curve_seeds: usize,
-    /// New objectives to measure (default: every one the world has).
-    #[arg(long, value_delimiter = ',', env = "PODSCORE_CURVE_OBJECTIVES")]
-    pub curve_objectives: Option<Vec<String>>,
+    #[command(flatten)]
+    pub curves: curves::CurveGrid,
     /// Hide progress bars and per-step messages.
     #[arg(long, env = "PODSCORE_QUIET")]
     pub quiet: bool,
@@ -975,9 +967,7 @@ impl ReproduceArgs {
             steps_per_epoch: None,
             replay: ReplayArgs::default(),
             learning_curves: None,
-            curve_labels: None,
-            curve_seeds: curves::DEFAULT_SEEDS,
-            curve_objectives: None,
+            curves: curves::CurveGrid::default(),
             quiet: false,
         }
     }
@@ -992,48 +982,7 @@ impl ReproduceArgs {
             return Ok(None);
         }
         let (preset_labels, test_labels) = curve_grid(self.preset);
-        let mut labels = self.curve_labels.clone().unwrap_or(preset_labels);
-        labels.sort_unstable();
-        labels.dedup();
-        let mut problems = Vec::new();
-        if labels.is_empty() || labels[0] < 20 || labels[labels.len() - 1] > 1_000_000 {
-            problems.push(format!(
-                "--curve-labels must be 20 to 1000000 labels each, got {labels:?}"
-            ));
-        }
-        if !(1..=20).contains(&self.curve_seeds) {
-            problems.push(format!(
-                "--curve-seeds must be in 1..=20, got {}",
-                self.curve_seeds
-            ));
-        }
-        let known: Vec<&str> = crate::world::objectives::OBJECTIVES
-            .iter()
-            .map(|objective| objective.name)
-            .collect();
-        let objectives = self
-            .curve_objectives
-            .clone()
-            .unwrap_or_else(|| known.iter().map(|name| name.to_string()).collect());
-        for objective in &objectives {
-            if !known.contains(&objective.as_str()) {
-                problems.push(format!(
-                    "--curve-objectives: no objective `{objective}`; the world has {}",
-                    known.join(", ")
-                ));
-            }
-        }
-        if !problems.is_empty() {
-            bail!("{}", problems.join("; "));
-        }
-        let settings = curves::CurveSettings {
-            objectives,
-            labels,
-            seeds: (0..self.curve_seeds as u64)
-                .map(|index| self.seed + index)
-                .collect(),
-            finetune: crate::train::finetune::FinetuneSettings::default(),
-        };
+        let settings = self.curves.settings(&preset_labels, self.seed)?;
         Ok(Some((settings, test_labels)))
     }
 }
