@@ -199,19 +199,28 @@ pub fn command(args: &CurvesArgs) -> Result<()> {
             eprintln!("[{:>6.0}s] {message}", started.elapsed().as_secs_f64());
         }
     };
-    let curves = run(&args.data, &args.models, &settings, &say)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let json_path = args.out.join(JSON_FILE);
-    std::fs::write(&json_path, serde_json::to_string_pretty(&curves)?)
-        .with_context(|| format!("writing {}", json_path.display()))?;
     let markdown_path = args.out.join(MARKDOWN_FILE);
-    std::fs::write(&markdown_path, markdown(&curves))
-        .with_context(|| format!("writing {}", markdown_path.display()))?;
-    for path in draw(&curves, &args.out)? {
-        ensure!(plots::is_png(&path)?, "{} is not a PNG", path.display());
-    }
-    say(format!("wrote {}", markdown_path.display()));
+    // Written after every seed: a run stopped early leaves the curves of the seeds done.
+    let mut write = |curves: &Curves| -> Result<()> {
+        let json_path = args.out.join(JSON_FILE);
+        std::fs::write(&json_path, serde_json::to_string_pretty(curves)?)
+            .with_context(|| format!("writing {}", json_path.display()))?;
+        std::fs::write(&markdown_path, markdown(curves))
+            .with_context(|| format!("writing {}", markdown_path.display()))?;
+        for path in draw(curves, &args.out)? {
+            ensure!(plots::is_png(&path)?, "{} is not a PNG", path.display());
+        }
+        say(format!(
+            "wrote {} ({} of {} seeds)",
+            markdown_path.display(),
+            curves.settings.seeds.len(),
+            settings.seeds.len()
+        ));
+        Ok(())
+    };
+    run(&args.data, &args.models, &settings, &say, &mut write)?;
     Ok(())
 }
 
@@ -326,12 +335,15 @@ struct Prepared {
 }
 
 /// Runs the experiment on the world in `world` from the reproduction's bundles, which
-/// lie in `models/<label>/1`.
+/// lie in `models/<label>/1`. Seeds are the outer loop: after each, `checkpoint` gets the
+/// curves of every objective over the seeds done so far (the whole grid each time), so
+/// that a run stopped early still leaves complete curves with fewer seeds.
 pub fn run(
     world: &Path,
     models: &Path,
     settings: &CurveSettings,
     say: &dyn Fn(String),
+    checkpoint: &mut dyn FnMut(&Curves) -> Result<()>,
 ) -> Result<Curves> {
     let started = Instant::now();
     let snapshot = logs::read_snapshot(world)
@@ -353,15 +365,10 @@ pub fn run(
             .1
     };
 
+    // Each objective with its test week assembled for every base, and its cells so far.
     let mut objectives = Vec::new();
     for name in &settings.objectives {
         let objective = Objective::read(world, name)?;
-        say(format!(
-            "learning curves of `{name}`: {} arms x {} label counts x {} seeds",
-            ARMS.len(),
-            settings.labels.len(),
-            settings.seeds.len()
-        ));
         let tests: Vec<(&'static str, Labelled)> = bases
             .iter()
             .map(|(label, prepared)| {
@@ -371,13 +378,26 @@ pub fn run(
                 ))
             })
             .collect::<Result<_>>()?;
-        let mut cells = Vec::new();
-        for &labels in &settings.labels {
-            for &seed in &settings.seeds {
+        let test_labels: Vec<bool> = objective.test.iter().map(|row| row.label).collect();
+        let truth: Vec<f64> = objective.test.iter().map(|row| row.p_label).collect();
+        let oracle_ap = quality::average_precision(&truth, &test_labels);
+        objectives.push((objective, tests, oracle_ap, Vec::<Cell>::new()));
+    }
+    say(format!(
+        "learning curves of {}: {} arms x {} label counts x {} seeds",
+        settings.objectives.join(", "),
+        ARMS.len(),
+        settings.labels.len(),
+        settings.seeds.len()
+    ));
+    let mut curves = None;
+    for (done, &seed) in settings.seeds.iter().enumerate() {
+        for (objective, tests, _, cells) in &mut objectives {
+            let name = &objective.info.name;
+            for &labels in &settings.labels {
                 let (fit, held_out) =
                     objective.draw(Some(labels), settings.finetune.validation_share, seed)?;
                 for arm in &ARMS {
-                    let prepared = prepared(arm.base);
                     let test = &tests
                         .iter()
                         .find(|(label, _)| *label == arm.base)
@@ -385,9 +405,9 @@ pub fn run(
                         .1;
                     let cell = run_cell(
                         arm,
-                        prepared,
+                        prepared(arm.base),
                         &snapshot,
-                        &objective,
+                        objective,
                         (&fit, &held_out),
                         test,
                         &FinetuneSettings {
@@ -399,8 +419,7 @@ pub fn run(
                         },
                     )?;
                     say(format!(
-                        "  {name}: {} labels, seed {seed}, {}: AP {} ({:.0}s)",
-                        labels,
+                        "  {name}: seed {seed}, {labels} labels, {}: AP {} ({:.0}s)",
                         arm.label,
                         cell.ap
                             .map_or_else(|| "n/a".to_string(), |ap| format!("{ap:.4}")),
@@ -410,21 +429,25 @@ pub fn run(
                 }
             }
         }
-        let test_labels: Vec<bool> = objective.test.iter().map(|row| row.label).collect();
-        let truth: Vec<f64> = objective.test.iter().map(|row| row.p_label).collect();
-        objectives.push(summarize(
-            &objective,
-            settings,
-            cells,
-            quality::average_precision(&truth, &test_labels),
-        ));
+        let so_far = CurveSettings {
+            seeds: settings.seeds[..=done].to_vec(),
+            ..settings.clone()
+        };
+        let current = Curves {
+            objectives: objectives
+                .iter()
+                .map(|(objective, _, oracle_ap, cells)| {
+                    summarize(objective, &so_far, cells.clone(), *oracle_ap)
+                })
+                .collect(),
+            settings: so_far,
+            arms: ARMS.to_vec(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        checkpoint(&current)?;
+        curves = Some(current);
     }
-    Ok(Curves {
-        settings: settings.clone(),
-        arms: ARMS.to_vec(),
-        objectives,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    curves.context("no seeds to run")
 }
 
 /// One fine-tuning run and its scores on the test week. A run that cannot be made

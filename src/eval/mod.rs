@@ -1207,8 +1207,14 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
     if let Some((settings, _)) = &curve_settings {
         say("measuring the learning curves of new objectives".into());
         report.learning_curves = Some(
-            curves::run(&world, &models, settings, &|message| say(message))
-                .context("measuring the learning curves")?,
+            curves::run(
+                &world,
+                &models,
+                settings,
+                &|message| say(message),
+                &mut |_| Ok(()),
+            )
+            .context("measuring the learning curves")?,
         );
     }
     if let Some(reproduction) = report.reproduction.as_mut() {
