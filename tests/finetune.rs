@@ -490,6 +490,86 @@ fn finetune_refuses_bad_input_with_one_line() {
     }
 }
 
+/// `podscore curves` measures the learning curves on bundles already trained and writes
+/// its report (every arm at every label count, a verdict, a plot); a folder without the
+/// `promo-only` base fails with one line naming it and writes no report.
+#[test]
+fn curves_command_measures_on_trained_bundles_and_refuses_a_missing_base() {
+    let fixture = Fixture::new();
+    let models = fixture.temp.path().join("models");
+    // The fixture's joint bundle stands in for both bases: what is checked here is the
+    // command, not the comparison (tests/eval.rs runs it on a reproduction's bundles).
+    for label in ["mtl", "promo-only"] {
+        std::fs::create_dir_all(models.join(label)).unwrap();
+        let status = Command::new("cp")
+            .args([
+                "-r",
+                fixture.base.to_str().unwrap(),
+                models.join(label).join("1").to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let out = fixture.temp.path().join("curves");
+    let (world, models_dir, out_dir) = (
+        fixture.world.to_str().unwrap(),
+        models.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let grid = [
+        "--curve-labels",
+        "300,1000",
+        "--curve-seeds",
+        "1",
+        "--curve-objectives",
+        "video_follow",
+        "--quiet",
+    ];
+    let mut args = vec![
+        "curves", "--data", world, "--models", models_dir, "--out", out_dir,
+    ];
+    args.extend(grid);
+    let (success, stderr) = podscore(&args);
+    assert!(success, "{stderr}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("learning_curves.json")).unwrap())
+            .unwrap();
+    let objective = &report["objectives"][0];
+    assert_eq!(objective["objective"], "video_follow");
+    let cells = objective["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 5 * 2, "arms x label counts");
+    for cell in cells {
+        let ap = cell["ap"].as_f64().unwrap_or_else(|| panic!("{cell}"));
+        assert!(ap > 0.0 && ap <= 1.0, "{cell}");
+    }
+    let markdown = std::fs::read_to_string(out.join("learning_curves.md")).unwrap();
+    assert!(markdown.contains("**Verdict:**"), "{markdown}");
+    let plot = std::fs::read(out.join("learning_curves_video_follow.png")).unwrap();
+    assert!(plot.starts_with(b"\x89PNG"));
+
+    std::fs::remove_dir_all(models.join("promo-only")).unwrap();
+    let elsewhere = fixture.temp.path().join("curves-2");
+    let mut args = vec![
+        "curves",
+        "--data",
+        world,
+        "--models",
+        models_dir,
+        "--out",
+        elsewhere.to_str().unwrap(),
+    ];
+    args.extend(grid);
+    let (success, stderr) = podscore(&args);
+    assert!(!success);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("promo-only"),
+        "{stderr}"
+    );
+    assert!(!elsewhere.exists(), "a failed run writes nothing");
+}
+
 /// Objectives do not change the world: the logs, the snapshot and world.json are the same
 /// bytes with and without them. Each objective file holds its pool and test rows on their
 /// days, only the impressions it applies to, and labels at the rate of their true

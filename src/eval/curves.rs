@@ -199,11 +199,11 @@ pub fn command(args: &CurvesArgs) -> Result<()> {
             eprintln!("[{:>6.0}s] {message}", started.elapsed().as_secs_f64());
         }
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let markdown_path = args.out.join(MARKDOWN_FILE);
     // Written after every seed: a run stopped early leaves the curves of the seeds done.
     let mut write = |curves: &Curves| -> Result<()> {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
         let json_path = args.out.join(JSON_FILE);
         std::fs::write(&json_path, serde_json::to_string_pretty(curves)?)
             .with_context(|| format!("writing {}", json_path.display()))?;

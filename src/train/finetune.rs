@@ -111,7 +111,7 @@ pub struct FinetuneArgs {
     /// response field its head fills.
     #[arg(long, env = "PODSCORE_OBJECTIVE")]
     pub objective: String,
-    /// Bundle directory to create, e.g. models/podcast-video-follow/1; must not exist.
+    /// Bundle directory to create (`<models>/<name>/<version>`); must not exist.
     #[arg(long, env = "PODSCORE_OUT")]
     pub out: PathBuf,
     #[command(flatten)]
