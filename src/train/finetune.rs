@@ -730,14 +730,18 @@ fn closest_head(
     })
 }
 
+/// One base head's logits and logged labels on the validation rows of its kinds.
+struct HeadRows {
+    /// Position of the head in the heads it was read for.
+    position: usize,
+    logits: Vec<f32>,
+    labels: Vec<bool>,
+}
+
 impl BaseValidation {
-    /// Per base head with logged labels (by position in `heads`): its logits and labels on
-    /// the validation rows of the kinds it serves.
-    fn head_rows(
-        &self,
-        network: &mut Network,
-        heads: &[HeadSpec],
-    ) -> Result<Vec<(usize, Vec<f32>, Vec<bool>)>> {
+    /// Per base head with logged labels: its logits and labels on the validation rows of
+    /// the kinds it serves.
+    fn head_rows(&self, network: &mut Network, heads: &[HeadSpec]) -> Result<Vec<HeadRows>> {
         let logits = self.set.predict(network)?;
         let width = network.heads.len();
         Ok(heads
@@ -753,7 +757,11 @@ impl BaseValidation {
                     .filter(|(_, row)| head.kinds.contains(&row.kind))
                     .map(|(index, row)| (logits[index * width + head.index], label.of(row)))
                     .unzip();
-                Some((position, head_logits, labels))
+                Some(HeadRows {
+                    position,
+                    logits: head_logits,
+                    labels,
+                })
             })
             .collect())
     }
@@ -774,8 +782,11 @@ fn base_head_quality(
     Ok(base
         .head_rows(network, heads)?
         .into_iter()
-        .filter_map(|(position, logits, labels)| {
-            Some((heads[position].name.clone(), logit_ap(&logits, &labels)?))
+        .filter_map(|rows| {
+            Some((
+                heads[rows.position].name.clone(),
+                logit_ap(&rows.logits, &rows.labels)?,
+            ))
         })
         .collect())
 }
@@ -788,10 +799,10 @@ fn recalibrate_base_heads(
     base: &BaseValidation,
 ) -> Result<BTreeMap<String, f64>> {
     let mut quality_by_head = BTreeMap::new();
-    for (position, logits, labels) in base.head_rows(network, heads)? {
-        let head = &mut heads[position];
-        head.calibration = calibrate::fit_head(&logits, &labels).0;
-        if let Some(ap) = logit_ap(&logits, &labels) {
+    for rows in base.head_rows(network, heads)? {
+        let head = &mut heads[rows.position];
+        head.calibration = calibrate::fit_head(&rows.logits, &rows.labels).0;
+        if let Some(ap) = logit_ap(&rows.logits, &rows.labels) {
             quality_by_head.insert(head.name.clone(), ap);
         }
     }
