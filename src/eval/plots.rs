@@ -201,11 +201,23 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
                 .map_err(failed)?;
         }
     }
+    // Learning curves that end high (AP) climb to the upper right: their legend goes
+    // below them; those that end low (calibration error) keep it above.
+    let ends_high = panel.log_x && {
+        let ends: Vec<f64> = panel
+            .lines
+            .iter()
+            .filter_map(|line| line.points.last().and_then(|(_, y)| *y))
+            .collect();
+        !ends.is_empty() && ends.iter().sum::<f64>() / ends.len() as f64 > (y_low + y_high) / 2.0
+    };
     chart
         .configure_series_labels()
         // Reliability curves climb to the upper right; keep the legend off them.
         .position(if panel.diagonal {
             SeriesLabelPosition::UpperLeft
+        } else if ends_high {
+            SeriesLabelPosition::LowerRight
         } else {
             SeriesLabelPosition::UpperRight
         })
