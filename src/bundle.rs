@@ -1,5 +1,6 @@
 //! Model bundles on disk: `models/<name>/<version>/` holding `model.onnx`,
-//! `manifest.json` and `vocab/<name>.txt`.
+//! `manifest.json`, `vocab/<name>.txt` and, for bundles that can be trained further,
+//! `weights.safetensors` (the trainer's state; the server never reads it).
 //!
 //! The manifest is everything a consumer needs to feed and read the graph: the feature
 //! spec, the heads and their calibration, the architecture, and golden cases. This module
@@ -10,6 +11,7 @@
 //! regular file whose real path lies inside the bundle (no symlink to `/dev/zero`, no
 //! FIFO, no device), within a size cap, and vocabulary names must be plain names.
 
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -34,28 +36,114 @@ pub const MAX_VOCAB_BYTES: u64 = 64 << 20;
 /// Longest vocabulary name: names are short words (`show`, `campaign`).
 const MAX_VOCAB_NAME_BYTES: usize = 64;
 
-/// The response field a head fills.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The training state beside the graph: what `podscore finetune` continues from. The
+/// graph is the served form (batch norm folded, tables stacked), not a training state.
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+
+/// The response field a head fills: one of the four every `/score` response carries, or
+/// a field the manifest names for an objective added by fine-tuning (`video_follow`),
+/// which the server returns beside the four for every candidate (null for kinds its head
+/// does not serve). The server knows the four names; the others come from the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResponseField {
     Stream,
     Click,
     Like,
     Follow,
+    /// A manifest-named field; the name passed [`ResponseField::parse`].
+    Objective(String),
+}
+
+/// Keys a candidate's scores already use: a manifest-named field must not shadow them.
+const RESERVED_FIELD_NAMES: [&str; 3] = ["id", "kind", "cold_start"];
+/// Long enough for a descriptive objective, short enough for a metric label value.
+const MAX_FIELD_NAME_LEN: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldNameError {
+    #[error(
+        "`{0}` is not a response field name: 1 to {MAX_FIELD_NAME_LEN} characters, lowercase \
+         ASCII letters, digits and `_`, starting with a letter"
+    )]
+    Invalid(String),
+    #[error("`{0}` is a key every candidate's scores already have")]
+    Reserved(String),
 }
 
 impl ResponseField {
-    pub const ALL: [ResponseField; 4] = [
+    /// The fields every response carries, whatever the model.
+    pub const FIXED: [ResponseField; 4] = [
         ResponseField::Stream,
         ResponseField::Click,
         ResponseField::Like,
         ResponseField::Follow,
     ];
 
-    /// Position in [`ResponseField::ALL`], which is also the order of the four fields in
-    /// a response and a golden case.
-    pub fn index(self) -> usize {
-        self as usize
+    /// The field called `name`: one of the fixed four, or a valid objective name.
+    pub fn parse(name: &str) -> Result<ResponseField, FieldNameError> {
+        match name {
+            "stream" => Ok(ResponseField::Stream),
+            "click" => Ok(ResponseField::Click),
+            "like" => Ok(ResponseField::Like),
+            "follow" => Ok(ResponseField::Follow),
+            reserved if RESERVED_FIELD_NAMES.contains(&reserved) => {
+                Err(FieldNameError::Reserved(name.to_string()))
+            }
+            _ => {
+                let mut bytes = name.bytes();
+                let valid = name.len() <= MAX_FIELD_NAME_LEN
+                    && bytes.next().is_some_and(|first| first.is_ascii_lowercase())
+                    && bytes.all(|byte| {
+                        byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_'
+                    });
+                if valid {
+                    Ok(ResponseField::Objective(name.to_string()))
+                } else {
+                    Err(FieldNameError::Invalid(name.to_string()))
+                }
+            }
+        }
+    }
+
+    /// The field's key in a response (and its metric label value).
+    pub fn name(&self) -> &str {
+        match self {
+            ResponseField::Stream => "stream",
+            ResponseField::Click => "click",
+            ResponseField::Like => "like",
+            ResponseField::Follow => "follow",
+            ResponseField::Objective(name) => name,
+        }
+    }
+
+    /// Position in [`ResponseField::FIXED`]; `None` for a manifest-named field.
+    pub fn fixed_index(&self) -> Option<usize> {
+        match self {
+            ResponseField::Stream => Some(0),
+            ResponseField::Click => Some(1),
+            ResponseField::Like => Some(2),
+            ResponseField::Follow => Some(3),
+            ResponseField::Objective(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ResponseField {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+impl Serialize for ResponseField {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ResponseField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        ResponseField::parse(&name).map_err(serde::de::Error::custom)
     }
 }
 
@@ -116,18 +204,41 @@ pub struct Architecture {
     pub tower: Vec<usize>,
 }
 
-/// Expected outputs of one golden case, per candidate, calibrated as served.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GoldenScores {
+/// The calibrated probabilities of one candidate by response field: what `/score`
+/// answers for it and what a golden case expects. A field is `None` when the model has
+/// no head filling it for the candidate's kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FieldScores {
     pub stream: Option<f64>,
     pub click: Option<f64>,
     pub like: Option<f64>,
     pub follow: Option<f64>,
+    /// Manifest-named fields, beside the four (absent in bundles without any).
+    #[serde(flatten)]
+    pub objectives: BTreeMap<String, Option<f64>>,
 }
 
-impl GoldenScores {
-    pub fn get(&self, field: ResponseField) -> Option<f64> {
-        [self.stream, self.click, self.like, self.follow][field.index()]
+impl FieldScores {
+    pub fn get(&self, field: &ResponseField) -> Option<f64> {
+        match field {
+            ResponseField::Stream => self.stream,
+            ResponseField::Click => self.click,
+            ResponseField::Like => self.like,
+            ResponseField::Follow => self.follow,
+            ResponseField::Objective(name) => self.objectives.get(name).copied().flatten(),
+        }
+    }
+
+    pub fn set(&mut self, field: &ResponseField, value: Option<f64>) {
+        match field {
+            ResponseField::Stream => self.stream = value,
+            ResponseField::Click => self.click = value,
+            ResponseField::Like => self.like = value,
+            ResponseField::Follow => self.follow = value,
+            ResponseField::Objective(name) => {
+                self.objectives.insert(name.clone(), value);
+            }
+        }
     }
 }
 
@@ -136,7 +247,7 @@ impl GoldenScores {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GoldenCase {
     pub request: serde_json::Value,
-    pub expected: Vec<GoldenScores>,
+    pub expected: Vec<FieldScores>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,10 +270,10 @@ pub struct Manifest {
 impl Manifest {
     /// The head that fills `field` for candidates of `kind`, if the bundle has one.
     /// [`Heads::resolve`] checks that there is at most one.
-    pub fn head_for(&self, kind: CandidateKind, field: ResponseField) -> Option<&HeadSpec> {
+    pub fn head_for(&self, kind: CandidateKind, field: &ResponseField) -> Option<&HeadSpec> {
         self.heads
             .iter()
-            .find(|head| head.field == field && head.kinds.contains(&kind))
+            .find(|head| head.field == *field && head.kinds.contains(&kind))
     }
 
     /// Heads sorted by their output column, checked to fill columns `0..heads` of the
@@ -220,7 +331,7 @@ pub enum HeadsError {
     },
     #[error("head `{head}` reads output `{output}`, the graph has only `{OUTPUT_NAME}`")]
     Output { head: String, output: String },
-    #[error("heads `{first}` and `{second}` both fill `{field:?}` for {kind:?} candidates")]
+    #[error("heads `{first}` and `{second}` both fill `{field}` for {kind:?} candidates")]
     Ambiguous {
         first: String,
         second: String,
@@ -249,26 +360,39 @@ struct HeadColumn {
 pub struct Heads {
     /// Values in one row of the graph's output.
     width: usize,
-    /// `columns[kind.index()][field.index()]`.
-    columns: [[Option<HeadColumn>; ResponseField::ALL.len()]; CandidateKind::ALL.len()],
+    /// The fields the response carries: the fixed four, then the manifest-named ones in
+    /// head order.
+    fields: Vec<ResponseField>,
+    /// `columns[position in fields][kind.index()]`.
+    columns: Vec<[Option<HeadColumn>; CandidateKind::ALL.len()]>,
 }
 
 impl Heads {
     /// Checks that the heads fill the output's columns exactly once and that no two fill
     /// the same field for the same kind, then resolves every (kind, field) pair.
     pub fn resolve(manifest: &Manifest) -> Result<Heads, HeadsError> {
-        let width = manifest.heads_by_column()?.len();
-        let mut columns: [[Option<HeadColumn>; ResponseField::ALL.len()];
-            CandidateKind::ALL.len()] = Default::default();
-        for head in &manifest.heads {
+        let heads = manifest.heads_by_column()?;
+        let width = heads.len();
+        let mut fields = ResponseField::FIXED.to_vec();
+        let mut columns: Vec<[Option<HeadColumn>; CandidateKind::ALL.len()]> =
+            vec![Default::default(); fields.len()];
+        for head in heads {
+            let position = match fields.iter().position(|field| *field == head.field) {
+                Some(position) => position,
+                None => {
+                    fields.push(head.field.clone());
+                    columns.push(Default::default());
+                    fields.len() - 1
+                }
+            };
             for &kind in &head.kinds {
-                let slot = &mut columns[kind.index()][head.field.index()];
+                let slot = &mut columns[position][kind.index()];
                 if let Some(first) = slot {
                     return Err(HeadsError::Ambiguous {
                         first: first.name.clone(),
                         second: head.name.clone(),
                         kind,
-                        field: head.field,
+                        field: head.field.clone(),
                     });
                 }
                 *slot = Some(HeadColumn {
@@ -278,7 +402,11 @@ impl Heads {
                 });
             }
         }
-        Ok(Heads { width, columns })
+        Ok(Heads {
+            width,
+            fields,
+            columns,
+        })
     }
 
     /// Values in one row of the graph's output.
@@ -286,12 +414,23 @@ impl Heads {
         self.width
     }
 
+    /// Every field a response from this model carries: the fixed four, then the
+    /// manifest-named ones.
+    pub fn fields(&self) -> &[ResponseField] {
+        &self.fields
+    }
+
+    /// The manifest-named fields alone, in head order.
+    pub fn objective_fields(&self) -> &[ResponseField] {
+        &self.fields[ResponseField::FIXED.len()..]
+    }
+
     /// The calibrated probability that fills `field` for a candidate of `kind`, from its
     /// row of the graph's output; `None` when no head fills that field for that kind.
     pub fn probability(
         &self,
         kind: CandidateKind,
-        field: ResponseField,
+        field: &ResponseField,
         logits: &[f32],
     ) -> Result<Option<f64>, HeadsError> {
         if logits.len() != self.width {
@@ -300,7 +439,14 @@ impl Heads {
                 got: logits.len(),
             });
         }
-        let Some(head) = &self.columns[kind.index()][field.index()] else {
+        let position = match field.fixed_index() {
+            Some(index) => index,
+            None => match self.fields.iter().position(|known| known == field) {
+                Some(position) => position,
+                None => return Ok(None),
+            },
+        };
+        let Some(head) = &self.columns[position][kind.index()] else {
             return Ok(None);
         };
         let logit = logits[head.index];
@@ -399,6 +545,17 @@ impl Bundle {
         vocabularies: &Vocabularies,
         onnx: &[u8],
     ) -> Result<(), BundleError> {
+        Bundle::write_with_weights(dir, manifest, vocabularies, onnx, None)
+    }
+
+    /// [`Bundle::write`], with the training state in [`WEIGHTS_FILE`] when given.
+    pub fn write_with_weights(
+        dir: &Path,
+        manifest: &Manifest,
+        vocabularies: &Vocabularies,
+        onnx: &[u8],
+        weights: Option<&[u8]>,
+    ) -> Result<(), BundleError> {
         if dir.exists() {
             return Err(BundleError::Invalid {
                 path: dir.to_path_buf(),
@@ -423,6 +580,10 @@ impl Bundle {
             }
             let model_path = staging.join(MODEL_FILE);
             std::fs::write(&model_path, onnx).map_err(io_error(&model_path))?;
+            if let Some(weights) = weights {
+                let weights_path = staging.join(WEIGHTS_FILE);
+                std::fs::write(&weights_path, weights).map_err(io_error(&weights_path))?;
+            }
             let manifest_path = staging.join(MANIFEST_FILE);
             let text =
                 serde_json::to_string_pretty(manifest).map_err(|source| BundleError::Manifest {
@@ -604,7 +765,7 @@ mod tests {
         let logits = [0.5, -0.25, 1.0];
         let stream = |kind| {
             heads
-                .probability(kind, ResponseField::Stream, &logits)
+                .probability(kind, &ResponseField::Stream, &logits)
                 .unwrap()
         };
         assert_eq!(
@@ -612,10 +773,10 @@ mod tests {
             Some(sigmoid(2.0 * 0.5 - 1.0))
         );
         assert_eq!(stream(CandidateKind::Ad), Some(sigmoid(2.0 * -0.25 - 1.0)));
-        let like = heads.probability(CandidateKind::Ad, ResponseField::Like, &logits);
+        let like = heads.probability(CandidateKind::Ad, &ResponseField::Like, &logits);
         assert_eq!(like, Ok(None));
         assert_eq!(
-            heads.probability(CandidateKind::Ad, ResponseField::Click, &logits[..2]),
+            heads.probability(CandidateKind::Ad, &ResponseField::Click, &logits[..2]),
             Err(HeadsError::RowWidth {
                 expected: 3,
                 got: 2
@@ -628,11 +789,79 @@ mod tests {
         ));
     }
 
-    /// `index` is the position in `ALL`, which fixed-size tables rely on.
+    /// A head may fill a field the manifest names; the response then carries it for the
+    /// kinds that head serves, and the fixed four keep their heads.
     #[test]
-    fn field_index_is_its_position() {
-        for (position, field) in ResponseField::ALL.into_iter().enumerate() {
-            assert_eq!(field.index(), position);
+    fn manifest_named_fields_resolve_beside_the_fixed_four() {
+        let mut manifest: Manifest = serde_json::from_value(serde_json::json!({
+            "name": "m", "version": 1, "created_at": "", "settings": {}, "data_summary": {},
+            "metrics": {}, "architecture": {"embedding_dim": 1, "encoder": [1], "tower": []},
+            "features": [], "heads": [], "golden": []
+        }))
+        .unwrap();
+        let objective = ResponseField::parse("video_follow").unwrap();
+        manifest.heads = vec![
+            head("follow", 0, &CandidateKind::ALL, ResponseField::Follow),
+            head("video_follow", 1, &[CandidateKind::Ad], objective.clone()),
+        ];
+        let heads = Heads::resolve(&manifest).unwrap();
+        assert_eq!(heads.objective_fields(), std::slice::from_ref(&objective));
+        assert_eq!(heads.fields().len(), 5);
+        let logits = [0.5, -0.25];
+        let served = |kind, field: &ResponseField| heads.probability(kind, field, &logits).unwrap();
+        assert_eq!(
+            served(CandidateKind::Ad, &objective),
+            Some(sigmoid(2.0 * -0.25 - 1.0))
+        );
+        assert_eq!(served(CandidateKind::Promotion, &objective), None);
+        assert_eq!(
+            served(CandidateKind::Ad, &ResponseField::Follow),
+            Some(sigmoid(2.0 * 0.5 - 1.0))
+        );
+        let unknown = ResponseField::parse("episode_complete").unwrap();
+        assert_eq!(served(CandidateKind::Ad, &unknown), None);
+        // The manifest's JSON names the field as it names the fixed ones.
+        let json = serde_json::to_value(&manifest.heads[1]).unwrap();
+        assert_eq!(json["field"], "video_follow");
+        assert_eq!(
+            serde_json::to_value(&manifest.heads[0]).unwrap()["field"],
+            "follow"
+        );
+    }
+
+    /// Field names are checked when a manifest is read: the fixed names parse to the fixed
+    /// fields, keys of every candidate's scores and non-identifiers are refused.
+    #[test]
+    fn field_names_are_checked() {
+        assert_eq!(ResponseField::parse("stream"), Ok(ResponseField::Stream));
+        assert_eq!(
+            ResponseField::parse("episode_complete_7d"),
+            Ok(ResponseField::Objective("episode_complete_7d".into()))
+        );
+        for bad in ["", "Video", "7day", "video-follow", "a b", &"x".repeat(65)] {
+            assert!(
+                matches!(ResponseField::parse(bad), Err(FieldNameError::Invalid(_))),
+                "{bad:?}"
+            );
         }
+        for reserved in ["id", "kind", "cold_start"] {
+            assert_eq!(
+                ResponseField::parse(reserved),
+                Err(FieldNameError::Reserved(reserved.into()))
+            );
+        }
+        let error = serde_json::from_value::<ResponseField>(serde_json::json!("cold_start"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cold_start"), "{error}");
+    }
+
+    /// `fixed_index` is the position in `FIXED`, which the resolved table relies on.
+    #[test]
+    fn fixed_index_is_the_position() {
+        for (position, field) in ResponseField::FIXED.iter().enumerate() {
+            assert_eq!(field.fixed_index(), Some(position));
+        }
+        assert_eq!(ResponseField::Objective("x".into()).fixed_index(), None);
     }
 }

@@ -82,6 +82,29 @@ pub fn count_days(data: &Path) -> Result<u32, DatasetError> {
     Ok(Splits::after_last_day(last_day)?.days)
 }
 
+/// The first `limit` impressions of `kind` on `days`, in time order (the file is
+/// streamed, and read no further than needed).
+pub fn read_days(
+    data: &Path,
+    kind: CandidateKind,
+    days: &Range<u32>,
+    limit: usize,
+) -> Result<Vec<Impression>, DatasetError> {
+    let mut rows = Vec::new();
+    for group in logs::open_impressions(&logs::impressions_path(data, kind))? {
+        rows.extend(
+            group?
+                .into_iter()
+                .filter(|row| days.contains(&row.day))
+                .take(limit - rows.len()),
+        );
+        if rows.len() == limit {
+            break;
+        }
+    }
+    Ok(rows)
+}
+
 /// The entity views of one impression, from the snapshot and the impression itself.
 pub fn views<'a>(
     snapshot: &'a Snapshot,

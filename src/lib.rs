@@ -30,19 +30,23 @@
 //! - [`graph`]: the graph contract: input names, scopes, parts, element types and shapes,
 //!   the output, the candidate dimension, the embedding-rows metadata, and the layout of
 //!   features onto inputs ([`graph::lay_out`]).
-//! - [`bundle`]: model bundles on disk: manifest, vocabularies, ONNX bytes, discovery, and
-//!   [`bundle::Heads`], the one rule of head selection by kind and calibration.
+//! - [`bundle`]: model bundles on disk: manifest, vocabularies, ONNX bytes, the training
+//!   weights' file name, discovery, and [`bundle::Heads`], the one rule of head selection
+//!   by kind and calibration, over the four fixed response fields and those a manifest
+//!   names.
 //! - [`onnx`]: writes the network as a standard ONNX graph.
 //! - [`model`]: the network's forward pass in plain Rust, the reference for parity tests.
 //! - [`runtime`]: runs a bundle's graph in tract with plans optimized per size bucket.
-//! - [`logs`]: the Parquet formats of impression logs and the feature snapshot.
+//! - [`logs`]: the Parquet formats of impression logs, the feature snapshot and the
+//!   labels of new objectives.
 //! - [`dataset`]: the logs as learning data: the day split and the entity views of an
 //!   impression, shared by the trainer and the evaluator.
 //! - [`quality`]: average precision, ROC AUC, calibration error and Platt scaling.
 //!
 //! Commands and serving:
 //!
-//! - [`world`]: `podscore simulate`, the synthetic world.
+//! - [`world`]: `podscore simulate`, the synthetic world, and new ad objectives labelled on
+//!   the days after its window.
 //! - [`store`]: feature stores behind one trait, and the timeout that turns a slow or
 //!   failing store into the cold-start path: the in-memory snapshot, and Redis or Redis
 //!   Cluster in Feast's online-store layout behind a circuit breaker; `podscore features
@@ -61,15 +65,18 @@
 //!   the weights inside its `model.onnx`, its golden cases checked and rescored.
 //! - [`healthcheck`]: `podscore healthcheck`, the container image's readiness probe.
 //! - `train` (feature `train`): the candle trainer in four phases (`scan`, `fit`,
-//!   `calibrate`, `package`), its sampler, network and optimizer.
-//! - `eval` (feature `train`): offline evaluation and `podscore reproduce`.
+//!   `calibrate`, `package`), its sampler, network and optimizer, and `podscore finetune`
+//!   (a new objective on a trained bundle, through the same phases).
+//! - `eval` (feature `train`): offline evaluation, `podscore reproduce`, and the learning
+//!   curves of new objectives (`podscore curves`).
 //!
 //! Each module imports only modules listed above it (the domain list comes first), so no
 //! two modules import each other; a test in `tests/layout.rs` holds the code to this.
 //!
 //! ## Invariants
 //!
-//! - The server reads feature and head names only from the manifest.
+//! - The server reads feature and head names, and the response fields beyond the fixed
+//!   four, only from the manifest.
 //! - The trainer, the evaluator and the server use the same assembly code
 //!   ([`features::Assembler`]) and the same head selection ([`bundle::Heads`]);
 //!   training-serving skew is designed out.

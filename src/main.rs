@@ -26,12 +26,20 @@ enum Command {
     /// Train a model on a world's logs and export a bundle (ONNX + manifest).
     #[cfg(feature = "train")]
     Train(podscore::train::TrainArgs),
+    /// Add a new objective to a trained bundle from a few labels: a head filling a new
+    /// response field.
+    #[cfg(feature = "train")]
+    Finetune(podscore::train::finetune::FinetuneArgs),
     /// Evaluate bundles on the time-split test set: Table 1, tiers, calibration, eCPS.
     #[cfg(feature = "train")]
     Eval(podscore::eval::EvalArgs),
     /// Simulate, train every variant, evaluate: the paper's tables in one command.
     #[cfg(feature = "train")]
     Reproduce(podscore::eval::ReproduceArgs),
+    /// Learning curves of new objectives fine-tuned on trained bundles (the experiment
+    /// of `reproduce`, alone).
+    #[cfg(feature = "train")]
+    Curves(podscore::eval::curves::CurvesArgs),
     /// Serve the bundles over HTTP.
     Serve(podscore::serve::ServeArgs),
     /// Score one request offline, without a server.
@@ -67,8 +75,10 @@ fn rerun_with_one_candle_thread() -> Option<i32> {
 fn main() {
     let cli = Cli::parse();
     #[cfg(feature = "train")]
-    if matches!(cli.command, Command::Train(_) | Command::Reproduce(_))
-        && let Some(code) = rerun_with_one_candle_thread()
+    if matches!(
+        cli.command,
+        Command::Train(_) | Command::Finetune(_) | Command::Reproduce(_) | Command::Curves(_)
+    ) && let Some(code) = rerun_with_one_candle_thread()
     {
         std::process::exit(code);
     }
@@ -77,9 +87,13 @@ fn main() {
         #[cfg(feature = "train")]
         Command::Train(args) => podscore::train::run(&args),
         #[cfg(feature = "train")]
+        Command::Finetune(args) => podscore::train::finetune::run(&args),
+        #[cfg(feature = "train")]
         Command::Eval(args) => podscore::eval::run(&args),
         #[cfg(feature = "train")]
         Command::Reproduce(args) => podscore::eval::reproduce(&args),
+        #[cfg(feature = "train")]
+        Command::Curves(args) => podscore::eval::curves::command(&args),
         Command::Serve(args) => podscore::serve::run(&args),
         Command::Score(args) => podscore::serve::score(&args),
         Command::Healthcheck(args) => podscore::healthcheck::run(&args),

@@ -67,6 +67,24 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives as f64))
 }
 
+/// Mean binary cross-entropy of the probabilities `sigmoid(logit)` against the labels,
+/// computed stably on the logits; `None` for no rows.
+pub fn log_loss_of_logits(logits: &[f32], labels: &[bool]) -> Option<f64> {
+    if logits.is_empty() || logits.len() != labels.len() {
+        return None;
+    }
+    let total: f64 = logits
+        .iter()
+        .zip(labels)
+        .map(|(logit, label)| {
+            let z = f64::from(*logit);
+            let y = if *label { 1.0 } else { 0.0 };
+            z.max(0.0) - z * y + (-z.abs()).exp().ln_1p()
+        })
+        .sum();
+    Some(total / logits.len() as f64)
+}
+
 /// One bin of a reliability diagram.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ReliabilityBin {
@@ -258,6 +276,20 @@ mod tests {
         let fitted = fit_platt(&logits, &labels);
         assert!((fitted.slope - 0.5).abs() < 0.03, "{fitted:?}");
         assert!((fitted.intercept + 2.0).abs() < 0.05, "{fitted:?}");
+    }
+
+    /// Log loss on logits equals the textbook formula on probabilities, also for logits
+    /// whose probability rounds to 0 or 1.
+    #[test]
+    fn log_loss_matches_the_formula() {
+        let logits = [2.0f32, -1.0, 0.0];
+        let labels = [true, false, true];
+        let expected = -(sigmoid(2.0).ln() + (1.0 - sigmoid(-1.0)).ln() + 0.5f64.ln()) / 3.0;
+        let got = log_loss_of_logits(&logits, &labels).unwrap();
+        assert!((got - expected).abs() < 1e-12, "{got} vs {expected}");
+        let extreme = log_loss_of_logits(&[-100.0], &[true]).unwrap();
+        assert!((extreme - 100.0).abs() < 1e-9, "{extreme}");
+        assert_eq!(log_loss_of_logits(&[], &[]), None);
     }
 
     /// Perfectly calibrated predictions have an ECE near zero.

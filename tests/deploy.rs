@@ -10,20 +10,22 @@
 //! (tests/deploy/base-rootfs.sh). A missing one fails the test that needs it.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+#[path = "common/host.rs"]
+mod host;
+use host::{HostServer, READY_WITHIN};
 
 /// The image tag the test builds; `localhost/` is where podman keeps local images.
 const IMAGE: &str = "localhost/podscore:deploy-test";
 /// The runtime base named in deploy/Dockerfile, imported from the stand-in root filesystem.
 const BASE_IMAGE: &str = "gcr.io/distroless/cc-debian12:nonroot";
-/// Loading the shipped bundle takes about a second; a minute covers a loaded machine.
-const READY_WITHIN: Duration = Duration::from_secs(60);
 /// `podman stop` sends SIGTERM and, past this, SIGKILL (exit 137).
 const STOP_TIMEOUT_S: u64 = 20;
 /// The Kubernetes versions the manifests are validated against: the kubectl that
@@ -140,62 +142,6 @@ fn strings_in(value: &Value, into: &mut Vec<String>) {
     }
 }
 
-/// `podscore serve` on 127.0.0.1 (a free port), as a process of the binary the tests
-/// built, serving the shipped models and demo features.
-struct HostServer {
-    child: Child,
-    address: String,
-}
-
-impl HostServer {
-    fn start() -> HostServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_podscore"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--reload-interval-s",
-                "0",
-            ])
-            .current_dir(root())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("podscore serve starts");
-        // The log line `serving` names the port; the rest of the log is read and dropped
-        // so that the pipe never fills.
-        let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if entry["fields"]["message"] == "serving"
-                    && let Some(address) = entry["fields"]["address"].as_str()
-                {
-                    let _ = sender.send(address.to_string());
-                }
-            }
-        });
-        let address = receiver.recv_timeout(READY_WITHIN).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!(
-                "podscore serve logged no `serving` line with its address within {READY_WITHIN:?}"
-            )
-        });
-        HostServer { child, address }
-    }
-}
-
-impl Drop for HostServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn get(client: &reqwest::Client, url: &str) -> (reqwest::StatusCode, String) {
     let response = client.get(url).send().await.expect("GET answers");
     let status = response.status();
@@ -206,7 +152,7 @@ async fn get(client: &reqwest::Client, url: &str) -> (reqwest::StatusCode, Strin
 /// the recording rules the dashboard reads are defined: a renamed metric fails here.
 #[tokio::test]
 async fn dashboard_and_rules_name_only_metrics_a_live_server_exports() {
-    let server = HostServer::start();
+    let server = HostServer::start(&root(), &[]);
     let client = reqwest::Client::new();
     let base = format!("http://{}", server.address);
     let scored = client
@@ -267,7 +213,7 @@ fn healthcheck_passes_a_ready_server_and_names_the_cause_otherwise() {
             .output()
             .expect("podscore healthcheck runs")
     };
-    let server = HostServer::start();
+    let server = HostServer::start(&root(), &[]);
     let ready = healthcheck(&server.address);
     assert!(ready.status.success(), "{ready:?}");
     assert!(stdout(&ready).ends_with("/readyz: 200 OK"), "{ready:?}");

@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 
 use podscore::bundle::{Manifest, ResponseField};
 use podscore::entities::CandidateKind;
-use podscore::eval::{self, EXPERIMENTS, EvalArgs, Preset, ReplayArgs, ReproduceArgs};
+use podscore::eval::curves::CurveGrid;
+use podscore::eval::{self, EXPERIMENTS, EvalArgs, Preset, ReplayArgs, ReproduceArgs, Switch};
 use serde_json::Value;
 
 /// One small reproduction shared by every test of this file (it takes minutes).
@@ -39,14 +40,18 @@ fn reproduction() -> &'static Path {
         let out = root.join(format!("eval-reproduce-small-{}", std::process::id()));
         // A reused process id may have left one behind; it is ours now.
         let _ = std::fs::remove_dir_all(&out);
+        // The learning curves are off in the small preset; a reduced grid of them (one
+        // objective, two label counts, two seeds) runs here so that the experiment and
+        // its report section are checked end to end.
         let args = ReproduceArgs {
-            out: out.clone(),
-            preset: Preset::Small,
-            seed: 17,
-            max_epochs: None,
-            steps_per_epoch: None,
-            replay: ReplayArgs::default(),
+            learning_curves: Some(Switch::On),
+            curves: CurveGrid {
+                curve_labels: Some(vec![400, 1_500]),
+                curve_seeds: Some(2),
+                curve_objectives: Some(vec!["video_follow".into()]),
+            },
             quiet: true,
+            ..ReproduceArgs::new(out.clone(), Preset::Small)
         };
         if let Err(error) = eval::reproduce(&args) {
             panic!("reproduce --preset small failed: {error:#}");
@@ -208,6 +213,77 @@ fn interval_in(value: &Value, what: &str, range: (f64, f64)) {
         "{what}: mean {mean} outside {range:?}"
     );
     assert!(value["seeds"].as_u64().unwrap() >= 1, "{what}: {value}");
+}
+
+/// The learning curves of the reduced grid: every arm at every label count and seed has
+/// a test AP and ECE in range (or says why it could not run), every mean lies in its
+/// interval, each arm has a labels-to-reach answer, and the report shows the section and
+/// its plot.
+#[test]
+fn reproduce_small_measures_learning_curves() {
+    let report = report_json();
+    let curves = &report["learning_curves"];
+    let arms: Vec<&str> = curves["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|arm| arm["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        arms,
+        [
+            "scratch",
+            "new-head on mtl",
+            "new-head on promo-only",
+            "full on mtl",
+            "zero-shot on mtl"
+        ]
+    );
+    let objective = &curves["objectives"][0];
+    assert_eq!(objective["objective"], "video_follow");
+    let cells = objective["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 5 * 2 * 2, "arms x label counts x seeds");
+    let mut made = 0;
+    for cell in cells {
+        if cell["error"].is_string() {
+            assert!(cell["ap"].is_null(), "{cell}");
+            continue;
+        }
+        made += 1;
+        in_unit_range(&cell["ap"], "cell AP");
+        in_unit_range(&cell["ece"], "cell ECE");
+        in_unit_range(&cell["mean_predicted"], "cell mean prediction");
+    }
+    assert!(made >= 16, "most runs are made: {made} of {}", cells.len());
+    for point in objective["points"].as_array().unwrap() {
+        if let Some(ap) = point["ap"].as_object() {
+            let (low, mean, high) = (
+                ap["low"].as_f64().unwrap(),
+                ap["mean"].as_f64().unwrap(),
+                ap["high"].as_f64().unwrap(),
+            );
+            assert!(low <= mean && mean <= high, "{point}");
+        }
+    }
+    assert_eq!(objective["reach"].as_array().unwrap().len(), 5);
+    assert!(
+        objective["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("from-scratch AP")
+    );
+    in_unit_range(&objective["oracle_ap"], "oracle AP");
+    let markdown =
+        std::fs::read_to_string(reproduction().join("report").join("report.md")).unwrap();
+    assert!(markdown.contains("## New objectives: learning curves"));
+    assert!(markdown.contains("**Verdict:**"));
+    let plots = report["plots"].as_array().unwrap();
+    assert!(
+        plots
+            .iter()
+            .any(|plot| plot == "learning_curves_video_follow.png"),
+        "{plots:?}"
+    );
 }
 
 /// Every metric is finite and in its range, every interval holds its mean: AP, AUC, ECE

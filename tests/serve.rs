@@ -16,7 +16,7 @@ use common::{
     Golden, MODEL, Setup, TestServer, get, metric, post_json, score, send, stored_request,
 };
 use podscore::api;
-use podscore::bundle::{Bundle, GoldenScores};
+use podscore::bundle::{Bundle, FieldScores};
 use podscore::runtime::RuntimeConfig;
 use podscore::service::golden::GOLDEN_TOLERANCE;
 use podscore::service::request::ScoreResponse;
@@ -31,7 +31,7 @@ fn served_version(server: &TestServer) -> Option<u32> {
         .map(|model| model.version())
 }
 
-fn assert_scores_match(response: &Value, expected: &[GoldenScores]) {
+fn assert_scores_match(response: &Value, expected: &[FieldScores]) {
     let candidates = response["candidates"].as_array().expect("candidates array");
     assert_eq!(candidates.len(), expected.len());
     for (index, (got, expected)) in candidates.iter().zip(expected).enumerate() {
@@ -173,10 +173,10 @@ async fn responses_keep_request_order_and_report_stage_timings() {
     assert_eq!(ids, ["c1", "c2"]);
     for candidate in &response.candidates {
         for probability in [
-            candidate.stream,
-            candidate.click,
-            candidate.like,
-            candidate.follow,
+            candidate.scores.stream,
+            candidate.scores.click,
+            candidate.scores.like,
+            candidate.scores.follow,
         ] {
             let probability = probability.expect("the default heads fill every field");
             assert!((0.0..=1.0).contains(&probability));

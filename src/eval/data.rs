@@ -192,7 +192,7 @@ pub fn baseline_index(candidates: &[Candidate], requested: Option<&str>) -> Resu
 pub fn check_feedable(candidate: &Candidate, test: &TestSet) -> Result<()> {
     let manifest = &candidate.bundle.manifest;
     for kind in CandidateKind::ALL {
-        if manifest.head_for(kind, ResponseField::Stream).is_none() {
+        if manifest.head_for(kind, &ResponseField::Stream).is_none() {
             let heads: Vec<&str> = manifest.heads.iter().map(|h| h.name.as_str()).collect();
             bail!(
                 "bundle {}: no head fills `stream` for {} candidates (heads: {heads:?}); the \

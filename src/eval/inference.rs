@@ -129,7 +129,7 @@ pub fn score(
                     continue;
                 }
                 let probability = served
-                    .probability(kind, head.field, &logits)
+                    .probability(kind, &head.field, &logits)
                     .with_context(|| format!("bundle {label}: test row {row}"))?;
                 probabilities[row * heads.len() + column] = probability.with_context(|| {
                     format!(

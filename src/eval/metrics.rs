@@ -17,12 +17,15 @@ use super::stats::{Interval, Ranked, Replicated, UserBootstrap, Verdict};
 /// Equal-mass bins of the reliability diagrams.
 pub const RELIABILITY_BINS: usize = 10;
 
-pub fn label(field: ResponseField, row: &Impression) -> bool {
+/// The logged label of `field`; `None` for a manifest-named field, which the world's
+/// logs do not hold (its objective has its own labels file).
+pub fn label(field: &ResponseField, row: &Impression) -> Option<bool> {
     match field {
-        ResponseField::Stream => row.stream,
-        ResponseField::Click => row.click,
-        ResponseField::Like => row.like,
-        ResponseField::Follow => row.follow,
+        ResponseField::Stream => Some(row.stream),
+        ResponseField::Click => Some(row.click),
+        ResponseField::Like => Some(row.like),
+        ResponseField::Follow => Some(row.follow),
+        ResponseField::Objective(_) => None,
     }
 }
 
@@ -44,10 +47,14 @@ pub struct HeadMetrics {
     pub reliability: Vec<ReliabilityBin>,
 }
 
-/// Every head of a bundle, on each kind its manifest says it serves.
+/// Every head of a bundle whose labels the logs hold, on each kind its manifest says it
+/// serves.
 pub fn head_metrics(scores: &Scores, test: &TestSet) -> Vec<HeadMetrics> {
     let mut result = Vec::new();
     for (column, head) in scores.heads.iter().enumerate() {
+        if matches!(head.field, ResponseField::Objective(_)) {
+            continue;
+        }
         for kind in CandidateKind::ALL
             .into_iter()
             .filter(|kind| head.kinds.contains(kind))
@@ -57,7 +64,9 @@ pub fn head_metrics(scores: &Scores, test: &TestSet) -> Vec<HeadMetrics> {
                 .iter()
                 .enumerate()
                 .filter(|(_, row)| row.kind == kind)
-                .map(|(index, row)| (scores.get(index, column), label(head.field, row)))
+                .filter_map(|(index, row)| {
+                    Some((scores.get(index, column), label(&head.field, row)?))
+                })
                 .unzip();
             result.push(summarize(head, kind, &predicted, &labels));
         }
@@ -76,7 +85,7 @@ fn summarize(
     let (reliability, ece) = quality::reliability(predicted, labels, RELIABILITY_BINS);
     HeadMetrics {
         head: head.name.clone(),
-        field: head.field,
+        field: head.field.clone(),
         kind,
         rows,
         positives,
@@ -208,7 +217,7 @@ pub fn stream_slices(
 
 /// The column in `scores` of the head that fills `stream` for `kind`.
 pub fn stream_column(manifest: &Manifest, scores: &Scores, kind: CandidateKind) -> Option<usize> {
-    let head = manifest.head_for(kind, ResponseField::Stream)?;
+    let head = manifest.head_for(kind, &ResponseField::Stream)?;
     scores.heads.iter().position(|h| h.name == head.name)
 }
 

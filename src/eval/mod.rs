@@ -14,11 +14,13 @@
 //!
 //! `reproduce` simulates a world, trains every Table 1 variant (several seeds) and the
 //! mask and promotion-share experiments with one set of hyper-parameters, and evaluates
-//! them all into one report.
+//! them all into one report; it then measures learning curves of new ad objectives
+//! fine-tuned on its bundles ([`curves`]).
 //!
 //! This module knows the logs, the bundles, the runtime, the world's oracle and the
 //! trainer's entry point; it knows nothing of HTTP or the feature store.
 
+pub mod curves;
 pub mod data;
 pub mod inference;
 pub mod metrics;
@@ -469,6 +471,7 @@ pub fn evaluate(args: &EvalArgs) -> Result<Report> {
         notes,
         plots: Vec::new(),
         reproduction: None,
+        learning_curves: None,
     })
 }
 
@@ -893,6 +896,34 @@ const SMALL_STEPS_PER_EPOCH: usize = 40;
 const DEFAULT_MAX_EPOCHS: usize = 2;
 const DEFAULT_STEPS_PER_EPOCH: usize = 1000;
 
+/// Whether a preset measures the learning curves of new objectives unless told: the
+/// default preset does (the README's figures); the small one does not, as its grid of
+/// hundreds of labels would say little and its minutes are the tests'.
+fn learning_curves_by_default(preset: Preset) -> bool {
+    match preset {
+        Preset::Small => false,
+        Preset::Standard => true,
+    }
+}
+
+/// The label counts and test week of a preset's learning curves: the grid for
+/// the default preset; one the small world's ads can fill for the small one.
+fn curve_grid(preset: Preset) -> (Vec<usize>, usize) {
+    match preset {
+        Preset::Small => (SMALL_CURVE_LABELS.to_vec(), SMALL_CURVE_TEST_LABELS),
+        Preset::Standard => (curves::DEFAULT_LABELS.to_vec(), curves::DEFAULT_TEST_LABELS),
+    }
+}
+const SMALL_CURVE_LABELS: [usize; 3] = [300, 1_000, 3_000];
+const SMALL_CURVE_TEST_LABELS: usize = 3_000;
+
+/// On or off, for a setting whose default depends on the preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReproduceArgs {
     /// Directory for the world, the bundles and the report; must not exist or be empty.
@@ -913,9 +944,47 @@ pub struct ReproduceArgs {
     pub steps_per_epoch: Option<usize>,
     #[command(flatten)]
     pub replay: ReplayArgs,
+    /// Learning curves of new ad objectives fine-tuned on the joint and promotions-only
+    /// bundles (default: on for the default preset, off for the small one).
+    #[arg(long, value_enum, env = "PODSCORE_LEARNING_CURVES")]
+    pub learning_curves: Option<Switch>,
+    #[command(flatten)]
+    pub curves: curves::CurveGrid,
     /// Hide progress bars and per-step messages.
     #[arg(long, env = "PODSCORE_QUIET")]
     pub quiet: bool,
+}
+
+impl ReproduceArgs {
+    /// The arguments of `podscore reproduce --out OUT --preset PRESET`, every other flag
+    /// at its default.
+    pub fn new(out: PathBuf, preset: Preset) -> ReproduceArgs {
+        ReproduceArgs {
+            out,
+            preset,
+            seed: 17,
+            max_epochs: None,
+            steps_per_epoch: None,
+            replay: ReplayArgs::default(),
+            learning_curves: None,
+            curves: curves::CurveGrid::default(),
+            quiet: false,
+        }
+    }
+
+    /// The learning curves' settings, `None` when they are off; every bad value at once.
+    fn curve_settings(&self) -> Result<Option<(curves::CurveSettings, usize)>> {
+        let on = match self.learning_curves {
+            Some(switch) => switch == Switch::On,
+            None => learning_curves_by_default(self.preset),
+        };
+        if !on {
+            return Ok(None);
+        }
+        let (preset_labels, test_labels) = curve_grid(self.preset);
+        let settings = self.curves.settings(&preset_labels, self.seed)?;
+        Ok(Some((settings, test_labels)))
+    }
 }
 
 /// One trained configuration of a reproduction run.
@@ -1005,6 +1074,7 @@ fn path_text(path: &Path) -> Result<&str> {
 pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
     let started = Instant::now();
     let replay_settings = args.replay.settings()?;
+    let curve_settings = args.curve_settings()?;
     if args.out.exists()
         && std::fs::read_dir(&args.out)
             .with_context(|| format!("reading {}", args.out.display()))?
@@ -1035,7 +1105,11 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
         world.display()
     ));
     let simulate_started = Instant::now();
-    let simulate = crate::world::SimulateArgs::new(world.clone(), args.preset, args.seed);
+    let mut simulate = crate::world::SimulateArgs::new(world.clone(), args.preset, args.seed);
+    if let Some((settings, test_labels)) = &curve_settings {
+        simulate.objective_labels = settings.labels.iter().copied().max().unwrap_or(0);
+        simulate.objective_test_labels = Some(*test_labels);
+    }
     crate::world::run(&simulate).context("simulating the world")?;
     let simulate_seconds = simulate_started.elapsed().as_secs_f64();
 
@@ -1129,8 +1203,23 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
         "replay": replay_settings,
         "simulate_seconds": simulate_seconds,
         "evaluate_seconds": eval_started.elapsed().as_secs_f64(),
-        "total_seconds": started.elapsed().as_secs_f64(),
     }));
+    if let Some((settings, _)) = &curve_settings {
+        say("measuring the learning curves of new objectives".into());
+        report.learning_curves = Some(
+            curves::run(
+                &world,
+                &models,
+                settings,
+                &|message| say(message),
+                &mut |_| Ok(()),
+            )
+            .context("measuring the learning curves")?,
+        );
+    }
+    if let Some(reproduction) = report.reproduction.as_mut() {
+        reproduction["total_seconds"] = json!(started.elapsed().as_secs_f64());
+    }
     report::write(&mut report, &eval_args.out)?;
     say(format!(
         "wrote {} in {:.0}s",

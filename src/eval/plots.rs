@@ -47,6 +47,8 @@ pub struct Panel {
     /// A categorical x axis: point `i` of a line sits at category `i` (tier groups, the
     /// knob settings of the transfer map); empty for a numeric axis.
     pub categories: Vec<String>,
+    /// x values are log10 of the quantity: ticks show the quantity (`1k`, `30k`).
+    pub log_x: bool,
 }
 
 fn plot_error<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
@@ -122,17 +124,22 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
         .y_label_area_size(64)
         .build_cartesian_2d((x_min - x_pad)..(x_max + x_pad), y_low..y_high)
         .map_err(failed)?;
+    let log_x = panel.log_x;
     chart
         .configure_mesh()
         .x_desc(panel.x_label.as_str())
         .y_desc(panel.y_label.as_str())
-        .x_labels(if categories.is_empty() {
-            6
-        } else {
+        .x_labels(if !categories.is_empty() {
             categories.len()
+        } else if log_x {
+            LOG_X_TICKS
+        } else {
+            6
         })
         .x_label_formatter(&|x| {
-            if categories.is_empty() {
+            if categories.is_empty() && log_x {
+                format_count(10f64.powf(*x))
+            } else if categories.is_empty() {
                 format!("{x:.3}")
             } else {
                 let index = x.round();
@@ -194,11 +201,23 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
                 .map_err(failed)?;
         }
     }
+    // Learning curves that end high (AP) climb to the upper right: their legend goes
+    // below them; those that end low (calibration error) keep it above.
+    let ends_high = panel.log_x && {
+        let ends: Vec<f64> = panel
+            .lines
+            .iter()
+            .filter_map(|line| line.points.last().and_then(|(_, y)| *y))
+            .collect();
+        !ends.is_empty() && ends.iter().sum::<f64>() / ends.len() as f64 > (y_low + y_high) / 2.0
+    };
     chart
         .configure_series_labels()
         // Reliability curves climb to the upper right; keep the legend off them.
         .position(if panel.diagonal {
             SeriesLabelPosition::UpperLeft
+        } else if ends_high {
+            SeriesLabelPosition::LowerRight
         } else {
             SeriesLabelPosition::UpperRight
         })
@@ -208,6 +227,27 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
         .draw()
         .map_err(failed)?;
     Ok(())
+}
+
+/// Ticks of a log axis: a half-decade apart over the learning curves' 1k-100k.
+const LOG_X_TICKS: usize = 5;
+
+/// A count on a log axis, to two significant digits: `320`, `3.2k`, `100k`, `1.5M`.
+fn format_count(value: f64) -> String {
+    let (scaled, unit) = if value >= 1e6 {
+        (value / 1e6, "M")
+    } else if value >= 1e3 {
+        (value / 1e3, "k")
+    } else {
+        (value, "")
+    };
+    if scaled >= 100.0 {
+        format!("{:.0}{unit}", (scaled / 10.0).round() * 10.0)
+    } else if scaled >= 10.0 {
+        format!("{scaled:.0}{unit}")
+    } else {
+        format!("{scaled:.1}{unit}")
+    }
 }
 
 fn format_axis(value: f64) -> String {

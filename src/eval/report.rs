@@ -42,6 +42,8 @@ pub struct Report {
     pub plots: Vec<String>,
     /// Set by `podscore reproduce`: preset, seeds, training protocol, timings.
     pub reproduction: Option<serde_json::Value>,
+    /// Set by `podscore reproduce` when it measures them.
+    pub learning_curves: Option<super::curves::Curves>,
 }
 
 /// One experiment: the bundles that are its training seeds.
@@ -220,6 +222,7 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
                 .collect(),
             diagonal: false,
             categories: group_categories(),
+            log_x: false,
         })
         .collect();
     written.push(plots::draw(
@@ -252,6 +255,7 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
                     .collect(),
                 diagonal: true,
                 categories: Vec::new(),
+                log_x: false,
             })
             .collect();
         let path = out.join(format!("reliability_{}.png", file_stem(&bundle.label)));
@@ -288,6 +292,7 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
                 .collect(),
             diagonal: false,
             categories: group_categories(),
+            log_x: false,
         }
     };
     written.push(plots::draw(
@@ -300,6 +305,9 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
             replay_panel("i2s (streams / impressions)", "i2s", &|f| f.i2s),
         ],
     )?);
+    if let Some(curves) = &report.learning_curves {
+        written.extend(super::curves::draw(curves, out)?);
+    }
     for path in &written {
         anyhow::ensure!(plots::is_png(path)?, "{} is not a PNG", path.display());
     }
@@ -709,6 +717,10 @@ pub fn markdown(report: &Report) -> String {
                 h.observed_rate
             );
         }
+    }
+
+    if let Some(curves) = &report.learning_curves {
+        md.push_str(&super::curves::markdown(curves));
     }
 
     let _ = writeln!(md, "\n## Plots\n");

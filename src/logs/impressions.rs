@@ -86,7 +86,9 @@ pub fn impression_schema() -> SchemaRef {
         .clone()
 }
 
-fn impressions_to_batch(rows: &[Impression]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+pub(super) fn impressions_to_batch(
+    rows: &[Impression],
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
     fn strings<'a>(
         rows: &'a [Impression],
         value: impl Fn(&'a Impression) -> Option<&'a str>,
@@ -150,7 +152,7 @@ fn impressions_to_batch(rows: &[Impression]) -> Result<RecordBatch, arrow_schema
 
 /// Decodes one record batch; `first_row` is the batch's first row within the file, so
 /// that errors point at the right row.
-fn impressions_from_batch(
+pub(super) fn impressions_from_batch(
     batch: &RecordBatch,
     path: &Path,
     first_row: u64,

@@ -10,6 +10,8 @@
 //! DIR/snapshot/users.parquet               UserRecord rows, each with its event_timestamp
 //! DIR/snapshot/shows.parquet               ShowRecord rows, each with its event_timestamp
 //! DIR/snapshot/episodes.parquet            EpisodeRecord rows, each with its event_timestamp
+//! DIR/objectives/objectives.json           new objectives, when simulated (ObjectivesInfo)
+//! DIR/objectives/<name>.parquet            their labelled impressions, by time
 //! ```
 //!
 //! This module knows Parquet, Arrow and the column names. It knows nothing of tensors,
@@ -19,6 +21,7 @@
 
 mod columns;
 mod impressions;
+mod objectives;
 mod snapshot;
 
 use std::collections::BTreeMap;
@@ -34,6 +37,11 @@ use crate::entities::CandidateKind;
 pub use impressions::{
     Impression, ImpressionReader, ImpressionWriter, impression_schema, open_impressions,
     read_impressions, write_impressions,
+};
+pub use objectives::{
+    OBJECTIVES_DIR, OBJECTIVES_FORMAT_VERSION, OBJECTIVES_INFO_FILE, ObjectiveImpression,
+    ObjectiveInfo, ObjectivesInfo, objective_path, objective_schema, objectives_info_path,
+    read_objective, read_objectives_info, write_objective, write_objectives_info,
 };
 pub use snapshot::{
     EVENT_TIMESTAMP_COLUMN, Snapshot, episode_schema, read_as_of, read_episodes, read_shows,

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::bundle::{GoldenCase, GoldenScores, ResponseField};
+use crate::bundle::{GoldenCase, ResponseField};
 use crate::store::StoreRecords;
 
 use super::infer::{InferError, infer};
@@ -42,7 +42,7 @@ pub enum GoldenError {
         expected: usize,
         got: usize,
     },
-    #[error("case {case}, candidate {candidate}, {field:?}: expected {expected:?}, got {got:?}")]
+    #[error("case {case}, candidate {candidate}, `{field}`: expected {expected:?}, got {got:?}")]
     Mismatch {
         case: usize,
         candidate: usize,
@@ -92,9 +92,18 @@ pub fn check_golden(model: &Model) -> Result<(), GoldenError> {
             });
         }
         for (candidate, (got, expected)) in scored.iter().zip(&golden.expected).enumerate() {
-            for field in ResponseField::ALL {
-                let expected = expected.get(field);
-                let got = got.get(field);
+            // The fields the model serves and any the case expects: a field the model lost
+            // is a mismatch, not a skipped check.
+            let mut fields = model.heads().fields().to_vec();
+            for name in expected.objectives.keys() {
+                let field = ResponseField::Objective(name.clone());
+                if !fields.contains(&field) {
+                    fields.push(field);
+                }
+            }
+            for field in fields {
+                let expected = expected.get(&field);
+                let got = got.get(&field);
                 let matches = match (expected, got) {
                     (Some(expected), Some(got)) => (expected - got).abs() <= GOLDEN_TOLERANCE,
                     (None, None) => true,
@@ -130,12 +139,7 @@ pub fn golden_cases(
                 request: request.clone(),
                 expected: scored
                     .iter()
-                    .map(|scores| GoldenScores {
-                        stream: scores.stream,
-                        click: scores.click,
-                        like: scores.like,
-                        follow: scores.follow,
-                    })
+                    .map(|candidate| candidate.scores.clone())
                     .collect(),
             })
         })

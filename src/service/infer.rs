@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bundle::{HeadsError, ResponseField};
+use crate::bundle::{FieldScores, HeadsError};
 use crate::entities::{CandidateView, EpisodeRecord, Overlay, RequestView, ShowRecord, overlay};
 use crate::features::{Assembler, AssemblyError};
 
@@ -171,8 +171,9 @@ pub fn infer_before(
 
     let mut candidates = Vec::with_capacity(rows);
     for (row, (candidate, show)) in request.candidates.iter().zip(&shows).enumerate() {
-        let probability = |field| {
-            model
+        let mut scores = FieldScores::default();
+        for field in model.heads().fields() {
+            let probability = model
                 .heads()
                 .probability(candidate.kind, field, logits.row(row))
                 .map_err(|error| match error {
@@ -187,15 +188,13 @@ pub fn infer_before(
                         ),
                     )),
                     error => model_error(format!("row {row}: {error}")),
-                })
-        };
+                })?;
+            scores.set(field, probability);
+        }
         candidates.push(CandidateScores {
             id: candidate.id.clone(),
             kind: candidate.kind,
-            stream: probability(ResponseField::Stream)?,
-            click: probability(ResponseField::Click)?,
-            like: probability(ResponseField::Like)?,
-            follow: probability(ResponseField::Follow)?,
+            scores,
             cold_start: candidate_tensors.cold_start[row] || show.is_none(),
         });
     }

@@ -320,11 +320,19 @@ impl Metrics {
             if candidate.cold_start {
                 self.cold_start_candidates.with_label_values(&[kind]).inc();
             }
-            for field in ResponseField::ALL {
+            for field in &ResponseField::FIXED {
                 if let Some(probability) = candidate.get(field) {
                     self.predicted_probability
-                        .with_label_values(&[kind, field_name(field)])
+                        .with_label_values(&[kind, field.name()])
                         .observe(probability);
+                }
+            }
+            // Manifest-named fields: label values bounded by the served models' heads.
+            for (field, probability) in &candidate.scores.objectives {
+                if let Some(probability) = probability {
+                    self.predicted_probability
+                        .with_label_values(&[kind, field.as_str()])
+                        .observe(*probability);
                 }
             }
         }
@@ -371,15 +379,6 @@ impl Metrics {
         for fallback in Fallback::ALL {
             self.store_fallbacks.with_label_values(&[fallback.as_str()]);
         }
-    }
-}
-
-pub fn field_name(field: ResponseField) -> &'static str {
-    match field {
-        ResponseField::Stream => "stream",
-        ResponseField::Click => "click",
-        ResponseField::Like => "like",
-        ResponseField::Follow => "follow",
     }
 }
 

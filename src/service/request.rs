@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::ResponseField;
+use crate::bundle::{FieldScores, ResponseField};
 use crate::entities::{
     CandidateKind, ContextRecord, CreativeRecord, EpisodeRecord, ShowRecord, UserRecord,
 };
@@ -86,18 +86,18 @@ pub struct CandidateInput {
 pub struct CandidateScores {
     pub id: String,
     pub kind: CandidateKind,
-    pub stream: Option<f64>,
-    pub click: Option<f64>,
-    pub like: Option<f64>,
-    pub follow: Option<f64>,
+    /// `stream`, `click`, `like`, `follow`, then the fields the model's manifest names for
+    /// objectives added by fine-tuning (`video_follow`), none for a model without them.
+    #[serde(flatten)]
+    pub scores: FieldScores,
     /// The show was unknown (to the store and the request) or mapped to the model's
     /// unknown id: the model scored it from its cold-start row.
     pub cold_start: bool,
 }
 
 impl CandidateScores {
-    pub fn get(&self, field: ResponseField) -> Option<f64> {
-        [self.stream, self.click, self.like, self.follow][field.index()]
+    pub fn get(&self, field: &ResponseField) -> Option<f64> {
+        self.scores.get(field)
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::bundle::HeadSpec;
+use crate::bundle::{Calibration, HeadSpec};
 use crate::graph::OUTPUT_NAME;
 use crate::quality;
 
@@ -41,23 +41,14 @@ pub fn calibrate(
             .filter(|(_, row)| head.kinds.contains(&row.kind))
             .map(|(row_index, row)| (logits[row_index * width + index], head.label.of(row)))
             .unzip();
-        let calibration = quality::fit_platt(&head_logits, &labels);
-        let observed = labels.iter().filter(|l| **l).count() as f64 / labels.len().max(1) as f64;
-        let predicted = head_logits
-            .iter()
-            .map(|z| calibration.probability(*z))
-            .sum::<f64>()
-            / head_logits.len().max(1) as f64;
-        report.insert(
-            head.name.to_string(),
-            json!({"rows": labels.len(), "observed_rate": observed, "mean_calibrated": predicted}),
-        );
+        let (calibration, check) = fit_head(&head_logits, &labels);
+        report.insert(head.name.to_string(), check);
         heads.push(HeadSpec {
             name: head.name.to_string(),
             output: OUTPUT_NAME.to_string(),
             index,
             kinds: head.kinds.clone(),
-            field: head.field,
+            field: head.field.clone(),
             calibration,
         });
     }
@@ -66,4 +57,19 @@ pub fn calibrate(
         report,
         validation: validation::stream_ap(plan, width, &logits, &validation.rows),
     })
+}
+
+/// Platt scaling of one head on its natural-distribution validation logits and labels,
+/// and the check the manifest records: rows, observed rate, mean calibrated probability.
+pub fn fit_head(logits: &[f32], labels: &[bool]) -> (Calibration, serde_json::Value) {
+    let calibration = quality::fit_platt(logits, labels);
+    let observed = labels.iter().filter(|l| **l).count() as f64 / labels.len().max(1) as f64;
+    let predicted = logits
+        .iter()
+        .map(|z| calibration.probability(*z))
+        .sum::<f64>()
+        / logits.len().max(1) as f64;
+    let check =
+        json!({"rows": labels.len(), "observed_rate": observed, "mean_calibrated": predicted});
+    (calibration, check)
 }

@@ -168,8 +168,7 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// One epoch; returns the mean training loss. Batches are prepared on a second
-    /// thread while candle trains on this one.
+    /// One epoch; returns the mean training loss.
     fn epoch(&mut self, epoch: usize) -> Result<f64> {
         let Trainer {
             network,
@@ -180,56 +179,78 @@ impl<'a> Trainer<'a> {
             steps_per_epoch,
             progress,
         } = self;
-        let steps = *steps_per_epoch;
-        let mut loss_sum = 0.0;
-        std::thread::scope(|scope| -> Result<()> {
-            let (sender, receiver) = std::sync::mpsc::sync_channel::<Result<PreparedBatch>>(3);
-            let batches = &*batches;
-            scope.spawn(move || {
-                for _ in 0..steps {
-                    let batch = sampler
-                        .next_batch()
-                        .and_then(|rows| batches.prepare(&rows, dropout_rng));
-                    let failed = batch.is_err();
-                    if sender.send(batch).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-            for step in 0..steps {
-                let batch = receiver.recv().context("batch producer stopped")??;
-                let loss = f64::from(batch.train(network, optimizer)?);
-                ensure!(
-                    loss.is_finite(),
-                    "training diverged: loss is {loss} at epoch {epoch} step {step}"
-                );
-                loss_sum += loss;
-                progress.inc(1);
-                if step % 20 == 0 {
-                    progress.set_message(format!(
-                        "epoch {} loss {:.4}",
-                        epoch + 1,
-                        loss_sum / (step + 1) as f64
-                    ));
+        let batches = &*batches;
+        run_epoch(
+            network,
+            optimizer,
+            (epoch, *steps_per_epoch),
+            || {
+                sampler
+                    .next_batch()
+                    .and_then(|rows| batches.prepare(&rows, dropout_rng))
+            },
+            progress,
+        )
+    }
+}
+
+/// One epoch of `steps` optimizer steps (`(epoch, steps)`; the epoch counts from 0 and
+/// only names messages); returns the mean training loss. `produce` prepares the batches
+/// on a second thread while candle trains on this one. Every training command's epochs
+/// run here.
+pub fn run_epoch(
+    network: &mut Network,
+    optimizer: &mut Adam,
+    (epoch, steps): (usize, usize),
+    mut produce: impl FnMut() -> Result<PreparedBatch> + Send,
+    progress: &indicatif::ProgressBar,
+) -> Result<f64> {
+    let mut loss_sum = 0.0;
+    std::thread::scope(|scope| -> Result<()> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Result<PreparedBatch>>(3);
+        scope.spawn(move || {
+            for _ in 0..steps {
+                let batch = produce();
+                let failed = batch.is_err();
+                if sender.send(batch).is_err() || failed {
+                    return;
                 }
             }
-            Ok(())
-        })?;
-        Ok(loss_sum / steps as f64)
-    }
+        });
+        for step in 0..steps {
+            let batch = receiver.recv().context("batch producer stopped")??;
+            let loss = f64::from(batch.train(network, optimizer)?);
+            ensure!(
+                loss.is_finite(),
+                "training diverged: loss is {loss} at epoch {} step {step}",
+                epoch + 1
+            );
+            loss_sum += loss;
+            progress.inc(1);
+            if step % 20 == 0 {
+                progress.set_message(format!(
+                    "epoch {} loss {:.4}",
+                    epoch + 1,
+                    loss_sum / (step + 1) as f64
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(loss_sum / steps.max(1) as f64)
 }
 
 /// Early stopping: the best epoch so far (score, epoch, weights) and the epochs since.
 #[derive(Default)]
-struct Best {
-    state: Option<(f64, usize, NetworkState)>,
+pub struct Best {
+    pub state: Option<(f64, usize, NetworkState)>,
     epochs_without_gain: usize,
 }
 
 impl Best {
     /// Records an epoch's score; `false` once more than `patience` epochs in a row did
     /// not beat the best.
-    fn observe(
+    pub fn observe(
         &mut self,
         score: f64,
         epoch: usize,
@@ -249,7 +270,7 @@ impl Best {
     }
 }
 
-fn progress_bar(quiet: bool, steps: usize) -> indicatif::ProgressBar {
+pub fn progress_bar(quiet: bool, steps: usize) -> indicatif::ProgressBar {
     let progress = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -286,12 +307,13 @@ fn epoch_steps(
         .max(1)
 }
 
-/// A batch ready for the network: assembled inputs, labels and loss mask per head.
-struct PreparedBatch {
-    request: ScopeTensors,
-    candidates: ScopeTensors,
-    labels: Vec<f32>,
-    mask: Vec<f32>,
+/// A batch ready for the network: assembled inputs, labels and loss mask per head
+/// (`[rows, heads]`, row-major).
+pub struct PreparedBatch {
+    pub request: ScopeTensors,
+    pub candidates: ScopeTensors,
+    pub labels: Vec<f32>,
+    pub mask: Vec<f32>,
 }
 
 impl PreparedBatch {

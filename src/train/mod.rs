@@ -12,6 +12,7 @@
 
 pub mod adam;
 pub mod calibrate;
+pub mod finetune;
 pub mod fit;
 pub mod network;
 pub mod package;
@@ -248,6 +249,18 @@ pub enum Label {
 }
 
 impl Label {
+    /// The logged label that fills `field`; `None` for a manifest-named field (its labels
+    /// are in the objective's own file).
+    pub fn of_field(field: &ResponseField) -> Option<Label> {
+        match field {
+            ResponseField::Stream => Some(Label::Stream),
+            ResponseField::Click => Some(Label::Click),
+            ResponseField::Like => Some(Label::Like),
+            ResponseField::Follow => Some(Label::Follow),
+            ResponseField::Objective(_) => None,
+        }
+    }
+
     pub fn of(self, row: &Impression) -> bool {
         match self {
             Label::Stream => row.stream,
@@ -370,7 +383,7 @@ pub struct TrainLog {
 }
 
 impl TrainLog {
-    fn create(path: Option<&Path>) -> Result<TrainLog> {
+    pub fn create(path: Option<&Path>) -> Result<TrainLog> {
         let file = match path {
             Some(path) => Some(
                 std::fs::File::create(path)
@@ -428,11 +441,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         fitted,
         calibrated,
     )?;
-    Bundle::write(
+    Bundle::write_with_weights(
         &args.out,
         &package.manifest,
         &scanned.vocabularies,
         &package.onnx,
+        Some(&package.weights),
     )?;
     log.write(&json!({"done": true, "bundle": args.out.display().to_string(), "best_epoch": best_epoch, "validation": package.manifest.metrics["validation"], "train_seconds": train_seconds}))?;
     eprintln!(

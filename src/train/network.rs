@@ -10,6 +10,11 @@
 //! scatters the input gradient into the rows the batch touched, which Adam then updates.
 //! Through candle, every step built a zeroed gradient the size of every table (50k rows
 //! for episodes) and gathered through its strided index path: a third of a step.
+//!
+//! The training state (every parameter and table under its training name, and batch
+//! norm's running statistics) round-trips through safetensors ([`Network::to_safetensors`],
+//! [`Network::from_safetensors`]): the bundle keeps it beside `model.onnx` so that a
+//! trained model can be fine-tuned ([`Network::add_head`], [`Trainable`]).
 
 use std::collections::BTreeMap;
 
@@ -24,6 +29,49 @@ use crate::train::adam::Adam;
 const BATCH_NORM_EPSILON: f64 = 1e-5;
 /// Running statistics follow PyTorch's default momentum.
 const BATCH_NORM_MOMENTUM: f32 = 0.1;
+/// Names of batch norm's running statistics in the weights file.
+pub const RUNNING_MEAN: &str = "batch_norm.running_mean";
+pub const RUNNING_VAR: &str = "batch_norm.running_var";
+/// Prefix of an embedding table's name in the weights file (`embedding.show_id`).
+pub const EMBEDDING_PREFIX: &str = "embedding.";
+
+/// What a training step changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trainable {
+    /// Every parameter and table; batch norm normalizes with the batch's statistics and
+    /// updates its running ones: training from scratch.
+    Everything,
+    /// Every parameter and table, with batch norm held at its running statistics, so that
+    /// a few thousand rows of one objective do not re-centre what every head reads:
+    /// fine-tuning the whole network.
+    EverythingButNormStatistics,
+    /// Only the named heads' towers: the shared encoder, the tables, batch norm and every
+    /// other tower stay exactly as they are.
+    Towers(Vec<String>),
+}
+
+/// Why a weights file does not fit the network a manifest describes.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("not a safetensors file: {0}")]
+    Format(String),
+    #[error("no tensor `{0}`")]
+    Missing(String),
+    #[error("tensor `{name}` has shape {got:?}, the manifest's network needs {expected:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("tensor `{0}` is not part of the manifest's network")]
+    Unexpected(String),
+    #[error("head `{0}` already exists")]
+    HeadExists(String),
+    #[error("no head `{0}` to copy")]
+    NoSuchHead(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
 
 pub struct Network {
     pub architecture: Architecture,
@@ -38,6 +86,9 @@ pub struct Network {
     /// Batch norm running statistics, updated outside autograd.
     running_mean: Vec<f32>,
     running_var: Vec<f32>,
+    trainable: Trainable,
+    /// The dense parameters a step updates, by name: all of them, or the chosen towers'.
+    updated: BTreeMap<String, Var>,
     device: Device,
 }
 
@@ -134,32 +185,165 @@ impl Network {
         }
         let encoded = *architecture.encoder.last().expect("validated non-empty");
         for head in heads {
-            let mut inputs = encoded;
-            for (layer, outputs) in architecture
-                .tower
-                .iter()
-                .chain(std::iter::once(&1))
-                .enumerate()
-            {
-                linear(&format!("tower.{head}.{layer}"), inputs, *outputs, inputs)?;
-                inputs = *outputs;
+            for (name, shape, data) in tower_initialization(architecture, head, &mut rng) {
+                parameters.insert(name, Var::from_vec(data, shape, &device)?);
             }
         }
-        add("batch_norm.gamma".into(), vec![encoded], vec![1.0; encoded])?;
-        add("batch_norm.beta".into(), vec![encoded], vec![0.0; encoded])?;
+        parameters.insert(
+            "batch_norm.gamma".into(),
+            Var::from_vec(vec![1.0f32; encoded], encoded, &device)?,
+        );
+        parameters.insert(
+            "batch_norm.beta".into(),
+            Var::from_vec(vec![0.0f32; encoded], encoded, &device)?,
+        );
         // The request and candidate parts share one bias in the exported graph.
         parameters.remove("encoder.0.candidate.bias");
         Ok(Network {
             architecture: architecture.clone(),
             heads: heads.to_vec(),
             specs: specs.to_vec(),
+            updated: parameters.clone(),
             parameters,
             tables,
             input_width,
             running_mean: vec![0.0; encoded],
             running_var: vec![1.0; encoded],
+            trainable: Trainable::Everything,
             device,
         })
+    }
+
+    /// The network a bundle's weights file holds: `architecture`, `specs`, `vocabularies`
+    /// and `heads` (in output order) are its manifest's, and every tensor of the file must
+    /// be one of that network's, with its shape. Trains everything until told otherwise.
+    pub fn from_safetensors(
+        architecture: &Architecture,
+        specs: &[FeatureSpec],
+        vocabularies: &Vocabularies,
+        heads: &[String],
+        bytes: &[u8],
+    ) -> Result<Network, WeightsError> {
+        let mut network = Network::new(architecture, specs, vocabularies, heads, 0)?;
+        let mut tensors = candle_core::safetensors::load_buffer(bytes, &network.device)
+            .map_err(|error| WeightsError::Format(error.to_string()))?;
+        let mut take = |name: &str, expected: Vec<usize>| -> Result<Vec<f32>, WeightsError> {
+            let tensor = tensors
+                .remove(name)
+                .ok_or_else(|| WeightsError::Missing(name.to_string()))?;
+            if tensor.dims() != expected.as_slice() {
+                return Err(WeightsError::Shape {
+                    name: name.to_string(),
+                    expected,
+                    got: tensor.dims().to_vec(),
+                });
+            }
+            Ok(tensor
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        for (name, var) in &network.parameters {
+            let values = take(name, var.dims().to_vec())?;
+            var.set(&Tensor::from_vec(values, var.dims(), &network.device)?)?;
+        }
+        for (feature, table) in &mut network.tables {
+            table.values = take(
+                &format!("{EMBEDDING_PREFIX}{feature}"),
+                vec![table.rows(), table.dim],
+            )?;
+        }
+        let encoded = network.running_mean.len();
+        network.running_mean = take(RUNNING_MEAN, vec![encoded])?;
+        network.running_var = take(RUNNING_VAR, vec![encoded])?;
+        if let Some(name) = tensors.keys().min() {
+            return Err(WeightsError::Unexpected(name.clone()));
+        }
+        Ok(network)
+    }
+
+    /// The training state as a safetensors file: every dense parameter under its training
+    /// name, every table as `embedding.<feature>` (`[rows, dim]`), and batch norm's running
+    /// statistics. Adam's moments are not kept: a later run starts its own optimizer.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, WeightsError> {
+        let mut tensors: BTreeMap<String, Tensor> = self
+            .parameters
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+            .collect();
+        for (feature, table) in &self.tables {
+            tensors.insert(
+                format!("{EMBEDDING_PREFIX}{feature}"),
+                Tensor::from_slice(&table.values, (table.rows(), table.dim), &self.device)?,
+            );
+        }
+        let width = self.running_mean.len();
+        tensors.insert(
+            RUNNING_MEAN.into(),
+            Tensor::from_slice(&self.running_mean, width, &self.device)?,
+        );
+        tensors.insert(
+            RUNNING_VAR.into(),
+            Tensor::from_slice(&self.running_var, width, &self.device)?,
+        );
+        safetensors::serialize(&tensors, None)
+            .map_err(|error| WeightsError::Format(error.to_string()))
+    }
+
+    /// Appends a head (a new output column): its tower copies `copy_of`'s, or is drawn as
+    /// a fresh tower is (Kaiming-uniform from `seed`).
+    pub fn add_head(
+        &mut self,
+        name: &str,
+        copy_of: Option<&str>,
+        seed: u64,
+    ) -> Result<(), WeightsError> {
+        if self.heads.iter().any(|head| head == name) {
+            return Err(WeightsError::HeadExists(name.to_string()));
+        }
+        if let Some(source) = copy_of
+            && !self.heads.iter().any(|head| head == source)
+        {
+            return Err(WeightsError::NoSuchHead(source.to_string()));
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let fresh = tower_initialization(&self.architecture, name, &mut rng);
+        for (parameter, shape, data) in fresh {
+            let data = match copy_of {
+                Some(source) => {
+                    let suffix = &parameter[format!("tower.{name}.").len()..];
+                    self.parameter(&format!("tower.{source}.{suffix}"))
+                        .flatten_all()?
+                        .to_vec1::<f32>()?
+                }
+                None => data,
+            };
+            self.parameters
+                .insert(parameter, Var::from_vec(data, shape, &self.device)?);
+        }
+        self.heads.push(name.to_string());
+        self.set_trainable(self.trainable.clone());
+        Ok(())
+    }
+
+    /// Chooses what later training steps change; see [`Trainable`].
+    pub fn set_trainable(&mut self, trainable: Trainable) {
+        self.updated = match &trainable {
+            Trainable::Everything | Trainable::EverythingButNormStatistics => {
+                self.parameters.clone()
+            }
+            Trainable::Towers(heads) => self
+                .parameters
+                .iter()
+                .filter(|(name, _)| {
+                    heads
+                        .iter()
+                        .any(|head| name.starts_with(&format!("tower.{head}.")))
+                })
+                .map(|(name, var)| (name.clone(), var.clone()))
+                .collect(),
+        };
+        self.trainable = trainable;
     }
 
     fn parameter(&self, name: &str) -> &Tensor {
@@ -280,7 +464,10 @@ impl Network {
         let logits = self.encode(request_input.as_tensor(), candidate_input.as_tensor(), true)?;
         let loss = masked_bce_with_logits(&logits, labels, mask)?;
         let gradients = loss.backward()?;
-        optimizer.step(&self.parameters, &gradients)?;
+        optimizer.step(&self.updated, &gradients)?;
+        if matches!(self.trainable, Trainable::Towers(_)) {
+            return loss.to_scalar::<f32>();
+        }
         for (scope, input, tensors) in [
             (Scope::Request, &request_input, request),
             (Scope::Candidate, &candidate_input, candidates),
@@ -341,7 +528,7 @@ impl Network {
             )?
             .relu()?;
         }
-        let (mean, variance) = if training {
+        let (mean, variance) = if training && self.trainable == Trainable::Everything {
             let mean = hidden.mean_keepdim(0)?;
             let centered = hidden.broadcast_sub(&mean)?;
             let variance = centered.sqr()?.mean_keepdim(0)?;
@@ -359,6 +546,12 @@ impl Network {
             .broadcast_div(&(variance + BATCH_NORM_EPSILON)?.sqrt()?)?
             .broadcast_mul(self.parameter("batch_norm.gamma"))?
             .broadcast_add(self.parameter("batch_norm.beta"))?;
+        // Training towers alone: nothing below them takes part in the backward pass.
+        let normalized = if matches!(self.trainable, Trainable::Towers(_)) {
+            normalized.detach()
+        } else {
+            normalized
+        };
         let mut logits = Vec::with_capacity(self.heads.len());
         for head in &self.heads {
             let mut tower = normalized.clone();
@@ -494,6 +687,37 @@ impl Network {
     pub fn device(&self) -> &Device {
         &self.device
     }
+}
+
+/// A fresh tower for `head` on top of the encoder: `(name, shape, values)` per parameter,
+/// Kaiming-uniform weights for ReLU layers and zero biases, drawn in layer order.
+fn tower_initialization(
+    architecture: &Architecture,
+    head: &str,
+    rng: &mut impl Rng,
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut inputs = *architecture.encoder.last().expect("validated non-empty");
+    let mut parameters = Vec::new();
+    for (layer, outputs) in architecture
+        .tower
+        .iter()
+        .chain(std::iter::once(&1))
+        .enumerate()
+    {
+        let bound = (6.0 / inputs as f32).sqrt();
+        parameters.push((
+            format!("tower.{head}.{layer}.weight"),
+            vec![inputs, *outputs],
+            uniform(rng, inputs * outputs, bound),
+        ));
+        parameters.push((
+            format!("tower.{head}.{layer}.bias"),
+            vec![*outputs],
+            vec![0.0; *outputs],
+        ));
+        inputs = *outputs;
+    }
+    parameters
 }
 
 pub struct NetworkState {

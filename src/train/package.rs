@@ -5,15 +5,16 @@
 //! did) before anything is written.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::bundle::{Bundle, GoldenCase, GoldenScores, Heads, Manifest, ResponseField};
+use crate::bundle::{Bundle, FieldScores, GoldenCase, Heads, Manifest};
 use crate::dataset;
 use crate::entities::UserRecord;
 use crate::entities::{CandidateKind, CandidateView, ContextRecord, CreativeRecord, RequestView};
-use crate::features::Assembler;
+use crate::features::{Assembler, Vocabularies};
 use crate::logs::{Impression, Snapshot};
 use crate::runtime::RuntimeConfig;
 use crate::service::Model;
@@ -29,6 +30,8 @@ use super::scan::Scanned;
 pub struct Package {
     pub manifest: Manifest,
     pub onnx: Vec<u8>,
+    /// The training state (`weights.safetensors`), to continue training from.
+    pub weights: Vec<u8>,
 }
 
 /// The manifest, golden cases and exported graph of a trained network, proven in tract.
@@ -40,29 +43,85 @@ pub fn package(
     mut fitted: Fitted,
     calibrated: Calibrated,
 ) -> Result<Package> {
-    let mut manifest = manifest(run, scanned, validation_rows.len(), &fitted, calibrated)?;
-    manifest.golden = golden_cases(
+    let manifest = manifest(run, scanned, validation_rows.len(), &fitted, calibrated)?;
+    finish(
+        manifest,
         &mut fitted.network,
+        &Sources {
+            assembler,
+            vocabularies: &scanned.vocabularies,
+            snapshot: &run.snapshot,
+            rows: validation_rows,
+        },
+        &run.args.out,
+    )
+}
+
+/// What the golden cases are built from: the feature assembly and vocabularies of the
+/// bundle, and logged impressions whose entities become fully inline requests.
+pub struct Sources<'a> {
+    pub assembler: &'a Assembler,
+    pub vocabularies: &'a Vocabularies,
+    pub snapshot: &'a Snapshot,
+    pub rows: &'a [Impression],
+}
+
+/// Every bundle a training command writes ends here: golden cases scored by `network`
+/// under `manifest`'s heads, the graph exported and proven in tract (it must score the
+/// golden cases as candle did), and the training state to continue from. `dir` is where
+/// the bundle will be written (the proof names it in errors).
+pub fn finish(
+    mut manifest: Manifest,
+    network: &mut Network,
+    sources: &Sources<'_>,
+    dir: &Path,
+) -> Result<Package> {
+    manifest.golden = golden_cases(
+        network,
         &manifest,
-        assembler,
-        &run.snapshot,
-        validation_rows,
+        sources.assembler,
+        sources.snapshot,
+        sources.rows,
     )?;
-    let weights = fitted.network.export_weights()?;
+    let weights = network.export_weights()?;
     let onnx = crate::onnx::export(&manifest, &weights)?;
     // Prove the export before anything is written: the graph loads in tract and scores
     // the golden cases (computed by candle) as the server will, within tolerance.
     Model::load(
         Bundle {
-            dir: run.args.out.clone(),
+            dir: dir.to_path_buf(),
             manifest: manifest.clone(),
-            vocabularies: scanned.vocabularies.clone(),
+            vocabularies: sources.vocabularies.clone(),
             onnx: onnx.clone(),
         },
         &RuntimeConfig::default(),
     )
     .context("the exported bundle fails its own golden check in tract")?;
-    Ok(Package { manifest, onnx })
+    let weights = network
+        .to_safetensors()
+        .context("serializing the training weights")?;
+    Ok(Package {
+        manifest,
+        onnx,
+        weights,
+    })
+}
+
+/// The manifest's name and version of a bundle written to `out`: `name` when given, else
+/// the name of `out`'s parent (`models/<name>/<version>`); the version is `out`'s own
+/// name when it is a number, else 1.
+pub fn name_and_version(out: &Path, name: Option<&str>) -> (String, u32) {
+    let name = name.map(str::to_string).unwrap_or_else(|| {
+        out.parent()
+            .and_then(|parent| parent.file_name())
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "podscore".into())
+    });
+    let version = out
+        .file_name()
+        .and_then(|version| version.to_string_lossy().parse::<u32>().ok())
+        .unwrap_or(1);
+    (name, version)
 }
 
 fn manifest(
@@ -73,18 +132,7 @@ fn manifest(
     calibrated: Calibrated,
 ) -> Result<Manifest> {
     let args = run.args;
-    let name = args.name.clone().unwrap_or_else(|| {
-        args.out
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "podscore".into())
-    });
-    let version = args
-        .out
-        .file_name()
-        .and_then(|n| n.to_string_lossy().parse::<u32>().ok())
-        .unwrap_or(1);
+    let (name, version) = name_and_version(&args.out, args.name.as_deref());
     let train_rows = &scanned.counts.train_rows;
     Ok(Manifest {
         name,
@@ -186,7 +234,7 @@ fn expected_scores(
     assembler: &Assembler,
     request: RequestView<'_>,
     candidates: &[(String, CandidateView<'_>)],
-) -> Result<Vec<GoldenScores>> {
+) -> Result<Vec<FieldScores>> {
     let views: Vec<CandidateView<'_>> = candidates.iter().map(|(_, view)| *view).collect();
     let request_tensors = assembler.request(&[request])?;
     let candidate_tensors = assembler.candidates(&views)?;
@@ -197,13 +245,11 @@ fn expected_scores(
         .iter()
         .zip(logits.chunks(heads.width()))
         .map(|(view, row)| {
-            let score = |field| heads.probability(view.kind, field, row);
-            Ok(GoldenScores {
-                stream: score(ResponseField::Stream)?,
-                click: score(ResponseField::Click)?,
-                like: score(ResponseField::Like)?,
-                follow: score(ResponseField::Follow)?,
-            })
+            let mut scores = FieldScores::default();
+            for field in heads.fields() {
+                scores.set(field, heads.probability(view.kind, field, row)?);
+            }
+            Ok(scores)
         })
         .collect()
 }

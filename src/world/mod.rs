@@ -15,6 +15,7 @@
 
 mod ad_taste;
 mod catalog;
+pub mod objectives;
 mod oracle;
 mod outcomes;
 mod traffic;
@@ -72,6 +73,9 @@ const MAX_SHOWS: usize = 1_000_000;
 const MAX_DAYS: u32 = 3_650;
 /// Fewer shows cannot fill eight tiers and a set of campaigns.
 const MIN_SHOWS: usize = 20;
+/// Labelled impressions per new objective, pool or test: a few times the 100k a learning
+/// curve needs, small enough that an objective file stays under a hundred MB.
+const MAX_OBJECTIVE_LABELS: usize = 1_000_000;
 
 /// Named world sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -146,6 +150,15 @@ pub struct SimulateArgs {
     /// Noise of the content embedding around the projected show latent, 0 to 10.
     #[arg(long, env = "PODSCORE_SIMULATE_CONTENT_EMBEDDING_NOISE")]
     pub content_embedding_noise: Option<f64>,
+    /// Labelled impressions of each new ad objective (`video_follow`, `episode_complete`)
+    /// on the week after the window, the pool `podscore finetune` draws from; 0 writes no
+    /// objectives.
+    #[arg(long, env = "PODSCORE_SIMULATE_OBJECTIVE_LABELS", default_value_t = 0)]
+    pub objective_labels: usize,
+    /// Test impressions of each new objective, on the week after the pool's; default half
+    /// of `--objective-labels`.
+    #[arg(long, env = "PODSCORE_SIMULATE_OBJECTIVE_TEST_LABELS")]
+    pub objective_test_labels: Option<usize>,
 }
 
 impl SimulateArgs {
@@ -166,6 +179,8 @@ impl SimulateArgs {
             ad_affinity_correlation: None,
             ad_structure: None,
             content_embedding_noise: None,
+            objective_labels: 0,
+            objective_test_labels: None,
         }
     }
 }
@@ -207,6 +222,9 @@ pub struct WorldConfig {
     pub ad_affinity_correlation: f64,
     pub ad_structure: f64,
     pub content_embedding_noise: f64,
+    /// Labelled pool and test impressions per new objective (0: no objectives).
+    pub objective_labels: usize,
+    pub objective_test_labels: usize,
 }
 
 impl WorldConfig {
@@ -226,6 +244,8 @@ impl WorldConfig {
             ad_affinity_correlation: DEFAULT_AD_AFFINITY_CORRELATION,
             ad_structure: DEFAULT_AD_STRUCTURE,
             content_embedding_noise: DEFAULT_CONTENT_EMBEDDING_NOISE,
+            objective_labels: 0,
+            objective_test_labels: 0,
         }
     }
 
@@ -260,6 +280,10 @@ impl WorldConfig {
             content_embedding_noise: args
                 .content_embedding_noise
                 .unwrap_or(preset.content_embedding_noise),
+            objective_labels: args.objective_labels,
+            objective_test_labels: args
+                .objective_test_labels
+                .unwrap_or(args.objective_labels / 2),
         };
         problems.extend(config.problems());
         if problems.is_empty() {
@@ -328,6 +352,20 @@ impl WorldConfig {
             .into_iter()
             .flatten(),
         );
+        if self.objective_labels > MAX_OBJECTIVE_LABELS {
+            problems.push(format!(
+                "--objective-labels must be 0 to {MAX_OBJECTIVE_LABELS} (got {})",
+                self.objective_labels
+            ));
+        }
+        if self.objective_test_labels > MAX_OBJECTIVE_LABELS
+            || (self.objective_labels > 0 && self.objective_test_labels == 0)
+        {
+            problems.push(format!(
+                "--objective-test-labels must be 1 to {MAX_OBJECTIVE_LABELS} when objectives are written (got {})",
+                self.objective_test_labels
+            ));
+        }
         problems
     }
 
@@ -398,6 +436,10 @@ impl WorldConfig {
             content_embedding_noise: settings
                 .content_embedding_noise
                 .unwrap_or(DEFAULT_CONTENT_EMBEDDING_NOISE),
+            // The objectives' files are not part of world.json (objectives.json describes
+            // them); a rebuilt world answers for the window's impressions only.
+            objective_labels: 0,
+            objective_test_labels: 0,
         };
         match config.problems().as_slice() {
             [] => Ok(config),
@@ -435,6 +477,8 @@ pub(crate) enum Stream {
     Hosts = 8,
     /// Counterfactual ad candidates of the [`Oracle`].
     Counterfactuals = 9,
+    /// The new objectives' impressions ([`objectives`]), well clear of the others.
+    Objectives = 16,
 }
 
 pub(crate) fn stream_rng(seed: u64, purpose: Stream, chunk: u64) -> ChaCha8Rng {
@@ -644,6 +688,14 @@ pub fn simulate(config: &WorldConfig, out: &Path) -> Result<WorldInfo, WorldErro
             channels,
         },
     };
+    if config.objective_labels > 0 {
+        objectives::write(
+            config,
+            &catalog,
+            &staging.path,
+            config.impressions as u64 + 1,
+        )?;
+    }
     logs::write_world_info(&staging.path, &info)?;
     staging.commit(out)?;
     Ok(info)

@@ -403,8 +403,19 @@ pub(crate) fn generate(
 }
 
 fn impression(world: &World<'_>, is_ad: bool, rng: &mut ChaCha8Rng) -> Row {
+    let day = world.tables.days.sample(rng) as u32;
+    impression_on_day(world, is_ad, day, rng)
+}
+
+/// One impression on `day`, which may lie after the window (new objectives are measured
+/// there): everything but the day is drawn as for the logs.
+pub(crate) fn impression_on_day(
+    world: &World<'_>,
+    is_ad: bool,
+    day: u32,
+    rng: &mut ChaCha8Rng,
+) -> Row {
     let (config, catalog, tables) = (world.config, world.catalog, world.tables);
-    let day = tables.days.sample(rng) as u32;
     let hour = tables.hours.sample(rng) as u32;
     let timestamp = config.start_timestamp
         + i64::from(day) * SECONDS_PER_DAY
