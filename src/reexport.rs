@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 
-use crate::bundle::{Bundle, ResponseField};
+use crate::bundle::Bundle;
 use crate::onnx;
 use crate::runtime::RuntimeConfig;
 use crate::service::Model;
@@ -83,17 +83,11 @@ pub fn reexport(args: &ReexportArgs) -> anyhow::Result<Reexported> {
         .map(|case| case.request.clone())
         .collect();
     let golden = golden::golden_cases(&model, &requests).context("scoring the golden requests")?;
-    // Every field a head fills: the fixed four and any the manifest names.
-    let mut fields: Vec<ResponseField> = ResponseField::FIXED.to_vec();
-    for head in &bundle.manifest.heads {
-        if !fields.contains(&head.field) {
-            fields.push(head.field.clone());
-        }
-    }
+    let fields = model.heads().fields();
     let mut largest = 0.0f64;
     for (case, (old, new)) in bundle.manifest.golden.iter().zip(&golden).enumerate() {
         for (candidate, (old, new)) in old.expected.iter().zip(&new.expected).enumerate() {
-            for field in &fields {
+            for field in fields {
                 match (old.get(field), new.get(field)) {
                     (Some(old), Some(new)) if (old - new).abs() <= GOLDEN_TOLERANCE => {
                         largest = largest.max((old - new).abs());
