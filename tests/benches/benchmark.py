@@ -18,7 +18,8 @@ In one run, on one machine, interleaved (A B B A rounds):
    and known shows of the demo snapshot) against `podscore serve` and the Python reference
    service (tests/benches/reference_service.py, 2 uvicorn workers), both on 127.0.0.1,
    driven by wrk (tests/benches/score.lua): connections swept for the highest throughput
-   at p99 <= 10 ms with no error answer, and latency percentiles at fixed request rates.
+   at p99 <= 10 ms with no error answer, and latency percentiles at fixed request rates;
+   then podscore's stages (Server-Timing) of lone requests with 100 and 1000 candidates.
 
 Prints Markdown tables and writes every number to --json. Exits 1 when podscore's
 inference (as served) takes more than --max-ratio (1.5) times ONNX Runtime's at N = 100,
@@ -164,6 +165,12 @@ def inference(args, work):
     return result
 
 
+# The reproductions' product: 13 blocks of the embedding width 16 (the first layer's
+# input) into the encoder's 256 units.
+REPRODUCTION_BLOCKS, REPRODUCTION_WIDTH, REPRODUCTION_COLUMNS = 13, 16, 256
+REPRODUCTION_K = REPRODUCTION_BLOCKS * REPRODUCTION_WIDTH
+
+
 def reproduction_models(work):
     """Minimal graphs for what stands between tract and ONNX Runtime here, each an ONNX
     file with rows `N` and random weights of the shipped model's shapes:
@@ -188,14 +195,14 @@ def reproduction_models(work):
         graph = helper.make_graph(
             nodes, name,
             [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", *shape]) for input_name, shape in inputs],
-            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 256])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", REPRODUCTION_COLUMNS])],
             initializers,
         )
         path = work / f"{name}.onnx"
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
         return path, inputs
 
-    bias = numpy_helper.from_array((rng.standard_normal(256) * 0.05).astype(np.float32), "bias")
+    bias = numpy_helper.from_array((rng.standard_normal(REPRODUCTION_COLUMNS) * 0.05).astype(np.float32), "bias")
     tail = [helper.make_node("Flatten", ["blocks"], ["features"], axis=1),
             helper.make_node("MatMul", ["features", "w"], ["product"]),
             helper.make_node("Add", ["product", "bias"], ["biased"]),
@@ -203,16 +210,16 @@ def reproduction_models(work):
     models = {}
     models["matmul"] = save("matmul", [
         helper.make_node("Identity", ["x"], ["blocks"]), *tail,
-    ], [("x", [13, 16])], [weight("w", 208, 256), bias])
+    ], [("x", [REPRODUCTION_BLOCKS, REPRODUCTION_WIDTH])], [weight("w", REPRODUCTION_K, REPRODUCTION_COLUMNS), bias])
     pieces = [("ids", [8, 16]), ("bags", [3, 16]), ("dense", [2, 16])]
     models["concat_split"] = save("concat_split", [
         helper.make_node("Concat", [name for name, _ in pieces], ["blocks"], axis=1), *tail,
-    ], pieces, [weight("w", 208, 256), bias])
-    order = numpy_helper.from_array(np.arange(13, dtype=np.int64), "order")
+    ], pieces, [weight("w", REPRODUCTION_K, REPRODUCTION_COLUMNS), bias])
+    order = numpy_helper.from_array(np.arange(REPRODUCTION_BLOCKS, dtype=np.int64), "order")
     models["concat_copied"] = save("concat_copied", [
         helper.make_node("Concat", [name for name, _ in pieces], ["joined"], axis=1),
         helper.make_node("Gather", ["joined", "order"], ["blocks"], axis=1), *tail,
-    ], pieces, [weight("w", 208, 256), bias, order])
+    ], pieces, [weight("w", REPRODUCTION_K, REPRODUCTION_COLUMNS), bias, order])
     return models
 
 
@@ -386,6 +393,36 @@ def wrk(url, body_path, connections, seconds, rate=0):
     return result
 
 
+def stage_medians(url, body, requests):
+    """`requests` sequential POSTs over one kept-alive connection: the median of each
+    stage podscore reports in Server-Timing and of the client's whole round trip. What
+    the stages leave out is the HTTP server (reading the request, admission, writing the
+    answer), the hop to and from the blocking pool, and this client."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    payload = json.dumps(body).encode()
+    stages, round_trips = {}, []
+    for _ in range(requests):
+        started = time.perf_counter()
+        connection.request("POST", address.path, payload, {"content-type": "application/json"})
+        answer = connection.getresponse()
+        answer.read()
+        round_trips.append((time.perf_counter() - started) * 1e6)
+        if answer.status != 200:
+            raise SystemExit(f"{url} answered {answer.status} while timing the stages")
+        for part in answer.getheader("server-timing", "").split(","):
+            name, _, duration = part.strip().partition(";dur=")
+            stages.setdefault(name, []).append(float(duration) * 1000)
+    connection.close()
+    result = {name: statistics.median(times) for name, times in stages.items()}
+    result["stages_sum"] = sum(result.values())
+    result["round_trip"] = statistics.median(round_trips)
+    return result
+
+
 def end_to_end(args, work):
     body = request_body(args.features, args.bundle)
     body_path = work / "body.json"
@@ -434,6 +471,13 @@ def end_to_end(args, work):
                 log(f"  {name:9} {rate:5} req/s offered: {result['requests_per_s']:7.0f} req/s, p50 {result['p50_us'] / 1000:.2f} ms, p99 {result['p99_us'] / 1000:.2f} ms, errors {result['errors']}")
         # Unloaded latency: one connection, one request at a time.
         unloaded = {name: wrk(url, body_path, 1, args.seconds) for name, url in services.items()}
+        # Where a lone request's time goes, per candidate count.
+        stages = {}
+        for count in (100, 1000):
+            stages[count] = stage_medians(services["podscore"], request_body(args.features, args.bundle, count),
+                                          args.stage_requests)
+            log(f"  podscore stages at N={count} (µs, medians): "
+                + ", ".join(f"{name} {value:.0f}" for name, value in stages[count].items()))
     finally:
         podscore.send_signal(signal.SIGTERM)
         os.killpg(reference.pid, signal.SIGTERM)
@@ -445,7 +489,7 @@ def end_to_end(args, work):
         good = [r for r in results if r["p99_us"] <= 10_000 and r["errors"] == 0]
         best[name] = max(good, key=lambda r: r["requests_per_s"]) if good else None
     return {"body_candidates": len(body["candidates"]), "sweep": sweep, "fixed": fixed,
-            "unloaded": unloaded, "best_within_slo": best}
+            "unloaded": unloaded, "stages": stages, "best_within_slo": best}
 
 
 # ---------------------------------------------------------------------------------------
@@ -498,11 +542,15 @@ def report(result, args):
     lines.append("")
     lines.append("Minimal reproductions (tract alone against ONNX Runtime, one thread each, medians):")
     lines.append("")
-    lines.append("| graph | N | tract | ONNX Runtime | ratio |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| graph | N | tract | ONNX Runtime | ratio | tract GFLOP/s | ORT GFLOP/s |")
+    lines.append("|---|---|---|---|---|---|---|")
     for name, by_count in result["reproductions"].items():
         for count, row in by_count.items():
-            lines.append(f"| {name} | {count} | {row['tract']:.0f} µs | {row['onnxruntime']:.0f} µs | {row['tract'] / row['onnxruntime']:.2f} |")
+            # Each graph is one [N, 208] x [208, 256] product (bias and ReLU fused).
+            flops = 2 * count * REPRODUCTION_K * REPRODUCTION_COLUMNS
+            lines.append(f"| {name} | {count} | {row['tract']:.0f} µs | {row['onnxruntime']:.0f} µs | {row['tract'] / row['onnxruntime']:.2f} | "
+                         f"{flops / row['tract'] / 1e3:.1f} ({flops / row['tract'] / 1e3 / peak:.0%}) | "
+                         f"{flops / row['onnxruntime'] / 1e3:.1f} ({flops / row['onnxruntime'] / 1e3 / peak:.0%}) |")
     for count, profile in result["profiles"].items():
         total = profile["median_total_us"]
         lines.append("")
@@ -531,6 +579,15 @@ def report(result, args):
         lines.append("")
         for name, r in e2e["unloaded"].items():
             lines.append(f"- {name} unloaded (1 connection): p50 {r['p50_us'] / 1000:.2f} ms, p99 {r['p99_us'] / 1000:.2f} ms, {r['requests_per_s']:.0f} req/s")
+        lines.append("")
+        lines.append(f"podscore's stages of a lone request (Server-Timing, medians of {args.stage_requests} sequential requests):")
+        lines.append("")
+        lines.append("| N | decode | features | inference | encode | sum of stages | round trip (Python client) | outside the stages |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for count, row in e2e["stages"].items():
+            cells = " | ".join(f"{row.get(name, 0) / 1000:.2f} ms" for name in ("decode", "features", "inference", "encode"))
+            lines.append(f"| {count} | {cells} | {row['stages_sum'] / 1000:.2f} ms | {row['round_trip'] / 1000:.2f} ms | "
+                         f"{(row['round_trip'] - row['stages_sum']) / 1000:.2f} ms |")
     return "\n".join(lines)
 
 
@@ -552,6 +609,8 @@ def main():
     parser.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[200, 500, 1000, 2000])
     parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--stage-requests", type=int, default=200,
+                        help="sequential requests per count for the Server-Timing stage medians")
     parser.add_argument("--port", type=int, default=18380)
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--max-ratio", type=float, default=1.5, help="regression bound on the N=100 inference ratio")
