@@ -21,13 +21,8 @@ fi
 "$root/.venv/bin/python" -m pip install -q --disable-pip-version-check \
   -r "$root/tests/requirements.txt" -r "$root/tests/benches/requirements.txt"
 
-# One cargo invocation for both, so that the binary is built with the same features as
-# the tests build it (dev-dependencies unify features) and nothing is compiled twice.
-compare=$(cargo build --release --locked --bin podscore --bench inference_compare --message-format=json |
-  "$root/.venv/bin/python" -c 'import json, sys
-for line in sys.stdin:
-    message = json.loads(line)
-    if message.get("reason") == "compiler-artifact" and message["target"]["name"] == "inference_compare" and message.get("executable"):
-        print(message["executable"])')
+# shellcheck source=tests/benches/build_compare.sh
+source "$root/tests/benches/build_compare.sh"
+compare=$(build_compare "$root/.venv/bin/python")
 exec "$root/.venv/bin/python" "$root/tests/benches/benchmark.py" \
   --podscore "$CARGO_TARGET_DIR/release/podscore" --compare "$compare" "$@"

@@ -43,12 +43,9 @@ fi
 "$root/.venv/bin/python" -m pip install -q --disable-pip-version-check \
   -r "$root/tests/requirements.txt" -r "$root/tests/benches/requirements.txt"
 
-compare=$(cargo build --release --locked --bin podscore --bench inference_compare --message-format=json |
-  "$root/.venv/bin/python" -c 'import json, sys
-for line in sys.stdin:
-    message = json.loads(line)
-    if message.get("reason") == "compiler-artifact" and message["target"]["name"] == "inference_compare" and message.get("executable"):
-        print(message["executable"])')
+# shellcheck source=tests/benches/build_compare.sh
+source "$root/tests/benches/build_compare.sh"
+compare=$(build_compare "$root/.venv/bin/python")
 work=$(mktemp -d /tmp/podscore-profile-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 "$compare" --bundle "$bundle" --write-inputs "$work/inputs.json" --candidates "$(IFS=,; echo "${counts[*]}")"
@@ -85,7 +82,9 @@ callgrind_table() { # FILE CALLS
 perf_table() { # DATA
   echo '| share of samples | function (self) |'
   echo '|---|---|'
-  perf report -i "$1" --no-children --sort symbol --stdio -g none 2>/dev/null |
+  # perf report can stop with an error on the last, truncated sample of a process that
+  # was killed while recorded; the samples before it are what the table needs.
+  { perf report -i "$1" --no-children --sort symbol --stdio -g none 2>/dev/null || true; } |
     awk -v top="$top" '$1 ~ /%$/ && shown < top {
       share = $1; $1 = ""; $2 = ""; name = substr($0, 3); sub(/[ -]+$/, "", name)
       if (length(name) > 100) name = substr(name, 1, 97) "..."
@@ -137,7 +136,7 @@ kill "$server"
 wait "$server" || true
 tail -1 "$work/wrk.txt"
 echo
-perf report -i "$work/server" --no-children --sort dso,symbol --stdio -g none 2>/dev/null >"$work/server.txt"
+perf report -i "$work/server" --no-children --sort dso,symbol --stdio -g none 2>/dev/null >"$work/server.txt" || true
 "$root/.venv/bin/python" - "$work/server.txt" <<'EOF'
 """Shares of the server's samples by kind of work, from perf's per-function report."""
 import collections
