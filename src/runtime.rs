@@ -1,8 +1,8 @@
 //! The inference runtime: an exported `model.onnx` loaded into tract, optimized once at
 //! load, run many times concurrently.
 //!
-//! tract runs a plan optimized for concrete shapes several times faster than one with
-//! the symbolic candidate count `N` (the README's "Serving figures"), so [`Runtime::load`]
+//! tract runs a plan optimized for concrete shapes faster than one with the symbolic
+//! candidate count `N` (the README's "Performance" section), so [`Runtime::load`]
 //! optimizes one plan per size bucket of [`RuntimeConfig::buckets`] and pads each call's
 //! candidates up to the smallest bucket that holds them; the symbolic plan serves the
 //! calls larger than every bucket. Padding rows are all zeros: unknown ids (row 0 of
