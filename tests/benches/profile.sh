@@ -117,7 +117,7 @@ done
 
 echo "### The server under load: POST /score with 100 candidates, wrk on 2 connections"
 echo
-"$root/.venv/bin/python" -c 'import json, sys
+"$root/.venv/bin/python" -B -c 'import json, sys
 sys.path.insert(0, "tests/benches")
 import benchmark
 json.dump(benchmark.request_body("models/demo-features", sys.argv[1]), open(sys.argv[2], "w"))' "$bundle" "$work/body.json"
