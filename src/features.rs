@@ -90,6 +90,8 @@ pub enum Source {
     ContextDayOfWeek,
     #[serde(rename = "context.session_length_s")]
     ContextSessionLength,
+    #[serde(rename = "context.host_genre")]
+    ContextHostGenre,
     #[serde(rename = "candidate.kind")]
     CandidateKind,
     #[serde(rename = "show.id")]
@@ -126,7 +128,7 @@ impl Source {
         match self {
             UserCountry | UserPlatform | UserAgeBucket | UserHistory | UserFollows
             | UserSearchTopics | ContextSurface | ContextHourOfDay | ContextDayOfWeek
-            | ContextSessionLength => Scope::Request,
+            | ContextSessionLength | ContextHostGenre => Scope::Request,
             _ => Scope::Candidate,
         }
     }
@@ -463,6 +465,7 @@ fn request_value<'a>(source: Source, view: &RequestView<'a>) -> RawValue<'a> {
             RawValue::Text(WEEKDAYS[seconds.div_euclid(86_400).rem_euclid(7) as usize])
         }),
         Source::ContextSessionLength => number(context.session_length_s),
+        Source::ContextHostGenre => text(context.host_genre.as_ref()),
         _ => RawValue::Missing,
     }
 }
@@ -961,6 +964,12 @@ pub fn default_definitions() -> Vec<FeatureDefinition> {
             "context_session_length",
             Context,
             Source::ContextSessionLength,
+        ),
+        id(
+            "context_host_genre",
+            Context,
+            Source::ContextHostGenre,
+            "genre",
         ),
         id("candidate_kind", Creative, Source::CandidateKind, "kind"),
         FeatureDefinition {

@@ -438,6 +438,7 @@ pub mod testing {
             timestamp: Some(source.rng.random_range(0..2_000_000_000)),
             surface: source.maybe_token(Source::ContextSurface),
             session_length_s: source.number(7_200.0),
+            host_genre: source.maybe_token(Source::ContextHostGenre),
         };
         let embedding_dim = manifest
             .features

@@ -56,8 +56,8 @@ prop_compose! {
 
 prop_compose! {
     fn context()(timestamp in proptest::option::of(any::<i64>()), surface in proptest::option::of(token()),
-                 session_length_s in number()) -> ContextRecord {
-        ContextRecord { timestamp, surface, session_length_s }
+                 session_length_s in number(), host_genre in proptest::option::of(token())) -> ContextRecord {
+        ContextRecord { timestamp, surface, session_length_s, host_genre }
     }
 }
 
