@@ -614,10 +614,10 @@ fn train(
         let epoch_started = Instant::now();
         order.shuffle(&mut rng);
         let mut batches = order.chunks(batch_size);
-        let loss = fit::run_epoch(
+        let loss = fit::run_steps(
             network,
             &mut optimizer,
-            (epoch, steps),
+            (epoch + 1, steps),
             || {
                 let rows = batches.next().context("an epoch ran out of batches")?;
                 prepare(inputs, rows, column, width)

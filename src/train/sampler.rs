@@ -18,10 +18,21 @@ pub struct SourceStream {
     path: PathBuf,
     days: Range<u32>,
     reader: Option<ImpressionReader>,
-    buffer: Vec<Impression>,
+    /// Rows waiting to be drawn, each with the pass over the file it was read in.
+    buffer: Vec<(u32, Impression)>,
     capacity: usize,
     /// Rows delivered in the current pass, to detect a pass that yields nothing.
     rows_this_pass: u64,
+    /// Per pass begun: rows read into the buffer, rows drawn from it, and whether the
+    /// file's end was reached.
+    passes: Vec<PassCount>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct PassCount {
+    read: u64,
+    drawn: u64,
+    finished: bool,
 }
 
 impl SourceStream {
@@ -33,7 +44,17 @@ impl SourceStream {
             buffer: Vec::with_capacity(capacity),
             capacity: capacity.max(1),
             rows_this_pass: 0,
+            passes: Vec::new(),
         }
+    }
+
+    /// Passes over the file whose every row has been drawn: once this is 1, every
+    /// training row of the source has been in a batch.
+    pub fn full_passes(&self) -> usize {
+        self.passes
+            .iter()
+            .take_while(|pass| pass.finished && pass.drawn == pass.read)
+            .count()
     }
 
     fn refill(&mut self) -> Result<()> {
@@ -52,20 +73,29 @@ impl SourceStream {
                         .with_context(|| format!("opening {}", self.path.display()))?,
                 );
                 self.rows_this_pass = 0;
+                self.passes.push(PassCount::default());
                 reopened = true;
             }
+            let pass = self.passes.len() - 1;
             let reader = self.reader.as_mut().expect("opened above");
             match reader.next() {
                 Some(group) => {
                     let group =
                         group.with_context(|| format!("reading {}", self.path.display()))?;
                     let before = self.buffer.len();
-                    self.buffer
-                        .extend(group.into_iter().filter(|row| self.days.contains(&row.day)));
-                    self.rows_this_pass += (self.buffer.len() - before) as u64;
+                    self.buffer.extend(
+                        group
+                            .into_iter()
+                            .filter(|row| self.days.contains(&row.day))
+                            .map(|row| (pass as u32, row)),
+                    );
+                    let added = (self.buffer.len() - before) as u64;
+                    self.rows_this_pass += added;
+                    self.passes[pass].read += added;
                 }
                 None => {
                     self.reader = None;
+                    self.passes[pass].finished = true;
                     // A pass just ended; stop refilling if the buffer has rows, so that
                     // the next pass starts only once these are drawn.
                     if !self.buffer.is_empty() {
@@ -82,7 +112,9 @@ impl SourceStream {
             self.refill()?;
         }
         let index = rng.random_range(0..self.buffer.len());
-        Ok(self.buffer.swap_remove(index))
+        let (pass, row) = self.buffer.swap_remove(index);
+        self.passes[pass as usize].drawn += 1;
+        Ok(row)
     }
 }
 
@@ -111,6 +143,20 @@ impl BalancedSampler {
             batch_size,
             rng,
         }
+    }
+
+    /// Full passes over each source used (`None` for a source the variant does not read).
+    pub fn full_passes(&self) -> (Option<usize>, Option<usize>) {
+        (
+            self.promotions.as_ref().map(SourceStream::full_passes),
+            self.ads.as_ref().map(SourceStream::full_passes),
+        )
+    }
+
+    /// Whether every source used has been drawn in full at least once.
+    pub fn warmed_up(&self) -> bool {
+        let (promotions, ads) = self.full_passes();
+        promotions.is_none_or(|passes| passes >= 1) && ads.is_none_or(|passes| passes >= 1)
     }
 
     pub fn next_batch(&mut self) -> Result<Vec<Impression>> {
