@@ -284,6 +284,7 @@ pub mod testing {
                 kinds,
                 field,
                 calibration: Calibration::identity(),
+                calibration_by_kind: Default::default(),
             };
         vec![
             head("promo_stream", 0, vec![Promotion], ResponseField::Stream),

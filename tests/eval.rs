@@ -567,6 +567,7 @@ fn head_metrics_match_a_hand_computed_ap() {
         kinds: vec![CandidateKind::Ad],
         field: ResponseField::Stream,
         calibration: Calibration::identity(),
+        calibration_by_kind: Default::default(),
     };
     let scores = Scores {
         heads: vec![head],

@@ -79,15 +79,26 @@ fn small_world_trains_into_a_bundle_that_passes_its_golden_check() {
     );
     for head in &manifest.heads {
         assert!(head.calibration.slope.is_finite() && head.calibration.intercept.is_finite());
+        // A head serving both kinds is scaled per kind (both have both classes here).
+        let per_kind: Vec<CandidateKind> = head.calibration_by_kind.keys().copied().collect();
+        if head.kinds.len() > 1 {
+            assert_eq!(per_kind, CandidateKind::ALL.to_vec(), "{}", head.name);
+        } else {
+            assert!(per_kind.is_empty(), "{}", head.name);
+        }
     }
-    // Calibrated means land on the observed validation rates.
+    // Calibrated means land on the observed validation rates of every kind a head serves.
     for (head, report) in manifest.metrics["calibration"].as_object().unwrap() {
-        let observed = report["observed_rate"].as_f64().unwrap();
-        let predicted = report["mean_calibrated"].as_f64().unwrap();
-        assert!(
-            (observed - predicted).abs() < 0.01 + 0.2 * observed,
-            "{head}: {observed} vs {predicted}"
-        );
+        let spec = manifest.heads.iter().find(|h| &h.name == head).unwrap();
+        for kind in &spec.kinds {
+            let report = &report[kind.as_str()];
+            let observed = report["observed_rate"].as_f64().unwrap();
+            let predicted = report["mean_calibrated"].as_f64().unwrap();
+            assert!(
+                (observed - predicted).abs() < 0.01 + 0.2 * observed,
+                "{head} on {kind:?}: {observed} vs {predicted}"
+            );
+        }
     }
     assert_trained_numerics_standardize(&data, &Bundle::read(&out).unwrap());
     let log_text = std::fs::read_to_string(&log).unwrap();

@@ -566,6 +566,7 @@ pub fn fine_tune(
         kinds: objective.kinds.clone(),
         field,
         calibration,
+        calibration_by_kind: BTreeMap::new(),
     });
     if let (Some(before), Some(base)) = (before, inputs.base_validation) {
         let after = recalibrate_base_heads(&mut network, &mut heads, base)?;
@@ -734,8 +735,17 @@ fn closest_head(
 struct HeadRows {
     /// Position of the head in the heads it was read for.
     position: usize,
-    logits: Vec<f32>,
-    labels: Vec<bool>,
+    /// Per row: the head's logit, the logged label and the candidate's kind.
+    rows: Vec<(f32, bool, CandidateKind)>,
+}
+
+impl HeadRows {
+    fn logits_and_labels(&self) -> (Vec<f32>, Vec<bool>) {
+        self.rows
+            .iter()
+            .map(|(logit, label, _)| (*logit, *label))
+            .unzip()
+    }
 }
 
 impl BaseValidation {
@@ -749,19 +759,17 @@ impl BaseValidation {
             .enumerate()
             .filter_map(|(position, head)| {
                 let label = Label::of_field(&head.field)?;
-                let (head_logits, labels) = self
+                let rows = self
                     .set
                     .rows
                     .iter()
                     .enumerate()
                     .filter(|(_, row)| head.kinds.contains(&row.kind))
-                    .map(|(index, row)| (logits[index * width + head.index], label.of(row)))
-                    .unzip();
-                Some(HeadRows {
-                    position,
-                    logits: head_logits,
-                    labels,
-                })
+                    .map(|(index, row)| {
+                        (logits[index * width + head.index], label.of(row), row.kind)
+                    })
+                    .collect();
+                Some(HeadRows { position, rows })
             })
             .collect())
     }
@@ -783,16 +791,15 @@ fn base_head_quality(
         .head_rows(network, heads)?
         .into_iter()
         .filter_map(|rows| {
-            Some((
-                heads[rows.position].name.clone(),
-                logit_ap(&rows.logits, &rows.labels)?,
-            ))
+            let (logits, labels) = rows.logits_and_labels();
+            Some((heads[rows.position].name.clone(), logit_ap(&logits, &labels)?))
         })
         .collect())
 }
 
 /// Refits the calibration of every base head with logged labels on the world's
-/// validation rows, and returns their validation AP.
+/// validation rows, per kind for a head serving both as the trainer calibrates it, and
+/// returns their validation AP.
 fn recalibrate_base_heads(
     network: &mut Network,
     heads: &mut [HeadSpec],
@@ -801,8 +808,11 @@ fn recalibrate_base_heads(
     let mut quality_by_head = BTreeMap::new();
     for rows in base.head_rows(network, heads)? {
         let head = &mut heads[rows.position];
-        head.calibration = calibrate::fit_head(&rows.logits, &rows.labels).0;
-        if let Some(ap) = logit_ap(&rows.logits, &rows.labels) {
+        let fitted = calibrate::fit_per_kind(&head.kinds, &rows.rows);
+        head.calibration = fitted.calibration;
+        head.calibration_by_kind = fitted.by_kind;
+        let (logits, labels) = rows.logits_and_labels();
+        if let Some(ap) = logit_ap(&logits, &labels) {
             quality_by_head.insert(head.name.clone(), ap);
         }
     }
