@@ -80,7 +80,10 @@ pub struct HeadCalibration {
 /// Calibrates a head serving `kinds` on its natural-distribution rows `(logit, label,
 /// kind)`: one Platt scaling on all of them, and for a head serving several kinds one per
 /// kind that has both classes among its rows (otherwise that kind keeps the head's).
-pub fn fit_per_kind(kinds: &[CandidateKind], rows: &[(f32, bool, CandidateKind)]) -> HeadCalibration {
+pub fn fit_per_kind(
+    kinds: &[CandidateKind],
+    rows: &[(f32, bool, CandidateKind)],
+) -> HeadCalibration {
     let of_kinds = |wanted: &[CandidateKind]| -> (Vec<f32>, Vec<bool>) {
         rows.iter()
             .filter(|(_, _, kind)| wanted.contains(kind))

@@ -586,8 +586,9 @@ pub fn fine_tune(
 }
 
 /// The epoch loop on the objective's labels: shuffled batches (assembled on the trainer's
-/// producer thread), validation log loss after each epoch, early stopping, the best
-/// epoch restored.
+/// producer thread, [`fit::run_steps`]), validation log loss after each epoch, the
+/// trainer's early stopping ([`Best`]: `--patience` epochs in a row without a lower loss
+/// end it), the best epoch restored and untrained rows sent to the unknown row.
 fn train(
     network: &mut Network,
     inputs: &Inputs<'_>,
@@ -644,6 +645,10 @@ fn train(
     progress.finish_and_clear();
     let (score, best_epoch, state) = best.state.context("no epoch ran")?;
     network.restore(&state)?;
+    // As the trainer does: a row no step updated (in `scratch`, the ids the labels never
+    // show) takes the unknown row's values instead of serving its random initialization.
+    // A base's rows count as trained, so the other modes replace none.
+    let untrained_rows = network.fall_back_untrained_rows();
     Ok(json!({
         "mode": settings.mode,
         "learning_rate": settings.learning_rate(),
@@ -651,6 +656,7 @@ fn train(
         "fit_rows": fit.len(),
         "best_epoch": best_epoch,
         "best_validation_log_loss": -score,
+        "untrained_rows": untrained_rows,
         "history": history,
     }))
 }
@@ -792,7 +798,10 @@ fn base_head_quality(
         .into_iter()
         .filter_map(|rows| {
             let (logits, labels) = rows.logits_and_labels();
-            Some((heads[rows.position].name.clone(), logit_ap(&logits, &labels)?))
+            Some((
+                heads[rows.position].name.clone(),
+                logit_ap(&logits, &labels)?,
+            ))
         })
         .collect())
 }
