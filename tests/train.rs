@@ -457,6 +457,42 @@ fn balanced_sampler_keeps_the_promotion_share() {
     }
 }
 
+/// A source's first full pass ends with the draw of its last training row, not a
+/// coupon collector's tail later: the next pass over the file begins only once the
+/// buffer holds no row of the one before.
+#[test]
+fn a_full_pass_ends_when_every_training_row_is_drawn() {
+    use podscore::train::sampler::SourceStream;
+    use rand::SeedableRng;
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("world");
+    small_world(&data);
+    let path = podscore::logs::impressions_path(&data, CandidateKind::Promotion);
+    let days = 0..5;
+    let mut training_rows = 0;
+    for group in podscore::logs::open_impressions(&path).unwrap() {
+        training_rows += group
+            .unwrap()
+            .iter()
+            .filter(|row| days.contains(&row.day))
+            .count();
+    }
+    // A buffer far smaller than the rows, so that passes would overlap.
+    let mut stream = SourceStream::new(path, days, 1_000);
+    assert!(training_rows > 10 * 1_000, "{training_rows} rows");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..training_rows - 1 {
+        stream.draw(&mut rng).unwrap();
+    }
+    assert_eq!(stream.full_passes(), 0, "a row of the first pass is left");
+    stream.draw(&mut rng).unwrap();
+    assert_eq!(
+        stream.full_passes(),
+        1,
+        "every row of the first pass was drawn"
+    );
+}
+
 /// The two embedding bugs of issue 14 stay fixed: trained to the end of its warm-up
 /// (every training row in a batch at least once), no embedding row of a bundle is left
 /// at its initialization unless its token never occurred in the variant's training rows;

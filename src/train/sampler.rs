@@ -61,6 +61,13 @@ impl SourceStream {
         let mut reopened = false;
         while self.buffer.len() < self.capacity {
             if self.reader.is_none() {
+                // The file's end was reached and rows of that pass still wait: the next
+                // pass begins only once they are drawn. Mixing the next pass's rows in
+                // would leave the last of them to a coupon collector's tail (about
+                // another pass of draws), delaying the end of the protocol's warm-up.
+                if self.passes.last().is_some_and(|pass| pass.finished) && !self.buffer.is_empty() {
+                    break;
+                }
                 if reopened && self.rows_this_pass == 0 {
                     anyhow::bail!(
                         "{}: no rows in training days {:?}",
@@ -96,11 +103,6 @@ impl SourceStream {
                 None => {
                     self.reader = None;
                     self.passes[pass].finished = true;
-                    // A pass just ended; stop refilling if the buffer has rows, so that
-                    // the next pass starts only once these are drawn.
-                    if !self.buffer.is_empty() {
-                        break;
-                    }
                 }
             }
         }
