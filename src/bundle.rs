@@ -190,7 +190,25 @@ pub struct HeadSpec {
     /// Candidate kinds whose `field` this head fills.
     pub kinds: Vec<CandidateKind>,
     pub field: ResponseField,
+    /// The head's Platt scaling, for every kind it serves that `calibration_by_kind` does
+    /// not name.
     pub calibration: Calibration,
+    /// Platt scaling fitted on one kind's validation rows, for a head serving several
+    /// kinds: one head's logits need not mean the same probability for an ad as for a
+    /// promotion (their base rates differ about fourfold, and a single-source variant has
+    /// never seen the other kind), and an auction ranking ads by probability per unit
+    /// cost needs the ad's own. Absent from older manifests, which calibrate per head.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub calibration_by_kind: BTreeMap<CandidateKind, Calibration>,
+}
+
+impl HeadSpec {
+    /// The calibration this head applies to candidates of `kind`.
+    pub fn calibration_for(&self, kind: CandidateKind) -> &Calibration {
+        self.calibration_by_kind
+            .get(&kind)
+            .unwrap_or(&self.calibration)
+    }
 }
 
 /// Shape of the network; weights live in the ONNX file.
@@ -398,7 +416,7 @@ impl Heads {
                 *slot = Some(HeadColumn {
                     name: head.name.clone(),
                     index: head.index,
-                    calibration: head.calibration.clone(),
+                    calibration: head.calibration_for(kind).clone(),
                 });
             }
         }
@@ -738,11 +756,13 @@ mod tests {
                 slope: 2.0,
                 intercept: -1.0,
             },
+            calibration_by_kind: BTreeMap::new(),
         }
     }
 
-    /// The head serving a candidate's kind fills its field, calibrated; a field no head
-    /// fills is null; a wrong-width row and two heads for one (kind, field) are refused.
+    /// The head serving a candidate's kind fills its field, calibrated for that kind; a
+    /// field no head fills is null; a wrong-width row and two heads for one (kind, field)
+    /// are refused.
     #[test]
     fn heads_select_by_kind_and_calibrate() {
         let mut manifest: Manifest = serde_json::from_value(serde_json::json!({
@@ -761,6 +781,15 @@ mod tests {
             head("ad_stream", 1, &[CandidateKind::Ad], ResponseField::Stream),
             head("click", 2, &CandidateKind::ALL, ResponseField::Click),
         ];
+        // The click head has its own scaling for ads; promotions keep the head's.
+        manifest.heads[2].calibration_by_kind.insert(
+            CandidateKind::Ad,
+            Calibration {
+                method: "platt".into(),
+                slope: 0.5,
+                intercept: 0.25,
+            },
+        );
         let heads = Heads::resolve(&manifest).unwrap();
         let logits = [0.5, -0.25, 1.0];
         let stream = |kind| {
@@ -773,6 +802,16 @@ mod tests {
             Some(sigmoid(2.0 * 0.5 - 1.0))
         );
         assert_eq!(stream(CandidateKind::Ad), Some(sigmoid(2.0 * -0.25 - 1.0)));
+        let click = |kind| {
+            heads
+                .probability(kind, &ResponseField::Click, &logits)
+                .unwrap()
+        };
+        assert_eq!(click(CandidateKind::Ad), Some(sigmoid(0.5 * 1.0 + 0.25)));
+        assert_eq!(
+            click(CandidateKind::Promotion),
+            Some(sigmoid(2.0 * 1.0 - 1.0))
+        );
         let like = heads.probability(CandidateKind::Ad, &ResponseField::Like, &logits);
         assert_eq!(like, Ok(None));
         assert_eq!(

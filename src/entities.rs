@@ -110,6 +110,9 @@ record! {
         pub timestamp: i64,
         pub surface: String,
         pub session_length_s: f64,
+        /// Primary genre of the show playing when an ad runs inside it (the ad's host);
+        /// absent outside playback and in worlds that do not log it.
+        pub host_genre: String,
     }
 }
 

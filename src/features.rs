@@ -90,6 +90,8 @@ pub enum Source {
     ContextDayOfWeek,
     #[serde(rename = "context.session_length_s")]
     ContextSessionLength,
+    #[serde(rename = "context.host_genre")]
+    ContextHostGenre,
     #[serde(rename = "candidate.kind")]
     CandidateKind,
     #[serde(rename = "show.id")]
@@ -126,7 +128,7 @@ impl Source {
         match self {
             UserCountry | UserPlatform | UserAgeBucket | UserHistory | UserFollows
             | UserSearchTopics | ContextSurface | ContextHourOfDay | ContextDayOfWeek
-            | ContextSessionLength => Scope::Request,
+            | ContextSessionLength | ContextHostGenre => Scope::Request,
             _ => Scope::Candidate,
         }
     }
@@ -364,8 +366,11 @@ impl VocabularyBuilder {
     }
 
     fn observe(&mut self, spec: &FeatureSpec, value: RawValue<'_>) {
-        let vocab = match &spec.transform {
-            Transform::Id { vocab } | Transform::IdBag { vocab, .. } => vocab,
+        // A bag counts only the tokens assembly keeps (its first `max_len`): a token seen
+        // only past them would get a row that no input ever reaches.
+        let (vocab, kept) = match &spec.transform {
+            Transform::Id { vocab } => (vocab, 1),
+            Transform::IdBag { vocab, max_len } => (vocab, *max_len),
             _ => return,
         };
         let counts = self.counts.entry(vocab.clone()).or_default();
@@ -378,7 +383,7 @@ impl VocabularyBuilder {
         };
         match value {
             RawValue::Text(token) => count(token),
-            RawValue::Texts(tokens) => tokens.iter().for_each(|token| count(token)),
+            RawValue::Texts(tokens) => tokens.iter().take(kept).for_each(|token| count(token)),
             _ => {}
         }
     }
@@ -463,6 +468,7 @@ fn request_value<'a>(source: Source, view: &RequestView<'a>) -> RawValue<'a> {
             RawValue::Text(WEEKDAYS[seconds.div_euclid(86_400).rem_euclid(7) as usize])
         }),
         Source::ContextSessionLength => number(context.session_length_s),
+        Source::ContextHostGenre => text(context.host_genre.as_ref()),
         _ => RawValue::Missing,
     }
 }
@@ -886,31 +892,31 @@ fn write_feature(
 /// The feature set of podscore's models, in input order: the paper's four groups. The
 /// trainer fills numeric statistics from training data; everyone else reads the result
 /// from the manifest, never from here.
+///
+/// Every id feature has a vocabulary of its own, named after it and counted from its own
+/// occurrences: a show kept because users listen to it (`user_history`) is not thereby in
+/// `show_id`'s vocabulary, whose rows the trainer only reaches through candidates. A
+/// shared vocabulary with one table per feature left rows that no training row ever
+/// reached at their random initialization (issue 14); tying the tables instead would
+/// make a show's candidate embedding whatever its listening history taught it, and need
+/// a graph with shared tables.
 pub fn default_definitions() -> Vec<FeatureDefinition> {
-    fn id(name: &'static str, group: Group, source: Source, vocab: &str) -> FeatureDefinition {
+    fn id(name: &'static str, group: Group, source: Source) -> FeatureDefinition {
         FeatureDefinition {
             name,
             group,
             source,
-            transform: Transform::Id {
-                vocab: vocab.into(),
-            },
+            transform: Transform::Id { vocab: name.into() },
             marks_cold_start: false,
         }
     }
-    fn bag(
-        name: &'static str,
-        group: Group,
-        source: Source,
-        vocab: &str,
-        max_len: usize,
-    ) -> FeatureDefinition {
+    fn bag(name: &'static str, group: Group, source: Source, max_len: usize) -> FeatureDefinition {
         FeatureDefinition {
             name,
             group,
             source,
             transform: Transform::IdBag {
-                vocab: vocab.into(),
+                vocab: name.into(),
                 max_len,
             },
             marks_cold_start: false,
@@ -932,43 +938,28 @@ pub fn default_definitions() -> Vec<FeatureDefinition> {
     }
     use Group::*;
     vec![
-        id("user_country", User, Source::UserCountry, "country"),
-        id("user_platform", User, Source::UserPlatform, "platform"),
-        id("user_age_bucket", User, Source::UserAgeBucket, "age_bucket"),
-        bag("user_history", User, Source::UserHistory, "show", 20),
-        bag("user_follows", User, Source::UserFollows, "show", 10),
-        bag(
-            "user_search_topics",
-            User,
-            Source::UserSearchTopics,
-            "topic",
-            8,
-        ),
-        id(
-            "context_surface",
-            Context,
-            Source::ContextSurface,
-            "surface",
-        ),
-        id("context_hour", Context, Source::ContextHourOfDay, "hour"),
-        id(
-            "context_weekday",
-            Context,
-            Source::ContextDayOfWeek,
-            "weekday",
-        ),
+        id("user_country", User, Source::UserCountry),
+        id("user_platform", User, Source::UserPlatform),
+        id("user_age_bucket", User, Source::UserAgeBucket),
+        bag("user_history", User, Source::UserHistory, 20),
+        bag("user_follows", User, Source::UserFollows, 10),
+        bag("user_search_topics", User, Source::UserSearchTopics, 8),
+        id("context_surface", Context, Source::ContextSurface),
+        id("context_hour", Context, Source::ContextHourOfDay),
+        id("context_weekday", Context, Source::ContextDayOfWeek),
         numeric(
             "context_session_length",
             Context,
             Source::ContextSessionLength,
         ),
-        id("candidate_kind", Creative, Source::CandidateKind, "kind"),
+        id("context_host_genre", Context, Source::ContextHostGenre),
+        id("candidate_kind", Creative, Source::CandidateKind),
         FeatureDefinition {
             marks_cold_start: true,
-            ..id("show_id", Content, Source::ShowId, "show")
+            ..id("show_id", Content, Source::ShowId)
         },
-        bag("show_genres", Content, Source::ShowGenres, "genre", 3),
-        bag("show_topics", Content, Source::ShowTopics, "topic", 5),
+        bag("show_genres", Content, Source::ShowGenres, 3),
+        bag("show_topics", Content, Source::ShowTopics, 5),
         FeatureDefinition {
             name: "show_embedding",
             group: Content,
@@ -977,23 +968,13 @@ pub fn default_definitions() -> Vec<FeatureDefinition> {
             marks_cold_start: false,
         },
         numeric("show_streams_30d", Content, Source::ShowStreams30d),
-        id("episode_id", Content, Source::EpisodeId, "episode"),
-        bag("episode_topics", Content, Source::EpisodeTopics, "topic", 5),
+        id("episode_id", Content, Source::EpisodeId),
+        bag("episode_topics", Content, Source::EpisodeTopics, 5),
         numeric("episode_duration", Content, Source::EpisodeDuration),
-        id("campaign_id", Creative, Source::CampaignId, "campaign"),
-        id("creative_id", Creative, Source::CreativeId, "creative"),
-        id(
-            "creative_format",
-            Creative,
-            Source::CreativeFormat,
-            "format",
-        ),
-        id("creative_slot", Creative, Source::CreativeSlot, "slot"),
-        id(
-            "creative_layout",
-            Creative,
-            Source::CreativeLayout,
-            "layout",
-        ),
+        id("campaign_id", Creative, Source::CampaignId),
+        id("creative_id", Creative, Source::CreativeId),
+        id("creative_format", Creative, Source::CreativeFormat),
+        id("creative_slot", Creative, Source::CreativeSlot),
+        id("creative_layout", Creative, Source::CreativeLayout),
     ]
 }

@@ -284,6 +284,7 @@ pub mod testing {
                 kinds,
                 field,
                 calibration: Calibration::identity(),
+                calibration_by_kind: Default::default(),
             };
         vec![
             head("promo_stream", 0, vec![Promotion], ResponseField::Stream),
@@ -311,21 +312,56 @@ pub mod testing {
         }
     }
 
-    /// Vocabularies for every name the manifest uses. Kind, hour and weekday get their
-    /// real tokens so that assembly maps them; the others synthetic `{name}_{i}` tokens.
+    /// The family of synthetic tokens a feature's vocabulary holds: what its source reads,
+    /// so that a show id, a history entry and a follow share `show_{i}` tokens as real ids
+    /// would, although each feature has a vocabulary of its own.
+    fn token_family(source: Source) -> &'static str {
+        match source {
+            Source::ShowId | Source::UserHistory | Source::UserFollows => "show",
+            Source::EpisodeId => "episode",
+            Source::CampaignId => "campaign",
+            Source::CreativeId => "creative",
+            Source::UserSearchTopics | Source::ShowTopics | Source::EpisodeTopics => "topic",
+            Source::ShowGenres | Source::ContextHostGenre => "genre",
+            Source::UserCountry => "country",
+            Source::UserPlatform => "platform",
+            Source::UserAgeBucket => "age_bucket",
+            Source::ContextSurface => "surface",
+            Source::CreativeFormat => "format",
+            Source::CreativeSlot => "slot",
+            Source::CreativeLayout => "layout",
+            Source::CandidateKind => "kind",
+            Source::ContextHourOfDay => "hour",
+            Source::ContextDayOfWeek => "weekday",
+            Source::ContextSessionLength
+            | Source::ShowEmbedding
+            | Source::ShowStreams30d
+            | Source::EpisodeDuration => "other",
+        }
+    }
+
+    /// Vocabularies for every id feature of the manifest. Kind, hour and weekday get their
+    /// real tokens so that assembly maps them; the others synthetic `{family}_{i}` tokens
+    /// (see [`token_family`]).
     pub fn random_vocabularies(manifest: &Manifest, sizes: VocabularySizes) -> Vocabularies {
         manifest
-            .vocabulary_names()
-            .into_iter()
-            .map(|name| {
-                let tokens: Vec<String> = match name.as_str() {
+            .features
+            .iter()
+            .filter_map(|spec| match &spec.transform {
+                Transform::Id { vocab } | Transform::IdBag { vocab, .. } => {
+                    Some((vocab.clone(), token_family(spec.source)))
+                }
+                _ => None,
+            })
+            .map(|(name, family)| {
+                let tokens: Vec<String> = match family {
                     "kind" => vec!["ad".into(), "promotion".into()],
                     "hour" => (0..24).map(|hour| format!("h{hour:02}")).collect(),
                     "weekday" => ["thu", "fri", "sat", "sun", "mon", "tue", "wed"]
                         .map(String::from)
                         .to_vec(),
                     _ => {
-                        let count = match name.as_str() {
+                        let count = match family {
                             "show" => sizes.show,
                             "episode" => sizes.episode,
                             "campaign" => sizes.campaign,
@@ -333,7 +369,9 @@ pub mod testing {
                             "topic" => sizes.topic,
                             _ => sizes.other,
                         };
-                        (0..count).map(|index| format!("{name}_{index}")).collect()
+                        (0..count)
+                            .map(|index| format!("{family}_{index}"))
+                            .collect()
                     }
                 };
                 (name, Vocabulary::from_tokens(tokens))
@@ -438,6 +476,7 @@ pub mod testing {
             timestamp: Some(source.rng.random_range(0..2_000_000_000)),
             surface: source.maybe_token(Source::ContextSurface),
             session_length_s: source.number(7_200.0),
+            host_genre: source.maybe_token(Source::ContextHostGenre),
         };
         let embedding_dim = manifest
             .features

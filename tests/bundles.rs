@@ -66,7 +66,7 @@ fn a_graph_linked_outside_the_bundle_is_refused() {
 fn a_fifo_as_a_vocabulary_is_refused_without_hanging() {
     let server = TestServer::start(Setup::default());
     let dir = common::write_bundle(server.dir(), MODEL, 2, 5, Golden::Correct);
-    let vocabulary = dir.join(bundle::VOCAB_DIR).join("show.txt");
+    let vocabulary = dir.join(bundle::VOCAB_DIR).join("show_id.txt");
     std::fs::remove_file(&vocabulary).unwrap();
     let made = Command::new("mkfifo").arg(&vocabulary).status().unwrap();
     assert!(made.success(), "mkfifo (coreutils) makes the FIFO");
@@ -84,7 +84,7 @@ fn vocabulary_names_must_be_plain_and_files_within_their_caps() {
     let dir = common::write_bundle(server.dir(), MODEL, 2, 5, Golden::Correct);
     edit_manifest(&dir, |manifest| {
         for feature in manifest["features"].as_array_mut().unwrap() {
-            if feature["transform"]["vocab"] == json!("country") {
+            if feature["transform"]["vocab"] == json!("user_country") {
                 feature["transform"]["vocab"] = json!("/etc/podscore-country");
             }
         }
@@ -105,7 +105,7 @@ fn vocabularies_must_match_their_tables() {
     for extra in [true, false] {
         let server = TestServer::start(Setup::default());
         let dir = common::write_bundle(server.dir(), MODEL, 2, 5, Golden::Correct);
-        let path = dir.join(bundle::VOCAB_DIR).join("campaign.txt");
+        let path = dir.join(bundle::VOCAB_DIR).join("campaign_id.txt");
         let text = std::fs::read_to_string(&path).unwrap();
         let changed = if extra {
             format!("{text}campaign_extra\n")

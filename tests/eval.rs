@@ -11,6 +11,9 @@ use podscore::eval::curves::CurveGrid;
 use podscore::eval::{self, EXPERIMENTS, EvalArgs, Preset, ReplayArgs, ReproduceArgs, Switch};
 use serde_json::Value;
 
+/// Training seeds per Table 1 variant in the shared reproduction.
+const TEST_SEEDS: usize = 2;
+
 /// One small reproduction shared by every test of this file (it takes minutes).
 fn reproduction() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
@@ -50,6 +53,9 @@ fn reproduction() -> &'static Path {
                 curve_seeds: Some(2),
                 curve_objectives: Some(vec!["video_follow".into()]),
             },
+            // Two seeds per Table 1 variant (the command's default is 3): enough for
+            // seed groups and intervals over seeds, in half the time of the third.
+            seeds: TEST_SEEDS,
             quiet: true,
             ..ReproduceArgs::new(out.clone(), Preset::Small)
         };
@@ -66,8 +72,19 @@ fn report_json() -> Value {
     serde_json::from_str(&text).expect("report.json is JSON")
 }
 
+/// The bundle of an experiment's first training seed.
 fn bundle_dir(label: &str) -> PathBuf {
     reproduction().join("models").join(label).join("1")
+}
+
+/// The bundles of every training seed of an experiment, in version order.
+fn seed_dirs(label: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(reproduction().join("models").join(label))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    dirs.sort();
+    dirs
 }
 
 fn eval_args(bundles: Vec<PathBuf>, out: &Path) -> EvalArgs {
@@ -126,9 +143,27 @@ fn reproduce_small_writes_a_complete_report() {
     let bundles = labels(&report["bundles"], "label");
     let table = labels(&report["table1"], "experiment");
     let arms = labels(&report["replay"]["arms"], "label");
+    // Table 1 variants train every seed, evaluated as one experiment; the others one.
+    for experiment in EXPERIMENTS {
+        let row = report["experiments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["label"] == experiment.label)
+            .unwrap_or_else(|| panic!("{} missing from experiments", experiment.label));
+        let seeds = row["seeds"].as_array().unwrap().len();
+        assert_eq!(
+            seeds,
+            if experiment.table1 { TEST_SEEDS } else { 1 },
+            "{}: {row}",
+            experiment.label
+        );
+        assert_eq!(seed_dirs(experiment.label).len(), seeds);
+    }
     for experiment in EXPERIMENTS {
         assert!(
-            bundles.contains(&experiment.label.to_string()),
+            bundles.iter().any(|bundle| bundle == experiment.label
+                || bundle.starts_with(&format!("{}/v", experiment.label))),
             "{} missing from bundles",
             experiment.label
         );
@@ -179,13 +214,16 @@ fn reproduce_small_writes_a_complete_report() {
     }
     let plots = report["plots"].as_array().unwrap();
     assert!(plots.len() >= 2 + EXPERIMENTS.len(), "{plots:?}");
-    for name in [
-        "ap_by_group.png",
-        "replay_by_group.png",
-        "reliability_mtl.png",
-    ] {
+    for name in ["ap_by_group.png", "replay_by_group.png"] {
         assert!(plots.iter().any(|p| p == name), "{name} not listed");
     }
+    // One reliability diagram per bundle, so per seed of the joint model.
+    assert!(
+        plots
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("reliability_mtl-v")),
+        "no reliability diagram of mtl: {plots:?}"
+    );
     for plot in plots {
         let path = reproduction().join("report").join(plot.as_str().unwrap());
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -476,13 +514,13 @@ fn eval_refuses_an_empty_test_split() {
     );
 }
 
-/// Evaluating one bundle by itself gives the same AP as in the full reproduction: the
-/// scores do not depend on which other bundles are evaluated beside it.
+/// Evaluating one experiment (its seeds) by itself gives the same AP as in the full
+/// reproduction: the scores do not depend on which other bundles are evaluated beside it.
 #[test]
 fn eval_of_one_bundle_matches_the_reproduction() {
     let scratch = tempfile::tempdir().unwrap();
     let out = scratch.path().join("report");
-    eval::run(&eval_args(vec![bundle_dir("ads-anc")], &out)).unwrap();
+    eval::run(&eval_args(seed_dirs("ads-anc"), &out)).unwrap();
     let alone: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let full = report_json();
@@ -567,6 +605,7 @@ fn head_metrics_match_a_hand_computed_ap() {
         kinds: vec![CandidateKind::Ad],
         field: ResponseField::Stream,
         calibration: Calibration::identity(),
+        calibration_by_kind: Default::default(),
     };
     let scores = Scores {
         heads: vec![head],

@@ -56,8 +56,8 @@ prop_compose! {
 
 prop_compose! {
     fn context()(timestamp in proptest::option::of(any::<i64>()), surface in proptest::option::of(token()),
-                 session_length_s in number()) -> ContextRecord {
-        ContextRecord { timestamp, surface, session_length_s }
+                 session_length_s in number(), host_genre in proptest::option::of(token())) -> ContextRecord {
+        ContextRecord { timestamp, surface, session_length_s, host_genre }
     }
 }
 
@@ -179,7 +179,7 @@ proptest! {
                 check_tensors(&assembler, &vocabularies, Scope::Candidate, &tensors, candidates.len());
                 for (row, candidate) in candidates.iter().enumerate() {
                     let known = candidate.show_id.as_deref().or(candidate.show.as_ref().and_then(|s| s.id.as_deref()))
-                        .is_some_and(|id| vocabularies["show"].lookup(id) != 0);
+                        .is_some_and(|id| vocabularies["show_id"].lookup(id) != 0);
                     prop_assert_eq!(tensors.cold_start[row], !known);
                 }
             }
@@ -320,7 +320,7 @@ fn vocabularies_are_built_by_count_with_index_zero_reserved() {
         }
     }
     let vocabularies = builder.build(2);
-    let country = &vocabularies["country"];
+    let country = &vocabularies["user_country"];
     assert_eq!(country.tokens(), ["de", "at", "se"]);
     assert_eq!(country.len(), 4);
     assert_eq!(country.lookup("de"), 1);

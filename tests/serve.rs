@@ -512,6 +512,21 @@ async fn bad_input_gets_its_status_and_error_body() {
         &app,
         post_json(
             "/score",
+            json!({"context": {"host_genre": "g".repeat(257)}, "candidates": [ad("c0")]})
+                .to_string(),
+        ),
+        unprocessable,
+        error(
+            "string_too_long",
+            "string of 257 bytes; at most 256 allowed",
+            Some("context.host_genre"),
+        ),
+    )
+    .await;
+    check(
+        &app,
+        post_json(
+            "/score",
             json!({"context": {"timestamp": "last tuesday"}, "candidates": [ad("c0")]}).to_string(),
         ),
         unprocessable,
@@ -1108,6 +1123,7 @@ const FIELD_NAMES: &[&str] = &[
     "timestamp",
     "surface",
     "session_length_s",
+    "host_genre",
     "genres",
     "topics",
     "embedding",

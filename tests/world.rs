@@ -90,6 +90,7 @@ fn sample_impression(id: u64) -> Impression {
             timestamp: Some(timestamp),
             surface: (!id.is_multiple_of(7)).then(|| "home".to_string()),
             session_length_s: (!id.is_multiple_of(4)).then_some(id as f64 * 0.5),
+            host_genre: id.is_multiple_of(3).then(|| "comedy".to_string()),
         },
         cost: 0.0123,
         stream: id.is_multiple_of(2),
@@ -980,6 +981,33 @@ fn knobs_are_recorded_and_change_the_world() {
             .expect("promotions")
     };
     assert_eq!(promotions(&plain), promotions(&knobs));
+    // With ad structure the ads log their host genre (a genre of the catalog), so that
+    // features can see it; the default world's files have no such column.
+    let ads = |dir: &Path| {
+        logs::read_impressions(&logs::impressions_path(dir, CandidateKind::Ad)).expect("ads")
+    };
+    let genres: HashSet<String> = logs::read_snapshot(&knobs)
+        .expect("snapshot")
+        .shows
+        .values()
+        .flat_map(|show| show.genres.clone().unwrap_or_default())
+        .collect();
+    assert!(ads(&knobs).iter().all(|row| {
+        row.context
+            .host_genre
+            .as_ref()
+            .is_some_and(|genre| genres.contains(genre))
+    }));
+    assert!(
+        ads(&plain)
+            .iter()
+            .all(|row| row.context.host_genre.is_none())
+    );
+    assert!(
+        promotions(&knobs)
+            .iter()
+            .all(|row| row.context.host_genre.is_none())
+    );
 }
 
 /// The oracle rebuilds the world from `world.json`: it recomputes every logged true

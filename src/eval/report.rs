@@ -101,7 +101,7 @@ pub struct BundleReport {
     pub variant: Option<String>,
     pub mask: Option<String>,
     pub promo_share: Option<f64>,
-    pub best_epoch: Option<u64>,
+    pub best_epoch: Option<f64>,
     pub training_steps: Option<u64>,
     pub scoring_seconds: f64,
     pub runtime_calls: usize,
@@ -132,7 +132,7 @@ impl BundleReport {
             variant: text("variant"),
             mask: text("mask"),
             promo_share: candidate.setting("promo_share").and_then(|v| v.as_f64()),
-            best_epoch: manifest.metrics.get("best_epoch").and_then(|v| v.as_u64()),
+            best_epoch: manifest.metrics.get("best_epoch").and_then(|v| v.as_f64()),
             training_steps: manifest.metrics.get("steps").and_then(|v| v.as_u64()),
             scoring_seconds: scores.seconds,
             runtime_calls: scores.runtime_calls,
@@ -409,16 +409,22 @@ pub fn markdown(report: &Report) -> String {
         if let Some(trainings) = reproduction["trainings"].as_array() {
             let _ = writeln!(
                 md,
-                "| bundle | seed | purpose | training seconds |\n|---|---|---|---|"
+                "| bundle | seed | purpose | training seconds | stopped by | checkpoint after the warm-up |\n|---|---|---|---|---|---|"
             );
             for training in trainings {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {:.0} |",
+                    "| {} | {} | {} | {:.0} | {} | {} |",
                     training["label"].as_str().unwrap_or("?"),
                     training["seed"],
                     training["purpose"].as_str().unwrap_or(""),
-                    training["seconds"].as_f64().unwrap_or(0.0)
+                    training["seconds"].as_f64().unwrap_or(0.0),
+                    training["stopped_by"].as_str().unwrap_or("?"),
+                    match training["warmed_up"].as_bool() {
+                        Some(true) => "yes",
+                        Some(false) => "no",
+                        None => "?",
+                    }
                 );
             }
             md.push('\n');
@@ -451,7 +457,7 @@ pub fn markdown(report: &Report) -> String {
             "| {} | {} | {} | {} | {:.1} | {} | `{}` |",
             b.label,
             b.seed.map_or("?".into(), |s| s.to_string()),
-            b.best_epoch.map_or("?".into(), |e| e.to_string()),
+            b.best_epoch.map_or("?".into(), |e| format!("{e:.2}")),
             b.training_steps.map_or("?".into(), |e| e.to_string()),
             b.scoring_seconds,
             b.runtime_calls,

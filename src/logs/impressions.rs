@@ -49,10 +49,16 @@ pub struct Impression {
     pub p_follow: f64,
 }
 
-/// The Arrow schema of both impression files (column order is the file's column order).
-pub fn impression_schema() -> SchemaRef {
+/// The optional last column: the ad's host genre (`ContextRecord::host_genre`), written
+/// only by writers created for it, so that files without it stay as they always were.
+pub const HOST_GENRE_COLUMN: &str = "host_genre";
+
+/// The Arrow schema of both impression files (column order is the file's column order),
+/// without or with the host genre column.
+pub fn impression_schema(host_genre: bool) -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
+    static WITH_HOST: OnceLock<SchemaRef> = OnceLock::new();
+    let base = SCHEMA
         .get_or_init(|| {
             let required = |name: &str, data_type: DataType| Field::new(name, data_type, false);
             let optional = |name: &str, data_type: DataType| Field::new(name, data_type, true);
@@ -83,11 +89,22 @@ pub fn impression_schema() -> SchemaRef {
                 required("p_follow", DataType::Float64),
             ]))
         })
+        .clone();
+    if !host_genre {
+        return base;
+    }
+    WITH_HOST
+        .get_or_init(|| {
+            let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(HOST_GENRE_COLUMN, DataType::Utf8, true));
+            Arc::new(Schema::new(fields))
+        })
         .clone()
 }
 
 pub(super) fn impressions_to_batch(
     rows: &[Impression],
+    host_genre: bool,
 ) -> Result<RecordBatch, arrow_schema::ArrowError> {
     fn strings<'a>(
         rows: &'a [Impression],
@@ -113,7 +130,7 @@ pub(super) fn impressions_to_batch(
         }
         Arc::new(builder.finish())
     }
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(UInt64Array::from_iter_values(
             rows.iter().map(|row| row.impression_id),
         )),
@@ -147,7 +164,10 @@ pub(super) fn impressions_to_batch(
         floats(rows, |row| Some(row.p_like)),
         floats(rows, |row| Some(row.p_follow)),
     ];
-    RecordBatch::try_new(impression_schema(), columns)
+    if host_genre {
+        columns.push(strings(rows, |row| row.context.host_genre.as_deref()));
+    }
+    RecordBatch::try_new(impression_schema(host_genre), columns)
 }
 
 /// Decodes one record batch; `first_row` is the batch's first row within the file, so
@@ -182,6 +202,10 @@ pub(super) fn impressions_from_batch(
     let p_click = FloatColumn::new(batch, &place, "p_click")?;
     let p_like = FloatColumn::new(batch, &place, "p_like")?;
     let p_follow = FloatColumn::new(batch, &place, "p_follow")?;
+    let host_genre = match batch.schema().column_with_name(HOST_GENRE_COLUMN) {
+        Some(_) => Some(StringColumn::new(batch, &place, HOST_GENRE_COLUMN)?),
+        None => None,
+    };
 
     let mut rows = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
@@ -222,6 +246,9 @@ pub(super) fn impressions_from_batch(
                 timestamp: Some(timestamp),
                 surface: surface.optional_string(row),
                 session_length_s: session_length_s.get(row),
+                host_genre: host_genre
+                    .as_ref()
+                    .and_then(|column| column.optional_string(row)),
             },
             cost: cost.required(&place, row)?,
             stream: stream.required(&place, row)?,
@@ -332,18 +359,25 @@ pub struct ImpressionWriter {
     path: PathBuf,
     writer: ArrowWriter<BufWriter<File>>,
     rows_written: u64,
+    host_genre: bool,
 }
 
 impl ImpressionWriter {
-    /// Creates (or truncates) `path`; its folder must exist.
+    /// Creates (or truncates) `path`; its folder must exist. The file has no host genre
+    /// column.
     pub fn create(path: &Path) -> Result<ImpressionWriter, LogError> {
+        ImpressionWriter::create_with(path, false)
+    }
+
+    /// Creates (or truncates) `path`, with the host genre column when `host_genre`.
+    pub fn create_with(path: &Path, host_genre: bool) -> Result<ImpressionWriter, LogError> {
         let file = File::create(path).map_err(|source| LogError::Io {
             path: path.to_path_buf(),
             source,
         })?;
         let writer = ArrowWriter::try_new(
             BufWriter::new(file),
-            impression_schema(),
+            impression_schema(host_genre),
             Some(writer_properties()),
         )
         .map_err(|source| LogError::WriteParquet {
@@ -354,6 +388,7 @@ impl ImpressionWriter {
             path: path.to_path_buf(),
             writer,
             rows_written: 0,
+            host_genre,
         })
     }
 
@@ -361,10 +396,11 @@ impl ImpressionWriter {
         if rows.is_empty() {
             return Ok(());
         }
-        let batch = impressions_to_batch(rows).map_err(|source| LogError::Arrow {
-            path: self.path.clone(),
-            source,
-        })?;
+        let batch =
+            impressions_to_batch(rows, self.host_genre).map_err(|source| LogError::Arrow {
+                path: self.path.clone(),
+                source,
+            })?;
         self.writer
             .write(&batch)
             .map_err(|source| LogError::WriteParquet {
@@ -392,9 +428,11 @@ impl ImpressionWriter {
     }
 }
 
-/// Writes `rows` as one impression file (an empty slice gives a valid file with no rows).
+/// Writes `rows` as one impression file (an empty slice gives a valid file with no rows),
+/// with the host genre column when some row has a host genre.
 pub fn write_impressions(path: &Path, rows: &[Impression]) -> Result<(), LogError> {
-    let mut writer = ImpressionWriter::create(path)?;
+    let host_genre = rows.iter().any(|row| row.context.host_genre.is_some());
+    let mut writer = ImpressionWriter::create_with(path, host_genre)?;
     for chunk in rows.chunks(ROWS_PER_ROW_GROUP) {
         writer.write(chunk)?;
     }

@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use crate::entities::CandidateKind;
 
 pub use impressions::{
-    Impression, ImpressionReader, ImpressionWriter, impression_schema, open_impressions,
-    read_impressions, write_impressions,
+    HOST_GENRE_COLUMN, Impression, ImpressionReader, ImpressionWriter, impression_schema,
+    open_impressions, read_impressions, write_impressions,
 };
 pub use objectives::{
     OBJECTIVES_DIR, OBJECTIVES_FORMAT_VERSION, OBJECTIVES_INFO_FILE, ObjectiveImpression,

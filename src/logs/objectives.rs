@@ -106,9 +106,10 @@ pub fn write_objectives_info(dir: &Path, info: &ObjectivesInfo) -> Result<(), Lo
     std::fs::write(&path, text + "\n").map_err(|source| LogError::Io { path, source })
 }
 
-/// The schema of an objective file: the impression columns, then `label` and `p_label`.
-pub fn objective_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = impression_schema()
+/// The schema of an objective file: the impression columns (with the host genre column
+/// when `host_genre`, as in the world's impression logs), then `label` and `p_label`.
+pub fn objective_schema(host_genre: bool) -> SchemaRef {
+    let mut fields: Vec<Field> = impression_schema(host_genre)
         .fields()
         .iter()
         .map(|field| field.as_ref().clone())
@@ -118,9 +119,14 @@ pub fn objective_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-fn objective_batch(rows: &[ObjectiveImpression]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+fn objective_batch(
+    rows: &[ObjectiveImpression],
+    host_genre: bool,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
     let impressions: Vec<Impression> = rows.iter().map(|row| row.impression.clone()).collect();
-    let mut columns = impressions_to_batch(&impressions)?.columns().to_vec();
+    let mut columns = impressions_to_batch(&impressions, host_genre)?
+        .columns()
+        .to_vec();
     let mut labels = BooleanBuilder::with_capacity(rows.len());
     let mut probabilities = Float64Builder::with_capacity(rows.len());
     for row in rows {
@@ -129,11 +135,15 @@ fn objective_batch(rows: &[ObjectiveImpression]) -> Result<RecordBatch, arrow_sc
     }
     columns.push(Arc::new(labels.finish()) as ArrayRef);
     columns.push(Arc::new(probabilities.finish()) as ArrayRef);
-    RecordBatch::try_new(objective_schema(), columns)
+    RecordBatch::try_new(objective_schema(host_genre), columns)
 }
 
-/// Writes one objective file, in row groups of [`ROWS_PER_ROW_GROUP`] rows.
+/// Writes one objective file, in row groups of [`ROWS_PER_ROW_GROUP`] rows, with the host
+/// genre column when some row has a host genre (a world with ad structure).
 pub fn write_objective(path: &Path, rows: &[ObjectiveImpression]) -> Result<(), LogError> {
+    let host_genre = rows
+        .iter()
+        .any(|row| row.impression.context.host_genre.is_some());
     let arrow = |source| LogError::Arrow {
         path: path.to_path_buf(),
         source,
@@ -148,13 +158,13 @@ pub fn write_objective(path: &Path, rows: &[ObjectiveImpression]) -> Result<(), 
     })?;
     let mut writer = ArrowWriter::try_new(
         BufWriter::new(file),
-        objective_schema(),
+        objective_schema(host_genre),
         Some(writer_properties()),
     )
     .map_err(parquet)?;
     for chunk in rows.chunks(ROWS_PER_ROW_GROUP) {
         writer
-            .write(&objective_batch(chunk).map_err(arrow)?)
+            .write(&objective_batch(chunk, host_genre).map_err(arrow)?)
             .map_err(parquet)?;
     }
     writer.close().map_err(parquet)?;
@@ -236,6 +246,7 @@ mod tests {
                     timestamp: Some(1_000 + id as i64),
                     surface: Some("home".into()),
                     session_length_s: Some(600.0),
+                    host_genre: None,
                 },
                 cost: 0.02,
                 stream: false,
@@ -260,6 +271,30 @@ mod tests {
         let rows = vec![row(1, true, 0.25), row(2, false, 0.0125)];
         write_objective(&path, &rows).unwrap();
         assert_eq!(read_objective(&path).unwrap(), rows);
+    }
+
+    /// In a world with ad structure the objective rows keep the ad's host genre, as the
+    /// impression logs do; without, the file has no host genre column.
+    #[test]
+    fn objective_files_keep_the_host_genre() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("video_follow.parquet");
+        let mut rows = vec![row(1, true, 0.25), row(2, false, 0.0125)];
+        rows[0].impression.context.host_genre = Some("comedy".into());
+        write_objective(&path, &rows).unwrap();
+        assert_eq!(read_objective(&path).unwrap(), rows);
+        let columns = |path: &Path| -> Vec<String> {
+            let builder = crate::logs::open_parquet(path).unwrap();
+            builder
+                .schema()
+                .fields()
+                .iter()
+                .map(|field| field.name().clone())
+                .collect()
+        };
+        assert!(columns(&path).contains(&crate::logs::HOST_GENRE_COLUMN.to_string()));
+        write_objective(&path, &[row(1, true, 0.25)]).unwrap();
+        assert!(!columns(&path).contains(&crate::logs::HOST_GENRE_COLUMN.to_string()));
     }
 
     /// A label probability outside [0, 1] names the column and the row; an empty file is

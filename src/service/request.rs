@@ -41,6 +41,9 @@ pub struct ContextInput {
     pub surface: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_length_s: Option<f64>,
+    /// Primary genre of the show an ad would play in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_genre: Option<String>,
 }
 
 impl ContextInput {
@@ -58,6 +61,7 @@ impl ContextInput {
             timestamp,
             surface: record.surface.clone(),
             session_length_s: record.session_length_s,
+            host_genre: record.host_genre.clone(),
         })
     }
 }

@@ -176,6 +176,7 @@ pub fn validate(raw: ScoreRequest, limits: &Limits) -> Result<ValidatedRequest, 
     };
     check.optional_text(context.surface.as_deref(), "context.surface")?;
     check.finite(context.session_length_s, "context.session_length_s")?;
+    check.optional_text(context.host_genre.as_deref(), "context.host_genre")?;
 
     let mut candidates = Vec::with_capacity(raw.candidates.len());
     for (index, candidate) in raw.candidates.into_iter().enumerate() {
@@ -248,6 +249,7 @@ pub fn validate(raw: ScoreRequest, limits: &Limits) -> Result<ValidatedRequest, 
             timestamp,
             surface: context.surface,
             session_length_s: context.session_length_s,
+            host_genre: context.host_genre,
         },
         candidates,
     })
@@ -325,6 +327,7 @@ pub fn source_path(source: Source, row: usize) -> String {
         Source::ContextSurface => "context.surface".into(),
         Source::ContextHourOfDay | Source::ContextDayOfWeek => "context.timestamp".into(),
         Source::ContextSessionLength => "context.session_length_s".into(),
+        Source::ContextHostGenre => "context.host_genre".into(),
         Source::CandidateKind => candidate("kind"),
         Source::ShowId => candidate("show_id"),
         Source::ShowGenres => candidate("show.genres"),

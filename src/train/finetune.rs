@@ -566,6 +566,7 @@ pub fn fine_tune(
         kinds: objective.kinds.clone(),
         field,
         calibration,
+        calibration_by_kind: BTreeMap::new(),
     });
     if let (Some(before), Some(base)) = (before, inputs.base_validation) {
         let after = recalibrate_base_heads(&mut network, &mut heads, base)?;
@@ -585,8 +586,9 @@ pub fn fine_tune(
 }
 
 /// The epoch loop on the objective's labels: shuffled batches (assembled on the trainer's
-/// producer thread), validation log loss after each epoch, early stopping, the best
-/// epoch restored.
+/// producer thread, [`fit::run_steps`]), validation log loss after each epoch, the
+/// trainer's early stopping ([`Best`]: `--patience` epochs in a row without a lower loss
+/// end it), the best epoch restored and untrained rows sent to the unknown row.
 fn train(
     network: &mut Network,
     inputs: &Inputs<'_>,
@@ -614,10 +616,10 @@ fn train(
         let epoch_started = Instant::now();
         order.shuffle(&mut rng);
         let mut batches = order.chunks(batch_size);
-        let loss = fit::run_epoch(
+        let loss = fit::run_steps(
             network,
             &mut optimizer,
-            (epoch, steps),
+            (epoch + 1, steps),
             || {
                 let rows = batches.next().context("an epoch ran out of batches")?;
                 prepare(inputs, rows, column, width)
@@ -643,6 +645,10 @@ fn train(
     progress.finish_and_clear();
     let (score, best_epoch, state) = best.state.context("no epoch ran")?;
     network.restore(&state)?;
+    // As the trainer does: a row no step updated (in `scratch`, the ids the labels never
+    // show) takes the unknown row's values instead of serving its random initialization.
+    // A base's rows count as trained, so the other modes replace none.
+    let untrained_rows = network.fall_back_untrained_rows();
     Ok(json!({
         "mode": settings.mode,
         "learning_rate": settings.learning_rate(),
@@ -650,6 +656,7 @@ fn train(
         "fit_rows": fit.len(),
         "best_epoch": best_epoch,
         "best_validation_log_loss": -score,
+        "untrained_rows": untrained_rows,
         "history": history,
     }))
 }
@@ -734,8 +741,17 @@ fn closest_head(
 struct HeadRows {
     /// Position of the head in the heads it was read for.
     position: usize,
-    logits: Vec<f32>,
-    labels: Vec<bool>,
+    /// Per row: the head's logit, the logged label and the candidate's kind.
+    rows: Vec<(f32, bool, CandidateKind)>,
+}
+
+impl HeadRows {
+    fn logits_and_labels(&self) -> (Vec<f32>, Vec<bool>) {
+        self.rows
+            .iter()
+            .map(|(logit, label, _)| (*logit, *label))
+            .unzip()
+    }
 }
 
 impl BaseValidation {
@@ -749,19 +765,17 @@ impl BaseValidation {
             .enumerate()
             .filter_map(|(position, head)| {
                 let label = Label::of_field(&head.field)?;
-                let (head_logits, labels) = self
+                let rows = self
                     .set
                     .rows
                     .iter()
                     .enumerate()
                     .filter(|(_, row)| head.kinds.contains(&row.kind))
-                    .map(|(index, row)| (logits[index * width + head.index], label.of(row)))
-                    .unzip();
-                Some(HeadRows {
-                    position,
-                    logits: head_logits,
-                    labels,
-                })
+                    .map(|(index, row)| {
+                        (logits[index * width + head.index], label.of(row), row.kind)
+                    })
+                    .collect();
+                Some(HeadRows { position, rows })
             })
             .collect())
     }
@@ -783,16 +797,18 @@ fn base_head_quality(
         .head_rows(network, heads)?
         .into_iter()
         .filter_map(|rows| {
+            let (logits, labels) = rows.logits_and_labels();
             Some((
                 heads[rows.position].name.clone(),
-                logit_ap(&rows.logits, &rows.labels)?,
+                logit_ap(&logits, &labels)?,
             ))
         })
         .collect())
 }
 
 /// Refits the calibration of every base head with logged labels on the world's
-/// validation rows, and returns their validation AP.
+/// validation rows, per kind for a head serving both as the trainer calibrates it, and
+/// returns their validation AP.
 fn recalibrate_base_heads(
     network: &mut Network,
     heads: &mut [HeadSpec],
@@ -801,8 +817,11 @@ fn recalibrate_base_heads(
     let mut quality_by_head = BTreeMap::new();
     for rows in base.head_rows(network, heads)? {
         let head = &mut heads[rows.position];
-        head.calibration = calibrate::fit_head(&rows.logits, &rows.labels).0;
-        if let Some(ap) = logit_ap(&rows.logits, &rows.labels) {
+        let fitted = calibrate::fit_per_kind(&head.kinds, &rows.rows);
+        head.calibration = fitted.calibration;
+        head.calibration_by_kind = fitted.by_kind;
+        let (logits, labels) = rows.logits_and_labels();
+        if let Some(ap) = logit_ap(&logits, &labels) {
             quality_by_head.insert(head.name.clone(), ap);
         }
     }

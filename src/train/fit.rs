@@ -1,7 +1,20 @@
-//! Phase 2 of training: the epoch loop. Source-balanced batches are sampled, assembled
+//! Phase 2 of training: the training loop. Source-balanced batches are sampled, assembled
 //! with the shared feature module and id dropout on a producer thread while candle trains
-//! on this one; after each epoch the stream heads' validation AP decides early stopping,
-//! and the best epoch's weights are restored at the end.
+//! on this one.
+//!
+//! The protocol, the same for every variant: an epoch is one pass over the smaller
+//! source used; the network is validated `--validations-per-epoch` times per epoch; a
+//! validation point is eligible as the checkpoint only once every source used has been
+//! drawn in full (so that every embedding row the vocabularies hold has been trained);
+//! among eligible points the best by the mean over stream heads of AP relative to the
+//! base rate (AP lift: a random ranking scores 1 on every kind, so a head serving rare ad
+//! streams weighs as much as one serving promotions) is kept, and training stops when
+//! `--patience` eligible points in a row have not beaten it, or at `--max-epochs`. The
+//! learning rate decays once per epoch. One checkpoint serves every head: the heads share
+//! the encoder, so a head cannot be taken from another point than its encoder.
+//!
+//! The steps between two validation points ([`run_steps`]) and early stopping ([`Best`])
+//! are every training command's: `podscore finetune` runs its epochs through them too.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -23,25 +36,45 @@ use super::scan::Scanned;
 use super::validation::{self, ValidationSet};
 use super::{ID_DROPOUT_FEATURES, MaskMode, Plan, Run, TrainLog, mask_weight};
 
-/// The trained network at its best epoch, and how it got there.
+/// The trained network at its chosen checkpoint, and how it got there.
 pub struct Fitted {
     pub network: Network,
-    pub history: Vec<EpochRecord>,
-    pub best_epoch: usize,
+    pub history: Vec<ValidationRecord>,
+    /// 1-based index of the chosen validation point, and its epoch (passes of the
+    /// smaller source) and score.
+    pub best_validation: usize,
+    pub best_epoch: f64,
     pub best_score: f64,
+    /// Per stream AP key (`promotion_ap`, `ad_ap`): the validation point at which that
+    /// head alone was best, for the record.
+    pub best_per_head: BTreeMap<String, usize>,
+    /// Why training ended: `patience` or `max_epochs` (the cap).
+    pub stopped_by: &'static str,
+    /// Whether the checkpoint came after a full pass of every source (see the module).
+    pub warmed_up: bool,
+    /// Per embedding table: rows no step had updated by the checkpoint, which were given
+    /// the unknown row's values (none after a warm-up, but for tokens whose every
+    /// occurrence id dropout removed).
+    pub untrained_rows: BTreeMap<String, usize>,
     pub seconds: f64,
     pub steps: usize,
 }
 
-/// One line of the training log.
+/// One line of the training log: one validation point.
 #[derive(Serialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
+pub struct ValidationRecord {
+    pub validation: usize,
+    /// Passes of the smaller source so far.
+    pub epoch: f64,
     pub steps: usize,
     pub learning_rate: f64,
     pub train_loss: f64,
-    pub validation: BTreeMap<String, f64>,
-    pub validation_score: f64,
+    /// Stream AP per kind the variant trains on, and its lift over the base rate.
+    pub metrics: BTreeMap<String, f64>,
+    pub score: f64,
+    /// Full passes over each source (promotions, ads) drawn so far.
+    pub full_passes: (Option<usize>, Option<usize>),
+    pub eligible: bool,
     pub seconds: f64,
     pub rows_per_second: f64,
 }
@@ -55,55 +88,101 @@ pub fn fit(
 ) -> Result<Fitted> {
     let args = run.args;
     let mut trainer = Trainer::new(run, scanned, assembler)?;
+    let per_epoch = args.validations_per_epoch;
+    let interval = trainer.steps_per_epoch.div_ceil(per_epoch).max(1);
+    let base_rates = validation::base_rates(&run.plan, &validation.rows);
     let mut best = Best::default();
+    let mut fallback = Best::default();
+    let mut best_per_head: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     let mut history = Vec::new();
+    let mut stopped_by = "max_epochs";
     let started = Instant::now();
-    for epoch in 0..args.max_epochs {
-        let epoch_started = Instant::now();
-        let loss = trainer.epoch(epoch)?;
+    let mut steps = 0;
+    for point in 1..=args.max_epochs * per_epoch {
+        let interval_started = Instant::now();
+        let loss = trainer.train(interval, point)?;
+        steps += interval;
         let logits = validation.predict(&mut trainer.network)?;
-        let metrics =
+        let mut metrics =
             validation::stream_ap(&run.plan, run.plan.heads.len(), &logits, &validation.rows);
-        let score = validation::score(&metrics);
-        let seconds = epoch_started.elapsed().as_secs_f64();
-        let record = EpochRecord {
-            epoch: epoch + 1,
-            steps: trainer.steps_per_epoch,
+        let score = validation::lift_score(&mut metrics, &base_rates);
+        let eligible = trainer.sampler.warmed_up();
+        let seconds = interval_started.elapsed().as_secs_f64();
+        let record = ValidationRecord {
+            validation: point,
+            epoch: steps as f64 / trainer.steps_per_epoch as f64,
+            steps,
             learning_rate: trainer.optimizer.learning_rate(),
             train_loss: loss,
-            validation: metrics,
-            validation_score: score,
+            score,
+            full_passes: trainer.sampler.full_passes(),
+            eligible,
             seconds,
-            rows_per_second: (trainer.steps_per_epoch * args.batch_size) as f64 / seconds,
+            rows_per_second: (interval * args.batch_size) as f64 / seconds,
+            metrics,
         };
         trainer.progress.println(format!(
-            "epoch {}: loss {:.4}, validation stream AP {:.4} ({:.0} rows/s)",
-            record.epoch, record.train_loss, score, record.rows_per_second
+            "epoch {:.2}: loss {:.4}, validation AP lift {:.3}{} ({:.0} rows/s)",
+            record.epoch,
+            record.train_loss,
+            score,
+            if eligible { "" } else { " (warming up)" },
+            record.rows_per_second
         ));
         log.write(&record)?;
-        history.push(record);
-        if !best.observe(score, epoch + 1, &trainer.network, args.patience)? {
-            break;
+        for (key, value) in record.metrics.iter().filter(|(k, _)| k.ends_with("_ap")) {
+            let entry = best_per_head
+                .entry(key.clone())
+                .or_insert((f64::MIN, point));
+            if *value > entry.0 {
+                *entry = (*value, point);
+            }
         }
-        let decayed = trainer.optimizer.learning_rate() * args.learning_rate_decay;
-        trainer.optimizer.set_learning_rate(decayed);
+        history.push(record);
+        if eligible {
+            if !best.observe(score, point, &trainer.network, args.patience)? {
+                stopped_by = "patience";
+                break;
+            }
+        } else {
+            // Kept only in case the cap comes before the warm-up ends.
+            fallback.observe(score, point, &trainer.network, usize::MAX)?;
+        }
+        if point % per_epoch == 0 {
+            let decayed = trainer.optimizer.learning_rate() * args.learning_rate_decay;
+            trainer.optimizer.set_learning_rate(decayed);
+        }
     }
     trainer.progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let (best_score, best_epoch, best_state) = best.state.context("no epoch ran")?;
+    let warmed_up = best.state.is_some();
+    let (best_score, best_validation, best_state) = best
+        .state
+        .or(fallback.state)
+        .context("no validation point ran")?;
+    let best_epoch = (best_validation * interval) as f64 / trainer.steps_per_epoch as f64;
     let mut network = trainer.network;
     network.restore(&best_state)?;
+    let untrained_rows = network.fall_back_untrained_rows();
     Ok(Fitted {
+        untrained_rows,
         network,
-        steps: trainer.steps_per_epoch * history.len(),
+        steps,
         history,
+        best_validation,
         best_epoch,
         best_score,
+        best_per_head: best_per_head
+            .into_iter()
+            .map(|(key, (_, point))| (key, point))
+            .collect(),
+        stopped_by,
+        warmed_up,
         seconds,
     })
 }
 
-/// Everything an epoch moves: the network and its optimizer, the sampler and the batch
+/// Everything training moves: the network and its optimizer, the sampler and the batch
 /// preparation that feed it, and the progress bar.
 struct Trainer<'a> {
     network: Network,
@@ -119,13 +198,14 @@ struct Trainer<'a> {
 impl<'a> Trainer<'a> {
     fn new(run: &'a Run<'_>, scanned: &Scanned, assembler: &'a Assembler) -> Result<Trainer<'a>> {
         let args = run.args;
-        let network = Network::new(
+        let mut network = Network::new(
             &run.architecture(),
             &scanned.specs,
             &scanned.vocabularies,
             &run.plan.head_names(),
             args.seed,
         )?;
+        network.set_embedding_l2(args.embedding_l2 as f32);
         let steps_per_epoch = if args.steps_per_epoch > 0 {
             args.steps_per_epoch
         } else {
@@ -168,22 +248,23 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// One epoch; returns the mean training loss.
-    fn epoch(&mut self, epoch: usize) -> Result<f64> {
+    /// `steps` training steps up to validation point `point`; returns the mean training
+    /// loss.
+    fn train(&mut self, steps: usize, point: usize) -> Result<f64> {
         let Trainer {
             network,
             optimizer,
             sampler,
             batches,
             dropout_rng,
-            steps_per_epoch,
             progress,
+            ..
         } = self;
         let batches = &*batches;
-        run_epoch(
+        run_steps(
             network,
             optimizer,
-            (epoch, *steps_per_epoch),
+            (point, steps),
             || {
                 sampler
                     .next_batch()
@@ -194,14 +275,13 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// One epoch of `steps` optimizer steps (`(epoch, steps)`; the epoch counts from 0 and
-/// only names messages); returns the mean training loss. `produce` prepares the batches
-/// on a second thread while candle trains on this one. Every training command's epochs
-/// run here.
-pub fn run_epoch(
+/// The `steps` optimizer steps up to validation point `point` (`(point, steps)`, the
+/// point counting from 1 and only naming messages); returns the mean training loss.
+/// `produce` prepares the batches on a second thread while candle trains on this one.
+pub fn run_steps(
     network: &mut Network,
     optimizer: &mut Adam,
-    (epoch, steps): (usize, usize),
+    (point, steps): (usize, usize),
     mut produce: impl FnMut() -> Result<PreparedBatch> + Send,
     progress: &indicatif::ProgressBar,
 ) -> Result<f64> {
@@ -222,15 +302,13 @@ pub fn run_epoch(
             let loss = f64::from(batch.train(network, optimizer)?);
             ensure!(
                 loss.is_finite(),
-                "training diverged: loss is {loss} at epoch {} step {step}",
-                epoch + 1
+                "training diverged: loss is {loss} before validation point {point}, step {step}"
             );
             loss_sum += loss;
             progress.inc(1);
             if step % 20 == 0 {
                 progress.set_message(format!(
-                    "epoch {} loss {:.4}",
-                    epoch + 1,
+                    "validation point {point} loss {:.4}",
                     loss_sum / (step + 1) as f64
                 ));
             }
@@ -240,29 +318,30 @@ pub fn run_epoch(
     Ok(loss_sum / steps.max(1) as f64)
 }
 
-/// Early stopping: the best epoch so far (score, epoch, weights) and the epochs since.
+/// Early stopping: the best validation point so far (score, 1-based point, weights) and
+/// the points since. Higher scores are better.
 #[derive(Default)]
 pub struct Best {
     pub state: Option<(f64, usize, NetworkState)>,
-    epochs_without_gain: usize,
+    points_without_gain: usize,
 }
 
 impl Best {
-    /// Records an epoch's score; `false` once more than `patience` epochs in a row did
-    /// not beat the best.
+    /// Records a point's score; `false` once `patience` points in a row have not beaten
+    /// the best.
     pub fn observe(
         &mut self,
         score: f64,
-        epoch: usize,
+        point: usize,
         network: &Network,
         patience: usize,
     ) -> Result<bool> {
-        if self.state.as_ref().is_none_or(|(best, _, _)| score > *best) {
-            self.state = Some((score, epoch, network.snapshot()?));
-            self.epochs_without_gain = 0;
+        if self.state.as_ref().is_none_or(|(best, ..)| score > *best) {
+            self.state = Some((score, point, network.snapshot()?));
+            self.points_without_gain = 0;
         } else {
-            self.epochs_without_gain += 1;
-            if self.epochs_without_gain > patience {
+            self.points_without_gain += 1;
+            if self.points_without_gain >= patience {
                 return Ok(false);
             }
         }

@@ -48,9 +48,21 @@ const DEFAULT_BATCH_SIZE: usize = 1024;
 const DEFAULT_LEARNING_RATE: f64 = 2e-3;
 /// Per-epoch multiplicative decay: one schedule for every variant.
 const DEFAULT_LEARNING_RATE_DECAY: f64 = 0.8;
-const DEFAULT_MAX_EPOCHS: usize = 12;
-/// Stop after this many epochs without a better validation AP.
-const DEFAULT_PATIENCE: usize = 2;
+/// The cap, in passes of the smaller source. High enough that no variant of
+/// `reproduce` reaches it: the joint model at a 5% ad share needs about twenty passes of
+/// the ads before its first full pass of the promotions ends its warm-up.
+const DEFAULT_MAX_EPOCHS: usize = 40;
+/// Validation points per pass of the smaller source: a head that overfits within a pass
+/// (the ad head did, at its second) is caught near its best.
+const DEFAULT_VALIDATIONS_PER_EPOCH: usize = 4;
+/// Stop after this many eligible validation points without a better checkpoint score:
+/// one and a half passes of the smaller source, so that one noisy point does not stop a
+/// run that is still improving.
+const DEFAULT_PATIENCE: usize = 6;
+/// L2 per looked-up embedding row (see `Network::set_embedding_l2`): about 1% of the
+/// loss for embeddings of unit norm over the 25 features, enough to keep the rows of
+/// creatives and shows with a handful of impressions from fitting noise.
+const DEFAULT_EMBEDDING_L2: f64 = 1e-4;
 const DEFAULT_ID_DROPOUT: f64 = 0.1;
 /// Ids seen fewer times than this in training map to the unknown row: rare shows share
 /// the cold-start path instead of getting an embedding trained on a handful of rows.
@@ -113,13 +125,19 @@ pub struct TrainArgs {
     pub learning_rate_decay: f64,
     #[arg(long, default_value_t = DEFAULT_MAX_EPOCHS, env = "PODSCORE_MAX_EPOCHS")]
     pub max_epochs: usize,
-    /// Steps per epoch (0 = until the first source has been seen once: with balanced
-    /// batches the smaller source cycles, and validating once per cycle catches
-    /// overfitting to it).
+    /// Steps per epoch (0 = one pass over the smaller source used: with balanced batches
+    /// it cycles while the larger one streams).
     #[arg(long, default_value_t = 0, env = "PODSCORE_STEPS_PER_EPOCH")]
     pub steps_per_epoch: usize,
+    /// Validation points per epoch.
+    #[arg(long, default_value_t = DEFAULT_VALIDATIONS_PER_EPOCH, env = "PODSCORE_VALIDATIONS_PER_EPOCH")]
+    pub validations_per_epoch: usize,
+    /// Eligible validation points without a better checkpoint before training stops.
     #[arg(long, default_value_t = DEFAULT_PATIENCE, env = "PODSCORE_PATIENCE")]
     pub patience: usize,
+    /// L2 penalty per looked-up embedding row, averaged over the batch.
+    #[arg(long, default_value_t = DEFAULT_EMBEDDING_L2, env = "PODSCORE_EMBEDDING_L2")]
+    pub embedding_l2: f64,
     #[arg(long, default_value_t = 16, env = "PODSCORE_EMBEDDING_DIM")]
     pub embedding_dim: usize,
     /// Shared encoder widths, comma-separated.
@@ -178,6 +196,21 @@ impl TrainArgs {
             problems.push(format!(
                 "--max-epochs must be in 1..=1000, got {}",
                 self.max_epochs
+            ));
+        }
+        if !(1..=64).contains(&self.validations_per_epoch) {
+            problems.push(format!(
+                "--validations-per-epoch must be in 1..=64, got {}",
+                self.validations_per_epoch
+            ));
+        }
+        if self.patience == 0 {
+            problems.push("--patience must be at least 1".to_string());
+        }
+        if !(0.0..=1.0).contains(&self.embedding_l2) {
+            problems.push(format!(
+                "--embedding-l2 must be in [0, 1], got {}",
+                self.embedding_l2
             ));
         }
         if self.embedding_dim == 0 || self.embedding_dim > 512 {
@@ -403,6 +436,41 @@ impl TrainLog {
     }
 }
 
+/// The settings' run: the world's snapshot and time split read, the variant's plan made.
+fn open_run(args: &TrainArgs) -> Result<Run<'_>> {
+    args.validate()?;
+    let started = Instant::now();
+    let snapshot = logs::read_snapshot(&args.data)
+        .with_context(|| format!("reading the snapshot in {}", args.data.display()))?;
+    let days = dataset::count_days(&args.data)?;
+    Ok(Run {
+        args,
+        plan: Plan::of(args.variant),
+        snapshot,
+        splits: dataset::split_days(days),
+        started,
+    })
+}
+
+/// Scan, then the validation rows assembled with the scanned features.
+fn scan_and_assemble(run: &Run<'_>) -> Result<(scan::Scanned, Assembler, ValidationSet)> {
+    let mut scanned = scan::scan(run)?;
+    let assembler = Assembler::new(&scanned.specs, &scanned.vocabularies)?;
+    let validation_rows = std::mem::take(&mut scanned.validation);
+    let validation = ValidationSet::assemble(&assembler, &run.snapshot, validation_rows)?;
+    Ok((scanned, assembler, validation))
+}
+
+/// Scans and fits without calibrating, packaging or writing anything: the trained
+/// network at its checkpoint and what it was trained on, for tests of training itself.
+pub fn fit_only(args: &TrainArgs) -> Result<(scan::Scanned, fit::Fitted)> {
+    let run = open_run(args)?;
+    let (scanned, assembler, validation) = scan_and_assemble(&run)?;
+    let mut log = TrainLog::create(args.log.as_deref())?;
+    let fitted = fit::fit(&run, &scanned, &assembler, &validation, &mut log)?;
+    Ok((scanned, fitted))
+}
+
 /// `podscore train`: scan the training days, fit the network, calibrate its heads, and
 /// package and write the bundle, each phase handing the next its own type.
 pub fn run(args: &TrainArgs) -> Result<()> {
@@ -413,21 +481,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let started = Instant::now();
-    let snapshot = logs::read_snapshot(&args.data)
-        .with_context(|| format!("reading the snapshot in {}", args.data.display()))?;
-    let days = dataset::count_days(&args.data)?;
-    let run = Run {
-        args,
-        plan: Plan::of(args.variant),
-        snapshot,
-        splits: dataset::split_days(days),
-        started,
-    };
-    let mut scanned = scan::scan(&run)?;
-    let assembler = Assembler::new(&scanned.specs, &scanned.vocabularies)?;
-    let validation_rows = std::mem::take(&mut scanned.validation);
-    let validation = ValidationSet::assemble(&assembler, &run.snapshot, validation_rows)?;
+    let run = open_run(args)?;
+    let (scanned, assembler, validation) = scan_and_assemble(&run)?;
     let mut log = TrainLog::create(args.log.as_deref())?;
     let mut fitted = fit::fit(&run, &scanned, &assembler, &validation, &mut log)?;
     let calibrated = calibrate::calibrate(&run.plan, &mut fitted.network, &validation)?;
@@ -450,7 +505,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     )?;
     log.write(&json!({"done": true, "bundle": args.out.display().to_string(), "best_epoch": best_epoch, "validation": package.manifest.metrics["validation"], "train_seconds": train_seconds}))?;
     eprintln!(
-        "wrote {} (best epoch {best_epoch}, validation stream AP {best_score:.4}, {train_seconds:.0}s training)",
+        "wrote {} (best epoch {best_epoch:.2}, validation AP lift {best_score:.3}, {train_seconds:.0}s training)",
         args.out.display()
     );
     Ok(())

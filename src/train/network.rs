@@ -89,6 +89,9 @@ pub struct Network {
     trainable: Trainable,
     /// The dense parameters a step updates, by name: all of them, or the chosen towers'.
     updated: BTreeMap<String, Var>,
+    /// L2 penalty per looked-up embedding row, averaged over the batch (see
+    /// [`Network::set_embedding_l2`]).
+    embedding_l2: f32,
     device: Device,
 }
 
@@ -100,6 +103,8 @@ struct Table {
     second_moment: Vec<f32>,
     /// Per row: its position in the current step's gradient rows, or `UNTOUCHED`.
     gradient_slot: Vec<u32>,
+    /// Per row: whether any training step has updated it.
+    trained: Vec<bool>,
 }
 
 const UNTOUCHED: u32 = u32::MAX;
@@ -144,14 +149,21 @@ impl Network {
                 crate::features::Transform::Id { vocab }
                 | crate::features::Transform::IdBag { vocab, .. } => {
                     let rows = vocabularies.get(vocab).map_or(1, |v| v.len());
+                    let mut values = uniform(&mut rng, rows * embedding_dim, 0.05);
+                    // Row 0, "an id we have not seen", starts at zero: a neutral input
+                    // until training reaches it (id dropout does, for candidate ids), and
+                    // never noise in a variant whose data never shows an unknown value
+                    // (a promotions-only model asked about an ad slot).
+                    values[..embedding_dim].fill(0.0);
                     tables.insert(
                         spec.name.clone(),
                         Table {
                             dim: embedding_dim,
-                            values: uniform(&mut rng, rows * embedding_dim, 0.05),
+                            values,
                             first_moment: vec![0.0; rows * embedding_dim],
                             second_moment: vec![0.0; rows * embedding_dim],
                             gradient_slot: vec![UNTOUCHED; rows],
+                            trained: vec![false; rows],
                         },
                     );
                     embedding_dim
@@ -210,6 +222,7 @@ impl Network {
             running_mean: vec![0.0; encoded],
             running_var: vec![1.0; encoded],
             trainable: Trainable::Everything,
+            embedding_l2: 0.0,
             device,
         })
     }
@@ -252,6 +265,10 @@ impl Network {
                 &format!("{EMBEDDING_PREFIX}{feature}"),
                 vec![table.rows(), table.dim],
             )?;
+            // Every row a file holds is a trained one: the training that wrote it put the
+            // rows it never updated on the cold-start path before saving, so a later
+            // fine-tune must not send them there again.
+            table.trained.fill(true);
         }
         let encoded = network.running_mean.len();
         network.running_mean = take(RUNNING_MEAN, vec![encoded])?;
@@ -346,6 +363,51 @@ impl Network {
         self.trainable = trainable;
     }
 
+    /// Sets the L2 penalty on the embedding rows each batch looks up: `l2 * |row|^2` per
+    /// lookup (bag entries weighted as pooled), averaged over the batch like the loss.
+    /// Only the rows a batch touches are penalized, so a row is pulled toward zero in
+    /// proportion to how often it is used, as its data pulls it elsewhere: the usual
+    /// regularization of sparse id embeddings, which otherwise fit the few rows a rare
+    /// creative or show has.
+    pub fn set_embedding_l2(&mut self, l2: f32) {
+        self.embedding_l2 = l2;
+    }
+
+    /// The values of the embedding table of feature `name`, row-major, `[rows, E]`.
+    pub fn table_values(&self, name: &str) -> Option<&[f32]> {
+        self.tables.get(name).map(|table| table.values.as_slice())
+    }
+
+    /// Per table, how many rows no training step has updated, row 0 included.
+    pub fn untrained_rows(&self) -> BTreeMap<String, usize> {
+        self.tables
+            .iter()
+            .map(|(name, table)| (name.clone(), table.trained.iter().filter(|t| !**t).count()))
+            .collect()
+    }
+
+    /// Gives every row that no training step updated, other than row 0, the values of row
+    /// 0: an id the model never trained on takes the cold-start path, as an unknown id
+    /// does, instead of serving its random initialization. Returns how many rows per
+    /// table took that path (with a full pass over the training data before the chosen
+    /// checkpoint, none should).
+    pub fn fall_back_untrained_rows(&mut self) -> BTreeMap<String, usize> {
+        let mut replaced = BTreeMap::new();
+        for (name, table) in &mut self.tables {
+            let dim = table.dim;
+            let unknown: Vec<f32> = table.values[..dim].to_vec();
+            let mut count = 0;
+            for row in 1..table.rows() {
+                if !table.trained[row] {
+                    table.values[row * dim..(row + 1) * dim].copy_from_slice(&unknown);
+                    count += 1;
+                }
+            }
+            replaced.insert(name.clone(), count);
+        }
+        replaced
+    }
+
     fn parameter(&self, name: &str) -> &Tensor {
         self.parameters
             .get(name)
@@ -392,9 +454,16 @@ impl Network {
         input
     }
 
-    /// Adds `weight * d_input` into each touched row's gradient, then lets Adam update
-    /// exactly those rows of each table.
-    fn scatter(&mut self, scope: Scope, tensors: &ScopeTensors, d_input: &[f32], optimizer: &Adam) {
+    /// Adds `weight * d_input` (and `penalty * weight * row`, the embedding L2) into each
+    /// touched row's gradient, then lets Adam update exactly those rows of each table.
+    fn scatter(
+        &mut self,
+        scope: Scope,
+        tensors: &ScopeTensors,
+        d_input: &[f32],
+        penalty: f32,
+        optimizer: &Adam,
+    ) {
         let width = self.input_width[scope as usize];
         let mut start = 0;
         for spec in self.specs.iter().filter(|spec| spec.scope == scope) {
@@ -421,8 +490,13 @@ impl Network {
                         gradients.resize(gradients.len() + dim, 0.0);
                     }
                     let slot = slot as usize * dim;
-                    for (gradient, d) in gradients[slot..slot + dim].iter_mut().zip(d_row) {
-                        *gradient += weight * d;
+                    let values = &table.values[table_row * dim..(table_row + 1) * dim];
+                    for ((gradient, d), value) in gradients[slot..slot + dim]
+                        .iter_mut()
+                        .zip(d_row)
+                        .zip(values)
+                    {
+                        *gradient += weight * (d + penalty * value);
                     }
                 });
             }
@@ -436,6 +510,7 @@ impl Network {
             );
             for row in touched {
                 table.gradient_slot[row as usize] = UNTOUCHED;
+                table.trained[row as usize] = true;
             }
             start += dim;
         }
@@ -468,13 +543,14 @@ impl Network {
         if matches!(self.trainable, Trainable::Towers(_)) {
             return loss.to_scalar::<f32>();
         }
+        let penalty = 2.0 * self.embedding_l2 / candidates.rows.max(1) as f32;
         for (scope, input, tensors) in [
             (Scope::Request, &request_input, request),
             (Scope::Candidate, &candidate_input, candidates),
         ] {
             if let Some(d_input) = gradients.get(input.as_tensor()) {
                 let d_input = d_input.flatten_all()?.to_vec1::<f32>()?;
-                self.scatter(scope, tensors, &d_input, optimizer);
+                self.scatter(scope, tensors, &d_input, penalty, optimizer);
             }
         }
         loss.to_scalar::<f32>()
@@ -596,7 +672,7 @@ impl Network {
         let tables = self
             .tables
             .iter()
-            .map(|(name, table)| (name.clone(), table.values.clone()))
+            .map(|(name, table)| (name.clone(), (table.values.clone(), table.trained.clone())))
             .collect();
         Ok(NetworkState {
             values,
@@ -611,7 +687,9 @@ impl Network {
             var.set(&state.values[name])?;
         }
         for (name, table) in &mut self.tables {
-            table.values.clone_from(&state.tables[name]);
+            let (values, trained) = &state.tables[name];
+            table.values.clone_from(values);
+            table.trained.clone_from(trained);
         }
         self.running_mean = state.running_mean.clone();
         self.running_var = state.running_var.clone();
@@ -722,7 +800,8 @@ fn tower_initialization(
 
 pub struct NetworkState {
     values: BTreeMap<String, Tensor>,
-    tables: BTreeMap<String, Vec<f32>>,
+    /// Per table: its values and which rows training had updated.
+    tables: BTreeMap<String, (Vec<f32>, Vec<bool>)>,
     running_mean: Vec<f32>,
     running_var: Vec<f32>,
 }

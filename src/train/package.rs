@@ -149,7 +149,12 @@ fn manifest(
         }),
         metrics: json!({
             "best_epoch": fitted.best_epoch,
+            "best_validation": fitted.best_validation,
             "best_validation_score": fitted.best_score,
+            "best_validation_per_head": fitted.best_per_head,
+            "stopped_by": fitted.stopped_by,
+            "warmed_up": fitted.warmed_up,
+            "untrained_rows_replaced": fitted.untrained_rows,
             "validation": calibrated.validation,
             "calibration": calibrated.report,
             "history": fitted.history,

@@ -18,10 +18,21 @@ pub struct SourceStream {
     path: PathBuf,
     days: Range<u32>,
     reader: Option<ImpressionReader>,
-    buffer: Vec<Impression>,
+    /// Rows waiting to be drawn, each with the pass over the file it was read in.
+    buffer: Vec<(u32, Impression)>,
     capacity: usize,
     /// Rows delivered in the current pass, to detect a pass that yields nothing.
     rows_this_pass: u64,
+    /// Per pass begun: rows read into the buffer, rows drawn from it, and whether the
+    /// file's end was reached.
+    passes: Vec<PassCount>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct PassCount {
+    read: u64,
+    drawn: u64,
+    finished: bool,
 }
 
 impl SourceStream {
@@ -33,13 +44,30 @@ impl SourceStream {
             buffer: Vec::with_capacity(capacity),
             capacity: capacity.max(1),
             rows_this_pass: 0,
+            passes: Vec::new(),
         }
+    }
+
+    /// Passes over the file whose every row has been drawn: once this is 1, every
+    /// training row of the source has been in a batch.
+    pub fn full_passes(&self) -> usize {
+        self.passes
+            .iter()
+            .take_while(|pass| pass.finished && pass.drawn == pass.read)
+            .count()
     }
 
     fn refill(&mut self) -> Result<()> {
         let mut reopened = false;
         while self.buffer.len() < self.capacity {
             if self.reader.is_none() {
+                // The file's end was reached and rows of that pass still wait: the next
+                // pass begins only once they are drawn. Mixing the next pass's rows in
+                // would leave the last of them to a coupon collector's tail (about
+                // another pass of draws), delaying the end of the protocol's warm-up.
+                if self.passes.last().is_some_and(|pass| pass.finished) && !self.buffer.is_empty() {
+                    break;
+                }
                 if reopened && self.rows_this_pass == 0 {
                     anyhow::bail!(
                         "{}: no rows in training days {:?}",
@@ -52,25 +80,29 @@ impl SourceStream {
                         .with_context(|| format!("opening {}", self.path.display()))?,
                 );
                 self.rows_this_pass = 0;
+                self.passes.push(PassCount::default());
                 reopened = true;
             }
+            let pass = self.passes.len() - 1;
             let reader = self.reader.as_mut().expect("opened above");
             match reader.next() {
                 Some(group) => {
                     let group =
                         group.with_context(|| format!("reading {}", self.path.display()))?;
                     let before = self.buffer.len();
-                    self.buffer
-                        .extend(group.into_iter().filter(|row| self.days.contains(&row.day)));
-                    self.rows_this_pass += (self.buffer.len() - before) as u64;
+                    self.buffer.extend(
+                        group
+                            .into_iter()
+                            .filter(|row| self.days.contains(&row.day))
+                            .map(|row| (pass as u32, row)),
+                    );
+                    let added = (self.buffer.len() - before) as u64;
+                    self.rows_this_pass += added;
+                    self.passes[pass].read += added;
                 }
                 None => {
                     self.reader = None;
-                    // A pass just ended; stop refilling if the buffer has rows, so that
-                    // the next pass starts only once these are drawn.
-                    if !self.buffer.is_empty() {
-                        break;
-                    }
+                    self.passes[pass].finished = true;
                 }
             }
         }
@@ -82,7 +114,9 @@ impl SourceStream {
             self.refill()?;
         }
         let index = rng.random_range(0..self.buffer.len());
-        Ok(self.buffer.swap_remove(index))
+        let (pass, row) = self.buffer.swap_remove(index);
+        self.passes[pass as usize].drawn += 1;
+        Ok(row)
     }
 }
 
@@ -111,6 +145,20 @@ impl BalancedSampler {
             batch_size,
             rng,
         }
+    }
+
+    /// Full passes over each source used (`None` for a source the variant does not read).
+    pub fn full_passes(&self) -> (Option<usize>, Option<usize>) {
+        (
+            self.promotions.as_ref().map(SourceStream::full_passes),
+            self.ads.as_ref().map(SourceStream::full_passes),
+        )
+    }
+
+    /// Whether every source used has been drawn in full at least once.
+    pub fn warmed_up(&self) -> bool {
+        let (promotions, ads) = self.full_passes();
+        promotions.is_none_or(|passes| passes >= 1) && ads.is_none_or(|passes| passes >= 1)
     }
 
     pub fn next_batch(&mut self) -> Result<Vec<Impression>> {

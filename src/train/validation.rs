@@ -90,11 +90,45 @@ pub fn stream_ap(
     result
 }
 
-/// The mean of the stream APs: the early-stopping score.
-pub fn score(metrics: &BTreeMap<String, f64>) -> f64 {
-    if metrics.is_empty() {
+/// The stream positive rate of the validation rows of each kind the variant trains on,
+/// keyed like [`stream_ap`]'s APs (`promotion_ap`, `ad_ap`).
+pub fn base_rates(plan: &Plan, rows: &[Impression]) -> BTreeMap<String, f64> {
+    CandidateKind::ALL
+        .into_iter()
+        .filter(|kind| plan.uses(*kind))
+        .filter_map(|kind| {
+            let (count, positives) = rows
+                .iter()
+                .filter(|row| row.kind == kind)
+                .fold((0usize, 0usize), |(n, p), row| {
+                    (n + 1, p + usize::from(row.stream))
+                });
+            (positives > 0).then(|| {
+                (
+                    format!("{}_ap", kind.as_str()),
+                    positives as f64 / count as f64,
+                )
+            })
+        })
+        .collect()
+}
+
+/// Adds each stream AP's lift over its base rate (`{kind}_lift`) to `metrics` and
+/// returns their mean: the checkpoint score. A random ranking has lift 1 on every kind,
+/// so a head serving rare ad streams counts as much as one serving promotions.
+pub fn lift_score(metrics: &mut BTreeMap<String, f64>, base_rates: &BTreeMap<String, f64>) -> f64 {
+    let lifts: Vec<(String, f64)> = metrics
+        .iter()
+        .filter_map(|(key, ap)| {
+            let rate = base_rates.get(key)?;
+            Some((key.replace("_ap", "_lift"), ap / rate))
+        })
+        .collect();
+    let score = if lifts.is_empty() {
         0.0
     } else {
-        metrics.values().sum::<f64>() / metrics.len() as f64
-    }
+        lifts.iter().map(|(_, lift)| lift).sum::<f64>() / lifts.len() as f64
+    };
+    metrics.extend(lifts);
+    score
 }

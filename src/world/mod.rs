@@ -637,9 +637,28 @@ pub fn simulate(config: &WorldConfig, out: &Path) -> Result<WorldInfo, WorldErro
 
     let (channels, tiers) = traffic::summarize(&catalog, &rows);
     let writing_bar = progress_bar(config.impressions as u64, "writing impressions");
+    // The ad's host genre is logged where it acts: in worlds with ad structure. Without
+    // it the files are what they were before the knob existed.
+    let host_genre = config.ad_structure != DEFAULT_AD_STRUCTURE;
     let (promotions, ads) = rayon::join(
-        || write_channel(&staging.path, &rows, CandidateKind::Promotion, &writing_bar),
-        || write_channel(&staging.path, &rows, CandidateKind::Ad, &writing_bar),
+        || {
+            write_channel(
+                &staging.path,
+                &rows,
+                CandidateKind::Promotion,
+                false,
+                &writing_bar,
+            )
+        },
+        || {
+            write_channel(
+                &staging.path,
+                &rows,
+                CandidateKind::Ad,
+                host_genre,
+                &writing_bar,
+            )
+        },
     );
     let (promotion_rows, ad_rows) = (promotions?, ads?);
     drop(rows);
@@ -707,9 +726,10 @@ fn write_channel(
     dir: &Path,
     rows: &[traffic::Row],
     kind: CandidateKind,
+    host_genre: bool,
     bar: &ProgressBar,
 ) -> Result<u64, WorldError> {
-    let mut writer = ImpressionWriter::create(&logs::impressions_path(dir, kind))?;
+    let mut writer = ImpressionWriter::create_with(&logs::impressions_path(dir, kind), host_genre)?;
     let mut group = Vec::with_capacity(ROWS_PER_ROW_GROUP);
     for (position, row) in rows.iter().enumerate() {
         if row.kind() != kind {

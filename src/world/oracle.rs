@@ -308,6 +308,7 @@ impl Oracle {
                 },
                 tier: show_record.tier,
                 brand_new: show_record.created_day.is_some(),
+                host_genre: world.host_genre(logged.user, logged.timestamp),
             };
             let mut candidate = row.to_impression(opportunity.impression_id);
             // The moment is the logged one, context included, whatever the row keeps.

@@ -93,6 +93,8 @@ pub(crate) struct Row {
     pub labels: Labels,
     pub tier: u8,
     pub brand_new: bool,
+    /// Ads: primary genre of the show the ad plays in (an index into the genres).
+    pub host_genre: Option<u8>,
 }
 
 pub(crate) fn pick<T: Copy, R: Rng>(table: &[(T, f64)], rng: &mut R) -> T {
@@ -509,6 +511,11 @@ pub(crate) fn impression_on_day(
         labels,
         tier: show_record.tier,
         brand_new: show_record.created_day.is_some(),
+        host_genre: if is_ad {
+            world.host_genre(user, timestamp)
+        } else {
+            None
+        },
     }
 }
 
@@ -583,6 +590,9 @@ impl Row {
                 timestamp: Some(self.timestamp),
                 surface: Some(self.surface.as_str().to_string()),
                 session_length_s: Some(f64::from(self.session_length_s)),
+                host_genre: self
+                    .host_genre
+                    .map(|genre| catalog::GENRES[usize::from(genre)].to_string()),
             },
             cost: self.cost,
             stream: self.labels.stream,

@@ -331,11 +331,16 @@ def request_body(features_dir, bundle_dir, candidates=100):
     for episode, show in zip(episodes["id"], episodes["show_id"]):
         first_episode.setdefault(show, episode)
     shows = [s for s in pq.read_table(pathlib.Path(features_dir) / "shows.parquet", columns=["id"]).column("id").to_pylist() if s in first_episode]
-    vocab = lambda name: (pathlib.Path(bundle_dir) / "vocab" / f"{name}.txt").read_text().split()
-    campaigns = vocab("campaign")
+    def vocab(*names):
+        """The first of `names` the bundle has: a vocabulary per feature (`campaign_id`)
+        since issue 14, one per entity family (`campaign`) in older bundles."""
+        folder = pathlib.Path(bundle_dir) / "vocab"
+        path = next(folder / f"{name}.txt" for name in names if (folder / f"{name}.txt").exists())
+        return path.read_text().split()
+    campaigns = vocab("campaign_id", "campaign")
     ad_campaigns = [c for c in campaigns if c.startswith("cp")]
     promo_campaigns = [c for c in campaigns if c.startswith("p") and not c.startswith("cp")]
-    creatives = vocab("creative")
+    creatives = vocab("creative_id", "creative")
     body = {
         "request_id": "bench",
         "user": {"id": user},

@@ -68,9 +68,11 @@ class Bundle:
             self.width[value.name] = value.shape[1]
         # Per kind and response field: (logit column, slope, intercept).
         self.heads = {}
+        # A head serving both kinds may carry a scaling per kind (`calibration_by_kind`);
+        # a kind it does not name takes the head's own.
         for head in manifest["heads"]:
-            calibration = head["calibration"]
             for kind in head["kinds"]:
+                calibration = head.get("calibration_by_kind", {}).get(kind, head["calibration"])
                 self.heads[(kind, head["field"])] = (
                     head["index"], calibration["slope"], calibration["intercept"]
                 )
