@@ -60,6 +60,12 @@ pub const DEFAULT_PRE_STOP_DELAY_MS: u64 = 5_000;
 /// within its 1 s deadline, so 15 s only waits out slow clients, and pre-stop plus drain
 /// stay within Kubernetes' default 30 s grace period with the preStop hook's 5 s.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 15_000;
+/// The admin listener's address: loopback only, so that reload and rollback are reached
+/// from the host or pod itself (`kubectl port-forward` included) and never from the
+/// network; 8081 sits beside the public 8080.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
+/// Open admin connections at most: an operator and a script or two.
+const ADMIN_MAX_CONNECTIONS: usize = 16;
 /// Pause after a failed `accept` (out of descriptors, say) before the next: retrying at
 /// once would spin a core on the same error.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -120,6 +126,64 @@ pub struct ServeArgs {
     pub reload_interval_s: u64,
     #[command(flatten)]
     pub server: ServerArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// The admin listener (`POST /admin/reload`, `POST /admin/rollback`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// Address (IP:port) of the admin listener; empty turns it off. An address other than
+    /// loopback is refused unless a token is set.
+    #[arg(long, env = "PODSCORE_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
+    /// File holding the bearer token every admin request must carry
+    /// (`Authorization: Bearer <token>`); surrounding whitespace is ignored.
+    #[arg(long, env = "PODSCORE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Where the admin listener listens and the token it requires.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub address: std::net::SocketAddr,
+    pub token: Option<String>,
+}
+
+impl AdminArgs {
+    /// The admin listener these flags describe, or `None` when it is off. Refuses an
+    /// unparsable address, an unreadable or empty token file, and an address other than
+    /// loopback without a token.
+    pub fn config(&self) -> anyhow::Result<Option<AdminConfig>> {
+        if self.admin_listen.trim().is_empty() {
+            return Ok(None);
+        }
+        let address: std::net::SocketAddr = self.admin_listen.parse().with_context(|| {
+            format!(
+                "--admin-listen {}: expected IP:port (127.0.0.1:8081)",
+                self.admin_listen
+            )
+        })?;
+        let token = match &self.admin_token_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the admin token {}", path.display()))?;
+                let token = text.trim();
+                anyhow::ensure!(
+                    !token.is_empty(),
+                    "the admin token file {} is empty",
+                    path.display()
+                );
+                Some(token.to_string())
+            }
+        };
+        anyhow::ensure!(
+            address.ip().is_loopback() || token.is_some(),
+            "--admin-listen {address} is reachable from the network: give --admin-token-file too, or listen on loopback"
+        );
+        Ok(Some(AdminConfig { address, token }))
+    }
 }
 
 /// Connection limits and the shutdown sequence.
@@ -361,11 +425,29 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let admin = args.admin.config()?;
     runtime.block_on(async {
         let (sources, config) = (args.sources.clone(), args.service_config());
         let (service, reloader) = tokio::task::spawn_blocking(move || build(&sources, config))
             .await
             .context("loading models")??;
+        if let Some(admin) = admin {
+            let listener = TcpListener::bind(admin.address)
+                .await
+                .with_context(|| format!("listening on {} (admin)", admin.address))?;
+            tracing::info!(address = %listener.local_addr()?, token = admin.token.is_some(), "admin listening");
+            let app = api::admin::admin_app(service.clone(), Arc::clone(&reloader), admin.token);
+            let limits = ServerLimits {
+                max_connections: ADMIN_MAX_CONNECTIONS,
+                ..args.server.limits()
+            };
+            // It ends with the process: nothing to drain that a caller would miss.
+            tokio::spawn(async move {
+                if let Err(error) = serve(listener, app, &limits, std::future::pending()).await {
+                    tracing::error!(%error, "admin listener failed");
+                }
+            });
+        }
         let listener = TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

@@ -1,7 +1,8 @@
 //! Production hardening, each hole with the input that showed it: admission before
 //! decoding with a bounded queue, deadlines that give slots back, bounded echoes, store-free
 //! readiness and draining, connection limits and timeouts on a real listener, the bounded
-//! drain, and the `podscore serve` process's shutdown sequence and refused flags.
+//! drain, and the `podscore serve` process's shutdown sequence, admin listener and refused
+//! flags.
 
 mod common;
 
@@ -492,13 +493,20 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `podscore serve` on the shipped bundle and demo features, on a free loopback port.
+/// `podscore serve` on the shipped bundle and demo features, on a free loopback port (and
+/// a free admin port unless `extra` names one).
 fn spawn_serve(port: u16, extra: &[&str]) -> Child {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let admin: &[&str] = if extra.contains(&"--admin-listen") {
+        &[]
+    } else {
+        &["--admin-listen", "127.0.0.1:0"]
+    };
     Command::new(env!("CARGO_BIN_EXE_podscore"))
         .current_dir(root)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--reload-interval-s", "0"])
+        .args(admin)
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -596,6 +604,70 @@ async fn sigterm_flips_readiness_keeps_serving_then_exits_and_a_second_signal_ex
     let status = wait_exit(&mut child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(143));
     assert!(signalled.elapsed() < Duration::from_secs(2));
+}
+
+/// The admin listener: an address reachable from the network without a token is refused
+/// at start with a one-line cause; on loopback with a token, `POST /admin/reload` answers
+/// there (401 without the token, 200 with it), and the public listener has no admin route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_is_loopback_only_unless_a_token_guards_it() {
+    let exposed = Command::new(env!("CARGO_BIN_EXE_podscore"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "0.0.0.0:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!exposed.status.success());
+    let stderr = String::from_utf8_lossy(&exposed.stderr);
+    assert!(stderr.contains("reachable from the network"), "{stderr}");
+
+    let secrets = tempfile::TempDir::new().unwrap();
+    let token_file = secrets.path().join("admin-token");
+    std::fs::write(&token_file, "tok-5f2a9c\n").unwrap();
+    let client = reqwest::Client::new();
+    let (port, admin_port) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let mut child = spawn_serve(
+        port,
+        &[
+            "--admin-listen",
+            &format!("127.0.0.1:{admin_port}"),
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    wait_ready(&client, &base, &mut child).await;
+    let reload = |url: String, token: Option<&'static str>| {
+        let mut request = client.post(url).timeout(Duration::from_secs(30));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let public = reload(format!("{base}/admin/reload"), Some("tok-5f2a9c"))
+        .await
+        .unwrap();
+    assert_eq!(public.status().as_u16(), 404);
+    let anonymous = reload(format!("{admin}/admin/reload"), None).await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let wrong = reload(format!("{admin}/admin/reload"), Some("tok-5f2a9d"))
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let accepted = reload(format!("{admin}/admin/reload"), Some("tok-5f2a9c"))
+        .await
+        .unwrap();
+    assert_eq!(accepted.status().as_u16(), 200);
+    let body: Value = accepted.json().await.unwrap();
+    assert_eq!(body["served"][0]["model"], "podcast-mtl", "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn common_readme_request() -> Value {

@@ -74,7 +74,7 @@ LUA
 
 start_server() {
   local models="$1"; shift
-  "$binary" serve --listen "127.0.0.1:$port" --models "$models" --reload-interval-s 0 "$@" \
+  "$binary" serve --listen "127.0.0.1:$port" --models "$models" --reload-interval-s 0 --admin-listen 127.0.0.1:0 "$@" \
     >"$work/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do
