@@ -1,8 +1,8 @@
 //! Production hardening, each hole with the input that showed it: admission before
 //! decoding with a bounded queue, deadlines that give slots back, bounded echoes, store-free
-//! readiness and draining, connection limits and timeouts on a real listener, the bounded
-//! drain, and the `podscore serve` process's shutdown sequence, admin listener and refused
-//! flags.
+//! readiness and draining, connection limits and timeouts on a real listener (HTTP/1.1 and
+//! HTTP/2), the bounded drain, and the `podscore serve` process's shutdown sequence, admin
+//! listener and refused flags.
 
 mod common;
 
@@ -395,6 +395,77 @@ async fn trickling_bodies_are_cut_off() {
                 "{answer}"
             );
         }
+    })
+    .await;
+}
+
+/// HTTP/2 with prior knowledge (h2c) on the same listener: requests sent as concurrent
+/// streams of one connection are scored as over HTTP/1.1, a body over the limit is still a
+/// 413, and a connection that sends part of the preface and stalls is closed after the
+/// header timeout like a half-sent HTTP/1 header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_served_within_the_same_limits() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let limits = ServerLimits {
+        header_timeout: Duration::from_millis(500),
+        ..ServerLimits::default()
+    };
+    let api_config = api::Config {
+        max_body_bytes: 64 * 1024,
+        ..api::Config::default()
+    };
+    let listening = listen(limits, api_config).await;
+    let address = listening.address;
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("the server speaks HTTP/2 to a client with prior knowledge");
+    tokio::spawn(connection);
+    let post = |body: String| {
+        let mut sender = sender.clone();
+        async move {
+            let request = hyper::Request::post(format!("http://{address}/score"))
+                .header("content-type", "application/json")
+                .body(Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            (parts.version, parts.status, body)
+        }
+    };
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        streams.spawn(post(stored_request().to_string()));
+    }
+    for (version, status, body) in streams.join_all().await {
+        assert_eq!(version, hyper::Version::HTTP_2);
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["candidates"].as_array().map(Vec::len), Some(2));
+    }
+    let (_, status, body) = post(format!("{{\"pad\": \"{}\"}}", "x".repeat(100 * 1024))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"],
+        "body_too_large"
+    );
+
+    client(move || {
+        let mut stalled = TcpStream::connect(address).unwrap();
+        stalled.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+        let started = Instant::now();
+        let answer = read_until_closed(&mut stalled, Duration::from_secs(5))
+            .expect("a stalled preface is closed");
+        assert_eq!(answer, "");
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
     })
     .await;
 }
