@@ -2,7 +2,8 @@
 //! hole with the bundle that showed it (a symlink to `/dev/zero`, a FIFO as a vocabulary,
 //! a vocabulary name that is a path, a vocabulary longer or shorter than its table, a
 //! directory that disagrees with its manifest, a copy that keeps modification times, a
-//! model added under an earlier name), fallback at start, range checks from the manifest,
+//! model added under an earlier name, a graph that makes tract panic while loading),
+//! fallback at start, range checks from the manifest,
 //! a reload under traffic, and the admin routes (reload, rollback, token).
 
 mod common;
@@ -369,6 +370,58 @@ async fn a_reload_under_traffic_fails_no_request() {
     let versions = traffic.stop().await;
     assert!(versions.contains(&json!(1)));
     assert!(versions.contains(&json!(2)));
+}
+
+/// A graph that makes tract panic while loading (a `Flatten` whose axis is past the
+/// tensor's rank: tract-hir indexes out of bounds) is that bundle's failure, caught and
+/// remembered rather than retried every pass, while traffic keeps being served by
+/// version 1 with no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_that_panics_while_loading_is_refused_under_traffic() {
+    use prost::Message;
+
+    let server = TestServer::start(Setup::default());
+    let traffic = Traffic::start(&server.app(), 3);
+    let dir = common::write_bundle(server.dir(), MODEL, 2, 5, Golden::Correct);
+    let graph = dir.join(bundle::MODEL_FILE);
+    let mut model =
+        tract_onnx::pb::ModelProto::decode(&std::fs::read(&graph).unwrap()[..]).unwrap();
+    let flatten = model
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|node| node.op_type == "Flatten")
+        .expect("the exported graph flattens");
+    flatten
+        .attribute
+        .iter_mut()
+        .find(|attribute| attribute.name == "axis")
+        .expect("Flatten has an axis")
+        .i = 99;
+    std::fs::write(&graph, model.encode_to_vec()).unwrap();
+
+    let pass = || {
+        let (service, reloader) = (server.service.clone(), Arc::clone(&server.reloader));
+        tokio::task::spawn_blocking(move || reloader.reload(&service).unwrap())
+    };
+    let report = pass().await.unwrap();
+    assert!(report.loaded.is_empty(), "{:?}", report.loaded);
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    assert!(
+        report.failed[0].reason.contains("panicked while loading"),
+        "{}",
+        report.failed[0].reason
+    );
+    let again = pass().await.unwrap();
+    assert!(
+        again.loaded.is_empty() && again.failed.is_empty(),
+        "{again:?}"
+    );
+    let versions = traffic.stop().await;
+    assert!(versions.iter().all(|version| *version == json!(1)));
+    assert_eq!(served_version(&server), Some(1));
 }
 
 // ---------------------------------------------------------------------------------------
