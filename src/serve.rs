@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::api;
 use crate::service::validate::{DEFAULT_MAX_CANDIDATES, Limits};
@@ -60,6 +60,23 @@ pub const DEFAULT_PRE_STOP_DELAY_MS: u64 = 5_000;
 /// within its 1 s deadline, so 15 s only waits out slow clients, and pre-stop plus drain
 /// stay within Kubernetes' default 30 s grace period with the preStop hook's 5 s.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 15_000;
+/// The admin listener's address: loopback only, so that reload and rollback are reached
+/// from the host or pod itself (`kubectl port-forward` included) and never from the
+/// network; 8081 sits beside the public 8080.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
+/// Open admin connections at most: an operator and a script or two.
+const ADMIN_MAX_CONNECTIONS: usize = 16;
+/// Streams one HTTP/2 connection may carry at once: each is a request in flight, and the
+/// admission line bounds the work behind them anyway; 100 is the least RFC 9113 advises.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Largest HTTP/2 header list: a request's headers are a few hundred bytes; 64 KiB
+/// matches what HTTP/1 parsing accepts in practice, far below h2's 16 MiB default.
+pub const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113, 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Pause between looks at a connection's first bytes while an HTTP/2 preface arrives in
+/// pieces (rare: clients send it in one packet).
+const PREFACE_PEEK_PAUSE: Duration = Duration::from_millis(5);
 /// Pause after a failed `accept` (out of descriptors, say) before the next: retrying at
 /// once would spin a core on the same error.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -120,6 +137,64 @@ pub struct ServeArgs {
     pub reload_interval_s: u64,
     #[command(flatten)]
     pub server: ServerArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// The admin listener (`POST /admin/reload`, `POST /admin/rollback`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// Address (IP:port) of the admin listener; empty turns it off. An address other than
+    /// loopback is refused unless a token is set.
+    #[arg(long, env = "PODSCORE_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
+    /// File holding the bearer token every admin request must carry
+    /// (`Authorization: Bearer <token>`); surrounding whitespace is ignored.
+    #[arg(long, env = "PODSCORE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Where the admin listener listens and the token it requires.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub address: std::net::SocketAddr,
+    pub token: Option<String>,
+}
+
+impl AdminArgs {
+    /// The admin listener these flags describe, or `None` when it is off. Refuses an
+    /// unparsable address, an unreadable or empty token file, and an address other than
+    /// loopback without a token.
+    pub fn config(&self) -> anyhow::Result<Option<AdminConfig>> {
+        if self.admin_listen.trim().is_empty() {
+            return Ok(None);
+        }
+        let address: std::net::SocketAddr = self.admin_listen.parse().with_context(|| {
+            format!(
+                "--admin-listen {}: expected IP:port (127.0.0.1:8081)",
+                self.admin_listen
+            )
+        })?;
+        let token = match &self.admin_token_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the admin token {}", path.display()))?;
+                let token = text.trim();
+                anyhow::ensure!(
+                    !token.is_empty(),
+                    "the admin token file {} is empty",
+                    path.display()
+                );
+                Some(token.to_string())
+            }
+        };
+        anyhow::ensure!(
+            address.ip().is_loopback() || token.is_some(),
+            "--admin-listen {address} is reachable from the network: give --admin-token-file too, or listen on loopback"
+        );
+        Ok(Some(AdminConfig { address, token }))
+    }
 }
 
 /// Connection limits and the shutdown sequence.
@@ -286,25 +361,40 @@ pub fn build(
 /// listener and gives the connections' requests in flight `limits.drain_timeout` to
 /// finish; connections still open after it are dropped. Returns how many were.
 ///
-/// hyper's HTTP/1 connection is driven directly rather than through `axum::serve`, which
-/// sets no timer (so no header timeout) and no connection bound.
+/// Each connection speaks HTTP/1.1, or HTTP/2 when it opens with the HTTP/2 preface (h2c
+/// with prior knowledge; there is no TLS here, so no ALPN, and hyper has no `Upgrade: h2c`).
+/// Both share the connection bound, the drain, and every request-level limit (body size,
+/// body timeout, deadline, admission). A connection must send its first bytes within the
+/// header timeout; HTTP/1 then has hyper's header timeout (which is also its idle
+/// keep-alive timeout), HTTP/2 a bounded stream count and header list, and keep-alive
+/// pings at the header-timeout interval that close a connection whose peer is gone.
+///
+/// hyper's connections are driven directly rather than through `axum::serve`, which sets no
+/// timer (so no header timeout) and no connection bound.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: &ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<usize> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
 
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.header_timeout);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -325,12 +415,22 @@ pub async fn serve(
         };
         // Latency over throughput: answers are small and must leave at once.
         let _ = stream.set_nodelay(true);
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
+        let (http1, http2, watcher) = (http1.clone(), http2.clone(), graceful.watcher());
+        let (service, header_timeout) =
+            (TowerToHyperService::new(app.clone()), limits.header_timeout);
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(error) = connection.await {
+            let Some(speaks_h2) = opens_with_h2_preface(&stream, header_timeout).await else {
+                tracing::debug!(%peer, "no request within the header timeout; closing");
+                return;
+            };
+            let io = TokioIo::new(stream);
+            let ended = if speaks_h2 {
+                watcher.watch(http2.serve_connection(io, service)).await
+            } else {
+                watcher.watch(http1.serve_connection(io, service)).await
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
@@ -354,6 +454,29 @@ pub async fn serve(
     }
 }
 
+/// Whether `stream` opens with the HTTP/2 preface, looked at without consuming it; `None`
+/// when nothing decisive arrives within `within` (a silent connection, dropped like a
+/// half-sent header). Hand-written because hyper-util's auto builder, which sniffs the same
+/// way, waits for those bytes with no timeout: a connection that sent nothing would be held
+/// forever.
+async fn opens_with_h2_preface(stream: &TcpStream, within: Duration) -> Option<bool> {
+    let sniffing = async {
+        let mut start = [0_u8; H2_PREFACE.len()];
+        loop {
+            let seen = stream.peek(&mut start).await.ok()?;
+            if seen == 0 || start[..seen] != H2_PREFACE[..seen] {
+                // Closed, or not HTTP/2: HTTP/1 reads (or ends) it.
+                return Some(false);
+            }
+            if seen == H2_PREFACE.len() {
+                return Some(true);
+            }
+            tokio::time::sleep(PREFACE_PEEK_PAUSE).await;
+        }
+    };
+    tokio::time::timeout(within, sniffing).await.ok().flatten()
+}
+
 /// `podscore serve`.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     init_logging();
@@ -361,11 +484,29 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let admin = args.admin.config()?;
     runtime.block_on(async {
         let (sources, config) = (args.sources.clone(), args.service_config());
         let (service, reloader) = tokio::task::spawn_blocking(move || build(&sources, config))
             .await
             .context("loading models")??;
+        if let Some(admin) = admin {
+            let listener = TcpListener::bind(admin.address)
+                .await
+                .with_context(|| format!("listening on {} (admin)", admin.address))?;
+            tracing::info!(address = %listener.local_addr()?, token = admin.token.is_some(), "admin listening");
+            let app = api::admin::admin_app(service.clone(), Arc::clone(&reloader), admin.token);
+            let limits = ServerLimits {
+                max_connections: ADMIN_MAX_CONNECTIONS,
+                ..args.server.limits()
+            };
+            // It ends with the process: nothing to drain that a caller would miss.
+            tokio::spawn(async move {
+                if let Err(error) = serve(listener, app, &limits, std::future::pending()).await {
+                    tracing::error!(%error, "admin listener failed");
+                }
+            });
+        }
         let listener = TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

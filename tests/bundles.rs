@@ -2,8 +2,9 @@
 //! hole with the bundle that showed it (a symlink to `/dev/zero`, a FIFO as a vocabulary,
 //! a vocabulary name that is a path, a vocabulary longer or shorter than its table, a
 //! directory that disagrees with its manifest, a copy that keeps modification times, a
-//! model added under an earlier name), fallback at start, range checks from the manifest,
-//! and a reload under traffic.
+//! model added under an earlier name, a graph that makes tract panic while loading),
+//! fallback at start, range checks from the manifest,
+//! a reload under traffic, and the admin routes (reload, rollback, token).
 
 mod common;
 
@@ -307,25 +308,58 @@ fn bounds_are_recorded_from_training_values() {
     }
 }
 
+/// Clients scoring the stored request in a loop until stopped; each answer's status and
+/// the model version that gave it.
+struct Traffic {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    clients: tokio::task::JoinSet<Vec<(StatusCode, Value)>>,
+}
+
+impl Traffic {
+    fn start(app: &axum::Router, clients: usize) -> Traffic {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let (app, stop) = (app.clone(), Arc::clone(&stop));
+            set.spawn(async move {
+                let mut answers = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let reply = score(&app, &stored_request()).await;
+                    answers.push((reply.status, reply.json()["model"]["version"].clone()));
+                }
+                answers
+            });
+        }
+        Traffic { stop, clients: set }
+    }
+
+    /// Stops the clients after a last 200 ms of traffic and returns every answer, after
+    /// checking that each was a 200.
+    async fn stop(self) -> Vec<Value> {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let answers: Vec<(StatusCode, Value)> = self.clients.join_all().await.concat();
+        assert!(!answers.is_empty());
+        let failed: Vec<_> = answers
+            .iter()
+            .filter(|(status, _)| *status != StatusCode::OK)
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} failed: {:?}",
+            failed.len(),
+            failed.first()
+        );
+        answers.into_iter().map(|(_, version)| version).collect()
+    }
+}
+
 /// A reload under traffic fails no request: clients scoring in a loop while version 2
 /// is loaded and swapped in all get 200s, from version 1 and then version 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_under_traffic_fails_no_request() {
     let server = TestServer::start(Setup::default());
-    let app = server.app();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..3 {
-        let (app, stop) = (app.clone(), Arc::clone(&stop));
-        clients.spawn(async move {
-            let mut answers = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let reply = score(&app, &stored_request()).await;
-                answers.push((reply.status, reply.json()["model"]["version"].clone()));
-            }
-            answers
-        });
-    }
+    let traffic = Traffic::start(&server.app(), 3);
     common::write_bundle(server.dir(), MODEL, 2, 5, Golden::Correct);
     let (service, reloader) = (server.service.clone(), Arc::clone(&server.reloader));
     let report = tokio::task::spawn_blocking(move || reloader.reload(&service))
@@ -333,10 +367,217 @@ async fn a_reload_under_traffic_fails_no_request() {
         .unwrap()
         .unwrap();
     assert_eq!(report.loaded, [(MODEL.to_string(), 2)]);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let answers: Vec<(StatusCode, Value)> = clients.join_all().await.concat();
-    assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
-    assert!(answers.iter().any(|(_, version)| *version == json!(1)));
-    assert!(answers.iter().any(|(_, version)| *version == json!(2)));
+    let versions = traffic.stop().await;
+    assert!(versions.contains(&json!(1)));
+    assert!(versions.contains(&json!(2)));
+}
+
+/// A graph that makes tract panic while loading (a `Flatten` whose axis is past the
+/// tensor's rank: tract-hir indexes out of bounds) is that bundle's failure, caught and
+/// remembered rather than retried every pass, while traffic keeps being served by
+/// version 1 with no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_that_panics_while_loading_is_refused_under_traffic() {
+    use prost::Message;
+
+    let server = TestServer::start(Setup::default());
+    let traffic = Traffic::start(&server.app(), 3);
+    let dir = common::write_bundle(server.dir(), MODEL, 2, 5, Golden::Correct);
+    let graph = dir.join(bundle::MODEL_FILE);
+    let mut model =
+        tract_onnx::pb::ModelProto::decode(&std::fs::read(&graph).unwrap()[..]).unwrap();
+    let flatten = model
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|node| node.op_type == "Flatten")
+        .expect("the exported graph flattens");
+    flatten
+        .attribute
+        .iter_mut()
+        .find(|attribute| attribute.name == "axis")
+        .expect("Flatten has an axis")
+        .i = 99;
+    std::fs::write(&graph, model.encode_to_vec()).unwrap();
+
+    let pass = || {
+        let (service, reloader) = (server.service.clone(), Arc::clone(&server.reloader));
+        tokio::task::spawn_blocking(move || reloader.reload(&service).unwrap())
+    };
+    let report = pass().await.unwrap();
+    assert!(report.loaded.is_empty(), "{:?}", report.loaded);
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    assert!(
+        report.failed[0].reason.contains("panicked while loading"),
+        "{}",
+        report.failed[0].reason
+    );
+    let again = pass().await.unwrap();
+    assert!(
+        again.loaded.is_empty() && again.failed.is_empty(),
+        "{again:?}"
+    );
+    let versions = traffic.stop().await;
+    assert!(versions.iter().all(|version| *version == json!(1)));
+    assert_eq!(served_version(&server), Some(1));
+}
+
+// ---------------------------------------------------------------------------------------
+// The admin routes.
+
+fn admin(server: &TestServer, token: Option<&str>) -> axum::Router {
+    podscore::api::admin::admin_app(
+        server.service.clone(),
+        Arc::clone(&server.reloader),
+        token.map(str::to_string),
+    )
+}
+
+fn post(uri: &str, token: Option<&str>) -> axum::http::Request<axum::body::Body> {
+    let mut request = axum::http::Request::post(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    request.body(axum::body::Body::empty()).unwrap()
+}
+
+/// `POST /admin/reload` under traffic: a bundle that fails its golden check is answered
+/// 422 `bundle_refused` with its reason and counted as failed while version 1 keeps
+/// serving; a good one is answered 200 and served; no client request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reload_under_traffic_refuses_a_bad_bundle_and_serves_a_good_one() {
+    let server = TestServer::start(Setup::default());
+    let admin = admin(&server, None);
+    let traffic = Traffic::start(&server.app(), 3);
+
+    common::write_bundle(server.dir(), MODEL, 2, 5, Golden::Wrong);
+    let refused = common::send(&admin, post("/admin/reload", None)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.text()
+    );
+    let body = refused.json();
+    assert_eq!(body["error"]["code"], "bundle_refused");
+    assert_eq!(body["failed"][0]["version"], 2);
+    assert!(
+        body["failed"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("golden")
+    );
+    assert_eq!(body["served"], json!([{"model": MODEL, "version": 1}]));
+
+    common::write_bundle(server.dir(), MODEL, 3, 6, Golden::Correct);
+    let loaded = common::send(&admin, post("/admin/reload", None)).await;
+    assert_eq!(loaded.status, StatusCode::OK, "{}", loaded.text());
+    assert_eq!(
+        loaded.json()["loaded"],
+        json!([{"model": MODEL, "version": 3}])
+    );
+
+    let versions = traffic.stop().await;
+    assert!(versions.contains(&json!(1)) && versions.contains(&json!(3)));
+    assert!(!versions.contains(&json!(2)));
+    let metrics = server.service.metrics().render().unwrap();
+    let count = |result: &str| {
+        common::metric(
+            &metrics,
+            &format!("podscore_model_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(count("failed"), Some(1.0));
+    assert_eq!(count("loaded"), Some(2.0));
+}
+
+/// `POST /admin/rollback` under traffic serves the version below (read and proven from
+/// disk), holds the version it replaced back from later reloads until a newer one comes,
+/// and fails no request; with no earlier version it is a 409, for a model not served a
+/// 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_rollback_serves_the_previous_version_and_holds_the_newer_one_back() {
+    let server = TestServer::start(Setup {
+        bundles: vec![(1, Golden::Correct), (2, Golden::Correct)],
+        ..Setup::default()
+    });
+    assert_eq!(served_version(&server), Some(2));
+    let admin = admin(&server, None);
+    let traffic = Traffic::start(&server.app(), 3);
+
+    let rolled = common::send(&admin, post("/admin/rollback", None)).await;
+    assert_eq!(rolled.status, StatusCode::OK, "{}", rolled.text());
+    let body = rolled.json();
+    assert_eq!(
+        (&body["model"], &body["from"], &body["to"]),
+        (&json!(MODEL), &json!(2), &json!(1))
+    );
+    assert_eq!(served_version(&server), Some(1));
+
+    let again = common::send(&admin, post("/admin/reload", None)).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+    assert_eq!(again.json()["loaded"], json!([]));
+    assert_eq!(served_version(&server), Some(1));
+
+    let versions = traffic.stop().await;
+    assert!(versions.contains(&json!(2)) && versions.contains(&json!(1)));
+
+    let nothing = common::send(
+        &admin,
+        post(&format!("/admin/rollback?model={MODEL}"), None),
+    )
+    .await;
+    assert_eq!(nothing.status, StatusCode::CONFLICT, "{}", nothing.text());
+    assert_eq!(nothing.json()["error"]["code"], "nothing_earlier");
+    let unknown = common::send(&admin, post("/admin/rollback?model=nope", None)).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json()["error"]["code"], "model_not_found");
+
+    common::write_bundle(server.dir(), MODEL, 3, 6, Golden::Correct);
+    let newer = common::send(&admin, post("/admin/reload", None)).await;
+    assert_eq!(
+        newer.json()["loaded"],
+        json!([{"model": MODEL, "version": 3}])
+    );
+}
+
+/// With a token set, admin requests without it or with a wrong one (one byte off, or a
+/// prefix) are 401 with `WWW-Authenticate: Bearer` and change nothing; the right one is
+/// served.
+#[tokio::test]
+async fn admin_routes_need_the_token_when_one_is_set() {
+    let server = TestServer::start(Setup {
+        bundles: vec![(1, Golden::Correct), (2, Golden::Correct)],
+        ..Setup::default()
+    });
+    let admin = admin(&server, Some("s3cret-token"));
+    for token in [None, Some("s3cret-tokem"), Some("s3cret"), Some("")] {
+        let refused = common::send(&admin, post("/admin/rollback", token)).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+        assert_eq!(refused.json()["error"]["code"], "unauthorized");
+    }
+    assert_eq!(served_version(&server), Some(2));
+    let accepted = common::send(&admin, post("/admin/rollback", Some("s3cret-token"))).await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text());
+    assert_eq!(served_version(&server), Some(1));
+}
+
+/// The public router has no admin route: `POST /admin/reload` and `/admin/rollback` are
+/// 404 there and change nothing.
+#[tokio::test]
+async fn admin_routes_are_absent_from_the_public_router() {
+    let server = TestServer::start(Setup {
+        bundles: vec![(1, Golden::Correct), (2, Golden::Correct)],
+        ..Setup::default()
+    });
+    let app = server.app();
+    for uri in ["/admin/reload", "/admin/rollback"] {
+        let reply = common::send(&app, post(uri, None)).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{uri}");
+        assert_eq!(reply.json()["error"]["code"], "not_found");
+    }
+    assert_eq!(served_version(&server), Some(2));
 }

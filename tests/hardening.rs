@@ -1,7 +1,8 @@
 //! Production hardening, each hole with the input that showed it: admission before
 //! decoding with a bounded queue, deadlines that give slots back, bounded echoes, store-free
-//! readiness and draining, connection limits and timeouts on a real listener, the bounded
-//! drain, and the `podscore serve` process's shutdown sequence and refused flags.
+//! readiness and draining, connection limits and timeouts on a real listener (HTTP/1.1 and
+//! HTTP/2), the bounded drain, and the `podscore serve` process's shutdown sequence, admin
+//! listener and refused flags.
 
 mod common;
 
@@ -398,6 +399,77 @@ async fn trickling_bodies_are_cut_off() {
     .await;
 }
 
+/// HTTP/2 with prior knowledge (h2c) on the same listener: requests sent as concurrent
+/// streams of one connection are scored as over HTTP/1.1, a body over the limit is still a
+/// 413, and a connection that sends part of the preface and stalls is closed after the
+/// header timeout like a half-sent HTTP/1 header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_served_within_the_same_limits() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let limits = ServerLimits {
+        header_timeout: Duration::from_millis(500),
+        ..ServerLimits::default()
+    };
+    let api_config = api::Config {
+        max_body_bytes: 64 * 1024,
+        ..api::Config::default()
+    };
+    let listening = listen(limits, api_config).await;
+    let address = listening.address;
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("the server speaks HTTP/2 to a client with prior knowledge");
+    tokio::spawn(connection);
+    let post = |body: String| {
+        let mut sender = sender.clone();
+        async move {
+            let request = hyper::Request::post(format!("http://{address}/score"))
+                .header("content-type", "application/json")
+                .body(Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            (parts.version, parts.status, body)
+        }
+    };
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        streams.spawn(post(stored_request().to_string()));
+    }
+    for (version, status, body) in streams.join_all().await {
+        assert_eq!(version, hyper::Version::HTTP_2);
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["candidates"].as_array().map(Vec::len), Some(2));
+    }
+    let (_, status, body) = post(format!("{{\"pad\": \"{}\"}}", "x".repeat(100 * 1024))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"],
+        "body_too_large"
+    );
+
+    client(move || {
+        let mut stalled = TcpStream::connect(address).unwrap();
+        stalled.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+        let started = Instant::now();
+        let answer = read_until_closed(&mut stalled, Duration::from_secs(5))
+            .expect("a stalled preface is closed");
+        assert_eq!(answer, "");
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
 /// Connections past the limit are closed at once; once one closes, new ones are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_closed() {
@@ -492,13 +564,20 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `podscore serve` on the shipped bundle and demo features, on a free loopback port.
+/// `podscore serve` on the shipped bundle and demo features, on a free loopback port (and
+/// a free admin port unless `extra` names one).
 fn spawn_serve(port: u16, extra: &[&str]) -> Child {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let admin: &[&str] = if extra.contains(&"--admin-listen") {
+        &[]
+    } else {
+        &["--admin-listen", "127.0.0.1:0"]
+    };
     Command::new(env!("CARGO_BIN_EXE_podscore"))
         .current_dir(root)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--reload-interval-s", "0"])
+        .args(admin)
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -596,6 +675,70 @@ async fn sigterm_flips_readiness_keeps_serving_then_exits_and_a_second_signal_ex
     let status = wait_exit(&mut child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(143));
     assert!(signalled.elapsed() < Duration::from_secs(2));
+}
+
+/// The admin listener: an address reachable from the network without a token is refused
+/// at start with a one-line cause; on loopback with a token, `POST /admin/reload` answers
+/// there (401 without the token, 200 with it), and the public listener has no admin route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_is_loopback_only_unless_a_token_guards_it() {
+    let exposed = Command::new(env!("CARGO_BIN_EXE_podscore"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "0.0.0.0:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!exposed.status.success());
+    let stderr = String::from_utf8_lossy(&exposed.stderr);
+    assert!(stderr.contains("reachable from the network"), "{stderr}");
+
+    let secrets = tempfile::TempDir::new().unwrap();
+    let token_file = secrets.path().join("admin-token");
+    std::fs::write(&token_file, "tok-5f2a9c\n").unwrap();
+    let client = reqwest::Client::new();
+    let (port, admin_port) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let mut child = spawn_serve(
+        port,
+        &[
+            "--admin-listen",
+            &format!("127.0.0.1:{admin_port}"),
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    wait_ready(&client, &base, &mut child).await;
+    let reload = |url: String, token: Option<&'static str>| {
+        let mut request = client.post(url).timeout(Duration::from_secs(30));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let public = reload(format!("{base}/admin/reload"), Some("tok-5f2a9c"))
+        .await
+        .unwrap();
+    assert_eq!(public.status().as_u16(), 404);
+    let anonymous = reload(format!("{admin}/admin/reload"), None).await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let wrong = reload(format!("{admin}/admin/reload"), Some("tok-5f2a9d"))
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let accepted = reload(format!("{admin}/admin/reload"), Some("tok-5f2a9c"))
+        .await
+        .unwrap();
+    assert_eq!(accepted.status().as_u16(), 200);
+    let body: Value = accepted.json().await.unwrap();
+    assert_eq!(body["served"][0]["model"], "podcast-mtl", "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn common_readme_request() -> Value {

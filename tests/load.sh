@@ -9,7 +9,8 @@
 #                                     (default: all, in that order)
 #
 # Environment: CARGO_TARGET_DIR (the build holding release/podscore), PORT (default
-# 18080), DURATION_S per wrk run (default 10), SOAK_S (default 300).
+# 18080), DURATION_S per wrk run (default 10), SOAK_S (default 300), CAPACITY_C (the
+# capacity in connections when the capacity phase does not run; default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -74,7 +75,7 @@ LUA
 
 start_server() {
   local models="$1"; shift
-  "$binary" serve --listen "127.0.0.1:$port" --models "$models" --reload-interval-s 0 "$@" \
+  "$binary" serve --listen "127.0.0.1:$port" --models "$models" --reload-interval-s 0 --admin-listen 127.0.0.1:0 "$@" \
     >"$work/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do
@@ -89,9 +90,10 @@ stop_server() {
   server_pid=""
 }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$server_pid/status"; }
-load() { # connections seconds
-  timeout $(( $2 + 30 )) wrk -t "$(( $1 < 2 ? $1 : 2 ))" -c "$1" -d "${2}s" --latency -s "$work/score.lua" "$base/score" \
-    | grep -E "^(statuses|rps)" | tr '\n' ' '
+load() { # connections seconds [wrk options...]
+  local connections=$1 seconds=$2; shift 2
+  timeout $(( seconds + 30 )) wrk -t "$(( connections < 2 ? connections : 2 ))" -c "$connections" -d "${seconds}s" --latency "$@" -s "$work/score.lua" "$base/score" \
+    | grep -E "^(statuses|rps|  Socket errors)" | tr '\n' ' '
   echo
 }
 field() { sed -n "s/.*$1 \([^ ]*\).*/\1/p"; }
@@ -101,7 +103,8 @@ phases=("$@")
 models="$work/models"
 cp -a models/podcast-mtl "$work/" && mkdir -p "$models" && mv "$work/podcast-mtl" "$models/"
 unloaded_p99=""
-capacity_c=1
+# The capacity phase measures it; the other phases alone take CAPACITY_C (default 1).
+capacity_c="${CAPACITY_C:-1}"
 for phase in "${phases[@]}"; do
   case "$phase" in
   capacity)
@@ -120,6 +123,12 @@ for phase in "${phases[@]}"; do
     [ -n "$unloaded_p99" ] || unloaded_p99=$(load 1 "$duration" | field p99_ms)
     c=$(( capacity_c * 2 ))
     echo "2x capacity ($c connections, closed loop): $(load "$c" "$duration") (unloaded p99 $unloaded_p99 ms)"
+    # Closed-loop clients only queue; clients with a budget (as ad servers have) let
+    # admission shed what cannot be answered in time: 8x the connections, each request
+    # with a deadline of 3x the unloaded p99.
+    budget=$(awk -v p="$unloaded_p99" 'BEGIN {printf "%d", p * 3 + 0.5}')
+    c=$(( capacity_c * 8 ))
+    echo "8x capacity ($c connections, x-request-timeout-ms: $budget): $(load "$c" "$duration" -H "x-request-timeout-ms: $budget")"
     stop_server ;;
   reload)
     start_server "$models"
@@ -128,8 +137,9 @@ for phase in "${phases[@]}"; do
     ( sleep $(( duration / 3 )); cp -a "$models/podcast-mtl/1" "$work/2"
       sed -i 's/"version": 1,/"version": 2,/' "$work/2/manifest.json"
       mv "$work/2" "$models/podcast-mtl/2"; kill -HUP "$server_pid" ) &
+    reloading=$!
     echo "reload under load ($c connections, SIGHUP at $(( duration / 3 )) s): $(load "$c" "$duration")"
-    wait
+    wait "$reloading"
     grep -q '"version":2' <(curl -fsS -H 'content-type: application/json' -d @"$work/body.json" "$base/score") \
       && echo "reload: version 2 serves" || echo "reload: version 2 NOT served"
     rm -rf "$models/podcast-mtl/2"

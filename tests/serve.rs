@@ -1198,19 +1198,33 @@ fn request_shaped() -> impl Strategy<Value = Value> {
         .prop_map(|(user, context, candidates)| json!({"user": user, "context": context, "candidates": candidates}))
 }
 
+/// A valid request (stored features, or everything inline) with one hostile but
+/// well-formed value anywhere in it: extreme numbers, long strings, huge lists, deep
+/// nesting, long keys (`common::hostile`).
+fn hostile_request() -> impl Strategy<Value = Vec<u8>> {
+    let valid = prop::sample::select(vec![stored_request(), common::golden_requests()[0].clone()]);
+    (
+        valid,
+        common::hostile::path(),
+        common::hostile::hostile_value(),
+    )
+        .prop_map(|(valid, path, raw)| common::hostile::splice(&valid, &path, &raw))
+}
+
 fn body() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         json_value().prop_map(|value| value.to_string().into_bytes()),
         request_shaped().prop_map(|value| value.to_string().into_bytes()),
         prop::collection::vec(any::<u8>(), 0..512),
+        hostile_request(),
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
 
-    /// No body, however malformed, gets a 500 or stops the server; every refusal is the
-    /// JSON error format.
+    /// No body, however malformed or hostile, gets a 500 or stops the server; every
+    /// refusal is the JSON error format.
     #[test]
     fn arbitrary_bodies_never_yield_500(body in body()) {
         let (server, runtime) = &*FUZZ;

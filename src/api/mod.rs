@@ -4,11 +4,13 @@
 //! (`POST /score`), `health` (`/healthz`, `/readyz`, `/metrics`), `models`
 //! (`/v1/models`), `kserve` (the Open Inference Protocol's REST routes), `openapi`
 //! (`/openapi.json`), and `observe`, the request log and metrics around every route.
+//! [`admin`] is a router of its own (reload, rollback) for the admin listener.
 //!
 //! This is the only module that knows HTTP and the JSON wire details (field paths of
 //! decode errors, `Server-Timing`, `Retry-After`). It knows nothing of tract or the
 //! store's internals: handlers decode, call the service ([`crate::service`]), and encode.
 
+pub mod admin;
 pub mod error;
 pub mod extract;
 mod health;

@@ -35,7 +35,7 @@ use crate::store::FeatureStore;
 
 pub use admission::{Admission, Permit, Refusal, Ticket};
 pub use models::{Model, ModelError, ServedModels};
-pub use reload::Reloader;
+pub use reload::{Reloader, Rollback, RollbackError};
 
 use metrics::{Metrics, ShedReason, Stage};
 use request::{ScoreRequest, ScoreResponse};

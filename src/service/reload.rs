@@ -11,6 +11,9 @@
 //! its manifest's name or version is refused, and at start the highest version that loads
 //! is served, whichever versions above it fail.
 //!
+//! [`Reloader::rollback`] serves the version below the served one (the operator's undo,
+//! `POST /admin/rollback`) and holds the version it replaced back from later passes.
+//!
 //! The default model (for requests naming none) is fixed by the first publication: the
 //! configured one, or else the first name in order at start, never changed by a model
 //! added later.
@@ -48,6 +51,47 @@ pub struct ReloadReport {
     pub failed: Vec<LoadFailure>,
 }
 
+/// What a rollback did: model `name` is served at version `to` instead of `from`;
+/// `failed` lists the versions between them that did not load.
+#[derive(Debug)]
+pub struct Rollback {
+    pub name: String,
+    pub from: u32,
+    pub to: u32,
+    pub failed: Vec<LoadFailure>,
+}
+
+/// Why a rollback served nothing new (the served model stays).
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("no model named `{0}` is served")]
+    UnknownModel(String),
+    #[error("no model is served yet, so there is no default model to roll back")]
+    NoDefault,
+    #[error(
+        "no version of `{name}` below {version} loads{}",
+        describe_failures(failed)
+    )]
+    NothingEarlier {
+        name: String,
+        version: u32,
+        failed: Vec<LoadFailure>,
+    },
+    #[error("listing bundles: {0}")]
+    Bundle(#[from] BundleError),
+}
+
+fn describe_failures(failed: &[LoadFailure]) -> String {
+    if failed.is_empty() {
+        return String::new();
+    }
+    let causes: Vec<String> = failed
+        .iter()
+        .map(|failure| format!("{}: {}", failure.version, failure.reason))
+        .collect();
+    format!(" ({})", causes.join("; "))
+}
+
 /// Finds, loads and publishes the best version of each model under a directory. Keeps
 /// the bundles that failed (by a hash of their content) so that a broken bundle is not
 /// reloaded and re-logged on every poll, only when it changes.
@@ -64,7 +108,8 @@ pub struct Reloader {
 struct State {
     /// The configured default model, or the one fixed at the first publication.
     default_model: Option<String>,
-    /// Refused bundle directories and the content hash they were refused with.
+    /// Refused (or rolled-back) bundle directories and the content hash they were refused
+    /// with.
     failed: HashMap<PathBuf, u64>,
 }
 
@@ -111,51 +156,115 @@ impl Reloader {
                 if served.is_some_and(|served| location.version <= served) {
                     break;
                 }
-                let fingerprint = bundle::fingerprint(&location.dir);
-                if state.failed.get(&location.dir) == Some(&fingerprint) {
-                    continue;
-                }
-                let started = Instant::now();
-                match self.load(location) {
-                    Ok(model) => {
-                        tracing::info!(model = name, version = location.version, dir = %location.dir.display(), took_ms = started.elapsed().as_millis() as u64, "serving model");
-                        service
-                            .metrics()
-                            .observe_reload(ReloadOutcome::Loaded, started.elapsed());
-                        state.failed.remove(&location.dir);
-                        report.loaded.push((name.to_string(), location.version));
-                        next.insert(name.to_string(), Arc::new(model));
-                        break;
-                    }
-                    Err(reason) => {
-                        tracing::error!(model = name, version = location.version, dir = %location.dir.display(), error = %reason, "bundle refused; keeping the served model");
-                        service
-                            .metrics()
-                            .observe_reload(ReloadOutcome::Failed, started.elapsed());
-                        state.failed.insert(location.dir.clone(), fingerprint);
-                        report.failed.push(LoadFailure {
-                            name: name.to_string(),
-                            version: location.version,
-                            dir: location.dir.clone(),
-                            reason,
-                        });
-                    }
+                if let Some(model) = self.try_load(service, &mut state, location, &mut report) {
+                    report.loaded.push((name.to_string(), location.version));
+                    next.insert(name.to_string(), Arc::new(model));
+                    break;
                 }
             }
         }
         if !report.loaded.is_empty() {
-            if state.default_model.is_none() {
-                state.default_model = next.keys().next().cloned();
-                if let Some(name) = &state.default_model {
-                    tracing::info!(model = %name, "default model fixed until restart (--default-model chooses another)");
-                }
-            }
-            service.publish(ServedModels {
-                models: next,
-                default_name: state.default_model.clone(),
-            });
+            publish(service, &mut state, next);
         }
         Ok(report)
+    }
+
+    /// Serves the version of model `name` (the default model when `None`) below the one
+    /// served now: the highest lower version that loads and passes its checks, read from
+    /// disk and proven like any other. The version rolled back from is then held back like
+    /// a refused bundle: polls and reloads skip it until its content changes, while newer
+    /// versions are still picked up. Blocking, like [`Reloader::reload`].
+    pub fn rollback(
+        &self,
+        service: &Service,
+        name: Option<&str>,
+    ) -> Result<Rollback, RollbackError> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = service.models();
+        let name = name
+            .map(str::to_string)
+            .or_else(|| state.default_model.clone())
+            .ok_or(RollbackError::NoDefault)?;
+        let served = current
+            .models
+            .get(&name)
+            .ok_or_else(|| RollbackError::UnknownModel(name.clone()))?;
+        let from = served.version();
+        let mut versions: Vec<BundleLocation> = bundle::discover(&self.models_dir)?
+            .into_iter()
+            .filter(|location| location.name == name && location.version < from)
+            .collect();
+        versions.sort_by_key(|location| std::cmp::Reverse(location.version));
+        let mut report = ReloadReport::default();
+        for location in &versions {
+            let Some(model) = self.try_load(service, &mut state, location, &mut report) else {
+                continue;
+            };
+            let to = model.version();
+            if !served.dir.as_os_str().is_empty() {
+                state
+                    .failed
+                    .insert(served.dir.clone(), bundle::fingerprint(&served.dir));
+            }
+            let mut next = current.models.clone();
+            next.insert(name.clone(), Arc::new(model));
+            publish(service, &mut state, next);
+            tracing::warn!(model = %name, from, to, "rolled back; the version rolled back from is held back until its content changes");
+            return Ok(Rollback {
+                name,
+                from,
+                to,
+                failed: report.failed,
+            });
+        }
+        Err(RollbackError::NothingEarlier {
+            name,
+            version: from,
+            failed: report.failed,
+        })
+    }
+
+    /// Loads the bundle at `location` unless it was refused with its present content;
+    /// logs and counts the outcome, and records a failure in `report` and `state`.
+    fn try_load(
+        &self,
+        service: &Service,
+        state: &mut State,
+        location: &BundleLocation,
+        report: &mut ReloadReport,
+    ) -> Option<Model> {
+        let fingerprint = bundle::fingerprint(&location.dir);
+        if state.failed.get(&location.dir) == Some(&fingerprint) {
+            return None;
+        }
+        let started = Instant::now();
+        match self.load(location) {
+            Ok(model) => {
+                tracing::info!(model = %location.name, version = location.version, dir = %location.dir.display(), took_ms = started.elapsed().as_millis() as u64, "serving model");
+                service
+                    .metrics()
+                    .observe_reload(ReloadOutcome::Loaded, started.elapsed());
+                state.failed.remove(&location.dir);
+                Some(model)
+            }
+            Err(reason) => {
+                tracing::error!(model = %location.name, version = location.version, dir = %location.dir.display(), error = %reason, "bundle refused; keeping the served model");
+                service
+                    .metrics()
+                    .observe_reload(ReloadOutcome::Failed, started.elapsed());
+                state.failed.insert(location.dir.clone(), fingerprint);
+                report.failed.push(LoadFailure {
+                    name: location.name.clone(),
+                    version: location.version,
+                    dir: location.dir.clone(),
+                    reason,
+                });
+                None
+            }
+        }
     }
 
     /// Reads and proves the bundle at `location`; any failure, a panic included, is its
@@ -181,4 +290,18 @@ impl Reloader {
             Err(format!("panicked while loading: {message}"))
         })
     }
+}
+
+/// Publishes `models`, fixing the default model at the first publication.
+fn publish(service: &Service, state: &mut State, models: BTreeMap<String, Arc<Model>>) {
+    if state.default_model.is_none() {
+        state.default_model = models.keys().next().cloned();
+        if let Some(name) = &state.default_model {
+            tracing::info!(model = %name, "default model fixed until restart (--default-model chooses another)");
+        }
+    }
+    service.publish(ServedModels {
+        models,
+        default_name: state.default_model.clone(),
+    });
 }

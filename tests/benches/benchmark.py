@@ -436,7 +436,7 @@ def end_to_end(args, work):
     services = {}
     podscore = subprocess.Popen(
         [args.podscore, "serve", "--models", str(pathlib.Path(args.bundle).parents[1]), "--features", args.features,
-         "--listen", f"127.0.0.1:{args.port}"],
+         "--listen", f"127.0.0.1:{args.port}", "--admin-listen", "127.0.0.1:0"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     reference = subprocess.Popen(

@@ -20,13 +20,15 @@ pub struct HostServer {
 }
 
 impl HostServer {
-    /// `podscore serve ARGS --listen 127.0.0.1:0 --reload-interval-s 0` in `dir`, once it
-    /// has logged the address it serves on.
+    /// `podscore serve ARGS --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+    /// --reload-interval-s 0` in `dir`, once it has logged the address it serves on (the
+    /// admin port is free too, so that servers run side by side).
     pub fn start(dir: &Path, args: &[&str]) -> HostServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_podscore"))
             .arg("serve")
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--reload-interval-s", "0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .current_dir(dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

@@ -34,7 +34,7 @@ for index in range(100):
 (work / "100.json").write_text(json.dumps(dict(request, candidates=candidates)))
 PY
 
-RUST_LOG=warn "$binary" serve --listen "127.0.0.1:$port" --reload-interval-s 0 >/dev/null &
+RUST_LOG=warn "$binary" serve --listen "127.0.0.1:$port" --reload-interval-s 0 --admin-listen 127.0.0.1:0 >/dev/null &
 server=$!
 until curl -sf "127.0.0.1:$port/readyz" >/dev/null; do sleep 0.05; done
 clock_ticks=$(getconf CLK_TCK)

@@ -295,6 +295,7 @@ impl Podscore {
             .arg("--models")
             .arg(models)
             .args(["--listen", "127.0.0.1:0", "--reload-interval-s", "0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(store_flags)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
