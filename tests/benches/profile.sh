@@ -82,9 +82,7 @@ callgrind_table() { # FILE CALLS
 perf_table() { # DATA
   echo '| share of samples | function (self) |'
   echo '|---|---|'
-  # perf report can stop with an error on the last, truncated sample of a process that
-  # was killed while recorded; the samples before it are what the table needs.
-  { perf report -i "$1" --no-children --sort symbol --stdio -g none 2>/dev/null || true; } |
+  perf report -i "$1" --no-children --sort symbol --stdio -g none 2>/dev/null |
     awk -v top="$top" '$1 ~ /%$/ && shown < top {
       share = $1; $1 = ""; $2 = ""; name = substr($0, 3); sub(/[ -]+$/, "", name)
       if (length(name) > 100) name = substr(name, 1, 97) "..."
@@ -124,7 +122,7 @@ json.dump(benchmark.request_body("models/demo-features", sys.argv[1]), open(sys.
 RUST_LOG=warn "$CARGO_TARGET_DIR/release/podscore" serve --models models --features models/demo-features \
   --listen "127.0.0.1:$port" >/dev/null 2>&1 &
 server=$!
-trap 'kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 until curl -sf "127.0.0.1:$port/readyz" >/dev/null; do sleep 0.1; done
 BENCH_BODY="$work/body.json" BENCH_THREADS=2 wrk -t2 -c2 -d14s -s tests/benches/score.lua \
   "http://127.0.0.1:$port/score" >"$work/wrk.txt" &
@@ -136,7 +134,7 @@ kill "$server"
 wait "$server" || true
 tail -1 "$work/wrk.txt"
 echo
-perf report -i "$work/server" --no-children --sort dso,symbol --stdio -g none 2>/dev/null >"$work/server.txt" || true
+perf report -i "$work/server" --no-children --sort dso,symbol --stdio -g none 2>/dev/null >"$work/server.txt"
 "$root/.venv/bin/python" - "$work/server.txt" <<'EOF'
 """Shares of the server's samples by kind of work, from perf's per-function report."""
 import collections
