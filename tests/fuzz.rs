@@ -5,7 +5,7 @@
 //! byte-wise. Coverage-guided fuzzing (`cargo fuzz`, libFuzzer) needs a nightly toolchain,
 //! which this machine cannot fetch; the corpus, the structure-aware mutations and
 //! proptest's shrinking stand in for it, bounded in cases. Failures proptest finds are
-//! kept in `tests/fuzz.proptest-regressions` and replayed first.
+//! kept in `fuzz.proptest-regressions` beside this file and replayed first.
 //!
 //! What must hold for every input: no 500 and no panic; a 200 carries only finite
 //! probabilities in [0, 1]; every refusal is the JSON error format with a code.
