@@ -225,7 +225,7 @@ pub struct Architecture {
 /// The calibrated probabilities of one candidate by response field: what `/score`
 /// answers for it and what a golden case expects. A field is `None` when the model has
 /// no head filling it for the candidate's kind.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldScores {
     pub stream: Option<f64>,
     pub click: Option<f64>,

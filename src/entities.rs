@@ -3,7 +3,8 @@
 //! creatives come with each request or impression.
 //!
 //! This module knows field names and types only. It knows nothing of vocabularies,
-//! tensors, Parquet, HTTP or JSON wire details beyond serde derives.
+//! tensors, Parquet, HTTP or JSON wire details beyond serde derives (and the OpenAPI
+//! schema derives that describe the same fields).
 
 use std::borrow::Cow;
 
@@ -38,7 +39,7 @@ macro_rules! record {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(deny_unknown_fields)]
         pub struct $name {
             $(
@@ -88,6 +89,7 @@ record! {
         /// Streams over the rolling 30-day window; the popularity tier derives from it.
         pub streams_30d: f64,
         /// Popularity tier 0 (most streamed) to 7; absent for brand-new shows.
+        #[schema(maximum = 255)]
         pub tier: u8,
     }
 }
@@ -116,7 +118,9 @@ record! {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CandidateKind {
     Ad,

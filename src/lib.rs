@@ -42,6 +42,8 @@
 //! - [`dataset`]: the logs as learning data: the day split and the entity views of an
 //!   impression, shared by the trainer and the evaluator.
 //! - [`quality`]: average precision, ROC AUC, calibration error and Platt scaling.
+//! - [`proto`]: the protobuf messages and gRPC services generated from `proto/` (the
+//!   `/score` API and the Open Inference Protocol).
 //!
 //! Commands and serving:
 //!
@@ -57,8 +59,12 @@
 //!   bounded line entered before decoding, in front of the inference slots), the `request`
 //!   and response types, and the `metrics`. It knows nothing of HTTP.
 //! - [`api`]: the HTTP front end (axum): the router, `error` (the one table of statuses
-//!   and wire codes), `extract` (JSON body, deadline header), one file per route family.
+//!   and wire codes), `extract` (JSON and protobuf bodies, `Accept`, deadline header),
+//!   `protobuf` (the `/score` codec, shared with gRPC), one file per route family.
 //!   It knows nothing of tract or the store's internals.
+//! - [`grpc`]: the gRPC front end (tonic): `podscore.v1.Scorer` and the Open Inference
+//!   Protocol's `GRPCInferenceService`, calling the same service entry points as `api`,
+//!   and `status`, the table from wire codes to gRPC status codes.
 //! - [`serve`]: `podscore serve` and `podscore score`: flags, building the service, the
 //!   server's lifecycle.
 //! - [`reexport`]: `podscore reexport`, a bundle written again in the current graph from
@@ -96,10 +102,12 @@ pub mod entities;
 pub mod eval;
 pub mod features;
 pub mod graph;
+pub mod grpc;
 pub mod healthcheck;
 pub mod logs;
 pub mod model;
 pub mod onnx;
+pub mod proto;
 pub mod quality;
 pub mod reexport;
 pub mod runtime;

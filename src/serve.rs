@@ -21,6 +21,7 @@ use axum::Router;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::api;
+use crate::grpc;
 use crate::service::validate::{DEFAULT_MAX_CANDIDATES, Limits};
 use crate::service::{self, DEFAULT_STORE_TIMEOUT_MS, Incoming, Reloader, Service};
 use crate::store::{FeatureStore, RedisArgs, RedisStore, SnapshotStore};
@@ -109,6 +110,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "PODSCORE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
+    /// Address of the gRPC port (`podscore.v1.Scorer`, the Open Inference Protocol's
+    /// `GRPCInferenceService`); no gRPC unless set.
+    #[arg(long, env = "PODSCORE_GRPC_LISTEN")]
+    pub grpc_listen: Option<String>,
     /// Most candidates in one request.
     #[arg(long, env = "PODSCORE_MAX_CANDIDATES", default_value_t = DEFAULT_MAX_CANDIDATES)]
     pub max_candidates: usize,
@@ -261,6 +266,14 @@ impl ServeArgs {
                 .max_inflight
                 .unwrap_or_else(service::default_max_inflight),
             max_queue: self.max_queue,
+        }
+    }
+
+    /// The gRPC front end's configuration these flags describe: the same bounds as HTTP.
+    pub fn grpc_config(&self) -> grpc::Config {
+        grpc::Config {
+            max_message_bytes: self.max_body_bytes,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
         }
     }
 
@@ -511,6 +524,29 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         tracing::info!(address = %listener.local_addr()?, "serving");
+        // One signal stops both front ends.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let when_stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        let grpc_server = match &args.grpc_listen {
+            None => None,
+            Some(address) => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("listening for gRPC on {address}"))?;
+                tracing::info!(address = %listener.local_addr()?, "serving gRPC");
+                Some(tokio::spawn(grpc::serve(
+                    listener,
+                    service.clone(),
+                    args.grpc_config(),
+                    when_stopped(),
+                )))
+            }
+        };
         tokio::spawn(watch_models(
             service.clone(),
             reloader,
@@ -538,9 +574,20 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                     std::process::exit(SECOND_SIGNAL_EXIT);
                 });
                 tokio::time::sleep(pre_stop).await;
+                // The gRPC port stops accepting with the HTTP one.
+                let _ = stop.send(true);
             },
         );
         let dropped = serving.await.context("serving")?;
+        if let Some(grpc_server) = grpc_server {
+            // Its calls in flight get the same drain bound as HTTP's.
+            match tokio::time::timeout(limits.drain_timeout, grpc_server).await {
+                Ok(finished) => finished
+                    .context("the gRPC server task failed")?
+                    .context("serving gRPC")?,
+                Err(_) => tracing::warn!("drain timeout reached; dropping gRPC calls in flight"),
+            }
+        }
         tracing::info!(dropped_connections = dropped, "shut down");
         Ok(())
     })

@@ -4,7 +4,10 @@ Usage: ort_parity.py MODEL.onnx CASES.json
 
 CASES.json holds {"tolerance": t, "cases": [{"name", "inputs": {name: {"dtype",
 "shape", "data"}}, "expected_probabilities": [...], "rows", "heads"}]}, written by
-tests/onnx_parity.rs from the plain-Rust reference forward pass. This script runs the
+tests/onnx_parity.rs from the plain-Rust reference forward pass. A case may also hold
+"expected_logits" (compared raw) and "calibrated": [{"column", "slope", "intercept",
+"values"}] (compared with sigmoid(slope * logit + intercept) of that column): what
+tests/protocols.rs writes from the server's KServe outputs. This script runs the
 full ONNX checker on the model, runs every case on ONNX Runtime's CPU provider, and
 exits non-zero when the checker fails or any sigmoid(logit) differs by more than the
 tolerance. Exit codes: 0 ok, 1 mismatch, 2 checker failed, 3 packages missing.
@@ -57,6 +60,22 @@ def main() -> int:
         worst = float(np.max(np.abs(probabilities - expected)))
         worst_overall = max(worst_overall, worst)
         print(f"case {case['name']}: {expected_shape[0]} rows, max |p_ort - p_reference| = {worst:.3g}")
+        if "expected_logits" in case:
+            served = np.asarray(case["expected_logits"], dtype=np.float64).reshape(expected_shape)
+            worst_logit = float(np.max(np.abs(logits.astype(np.float64) - served)))
+            print(f"case {case['name']}: max |logit_ort - logit_served| = {worst_logit:.3g}")
+            if not worst_logit <= tolerance:
+                print(f"case {case['name']}: logits differ by {worst_logit}, tolerance {tolerance}", file=sys.stderr)
+                return 1
+            print(f"case {case['name']}: logits within {tolerance}")
+        for head in case.get("calibrated", []):
+            column = logits[:, head["column"]].astype(np.float64)
+            ort = 1.0 / (1.0 + np.exp(-(head["slope"] * column + head["intercept"])))
+            served = np.asarray(head["values"], dtype=np.float64)
+            worst_head = float(np.max(np.abs(ort - served)))
+            if not worst_head <= tolerance:
+                print(f"case {case['name']}: calibrated column {head['column']} differs by {worst_head}", file=sys.stderr)
+                return 1
         if not worst <= tolerance:
             row, column = np.unravel_index(np.argmax(np.abs(probabilities - expected)), expected_shape)
             print(

@@ -36,8 +36,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python tools (tests/requirements.txt): ONNX Runtime and the ONNX checker for the
-# cross-runtime parity test; hadolint, kubernetes-validate, check-jsonschema and PyYAML
-# for deploy/; the Feast SDK and mmh3 for the Redis tests.
+# cross-runtime parity tests; schemathesis for the API's conformance run; hadolint,
+# kubernetes-validate, check-jsonschema and PyYAML for deploy/; the Feast SDK and mmh3 for
+# the Redis tests.
 if [ ! -x "$root/.venv/bin/python" ]; then
   python3 -m venv "$root/.venv"
 fi

@@ -320,7 +320,7 @@ async fn bad_input_gets_its_status_and_error_body() {
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         error(
             "unsupported_media_type",
-            "unsupported content type `text/plain`; send application/json",
+            "unsupported content type `text/plain`; send application/json or application/x-protobuf",
             None,
         ),
     )
@@ -331,7 +331,7 @@ async fn bad_input_gets_its_status_and_error_body() {
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         error(
             "unsupported_media_type",
-            "unsupported content type (none); send application/json",
+            "unsupported content type (none); send application/json or application/x-protobuf",
             None,
         ),
     )
@@ -503,7 +503,7 @@ async fn bad_input_gets_its_status_and_error_body() {
         unprocessable,
         error(
             "string_too_long",
-            "string of 257 bytes; at most 256 allowed",
+            "string of 257 characters; at most 256 allowed",
             Some("candidates[0].id"),
         ),
     )
@@ -988,7 +988,13 @@ async fn no_model_is_not_ready() {
         let reply = send(&app, get(path)).await;
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
         assert_eq!(reply.header("retry-after"), Some("1"));
-        assert_eq!(reply.json()["error"]["code"], json!("not_ready"));
+        let error = &reply.json()["error"];
+        if path == "/readyz" {
+            assert_eq!(error["code"], json!("not_ready"));
+        } else {
+            // The Open Inference Protocol's error body: the message alone.
+            assert!(error.as_str().unwrap().contains("no model is loaded"));
+        }
     }
     let reply = score(&app, &stored_request()).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);

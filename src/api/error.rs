@@ -9,20 +9,27 @@ use axum::Json;
 use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::service::ServiceError;
 use crate::service::validate::{InvalidField, InvalidReason};
 
 use super::RETRY_AFTER_SECONDS;
+use super::protobuf::ProtobufError;
 
 /// A wire error code. [`ErrorCode::describe`] gives each its status and name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     MalformedJson,
+    MalformedProtobuf,
     InvalidHeader,
     BodyTooLarge,
     UnsupportedMediaType,
+    NotAcceptable,
+    /// A tensor of the Open Inference Protocol's path the model cannot take.
+    InvalidTensor,
     /// A field of the request is invalid, for this reason.
     Invalid(InvalidReason),
     UnknownModel,
@@ -44,9 +51,12 @@ impl ErrorCode {
         let invalid = InvalidReason::ALL.map(Invalid);
         [
             MalformedJson,
+            MalformedProtobuf,
             InvalidHeader,
             BodyTooLarge,
             UnsupportedMediaType,
+            NotAcceptable,
+            InvalidTensor,
         ]
         .into_iter()
         .chain(invalid)
@@ -70,9 +80,12 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             MalformedJson => (StatusCode::BAD_REQUEST, "malformed_json"),
+            MalformedProtobuf => (StatusCode::BAD_REQUEST, "malformed_protobuf"),
             InvalidHeader => (StatusCode::BAD_REQUEST, "invalid_header"),
             BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            NotAcceptable => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
+            InvalidTensor => (StatusCode::BAD_REQUEST, "invalid_tensor"),
             Invalid(reason) => (StatusCode::UNPROCESSABLE_ENTITY, invalid_code(reason)),
             UnknownModel => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_model"),
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -107,18 +120,44 @@ fn invalid_code(reason: InvalidReason) -> &'static str {
     }
 }
 
+/// The body of every error answer but the Open Inference Protocol's.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// The wire code: one of the table's (the document lists them all).
+    pub code: String,
+    pub message: String,
+    /// The path of the field the error is about (`candidates[3].kind`), or the header's
+    /// name; null when the error is about no one field.
+    pub field: Option<String>,
+}
+
+/// The Open Inference Protocol's error body: `{"error": "<message>"}` alone.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OipErrorBody {
+    pub error: String,
+}
+
 /// Every way a request can fail over HTTP: the wire's own failures, and the service's.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("malformed JSON: {0}")]
     MalformedBody(String),
+    #[error("malformed protobuf: {0}")]
+    MalformedProtobuf(String),
     #[error("{message}")]
     InvalidHeader {
         header: &'static str,
         message: String,
     },
-    #[error("unsupported content type {0}; send application/json")]
+    #[error("unsupported content type {0}; send application/json or application/x-protobuf")]
     UnsupportedMediaType(String),
+    #[error("cannot answer in any type Accept lists ({0}); accept application/json or application/x-protobuf")]
+    NotAcceptable(String),
     #[error("request body over {limit} bytes")]
     BodyTooLarge { limit: usize },
     /// A body that decodes as JSON but not as the request type.
@@ -140,6 +179,8 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::MalformedBody(_) => ErrorCode::MalformedJson,
+            ApiError::MalformedProtobuf(_) => ErrorCode::MalformedProtobuf,
+            ApiError::NotAcceptable(_) => ErrorCode::NotAcceptable,
             ApiError::InvalidHeader { .. } => ErrorCode::InvalidHeader,
             ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             ApiError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
@@ -150,6 +191,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => ErrorCode::BodyTimeout,
             ApiError::Service(error) => match error {
                 ServiceError::Invalid(invalid) => ErrorCode::Invalid(invalid.reason),
+                ServiceError::InvalidTensor(_) => ErrorCode::InvalidTensor,
                 ServiceError::UnknownModel(_) => ErrorCode::UnknownModel,
                 ServiceError::NotReady => ErrorCode::NotReady,
                 ServiceError::Overloaded => ErrorCode::Overloaded,
@@ -172,20 +214,43 @@ impl ApiError {
                 invalid
             }
             ApiError::Service(ServiceError::UnknownModel(_)) => return Some("model"),
+            ApiError::Service(ServiceError::InvalidTensor(invalid)) => {
+                return Some(&invalid.tensor);
+            }
             ApiError::InvalidHeader { header, .. } => return Some(header),
             _ => return None,
         };
         (!invalid.field.is_empty()).then_some(invalid.field.as_str())
     }
 
+    /// The message a client sees: generic for internal errors, whose detail is logged.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Service(ServiceError::Internal(_)) => "internal error".to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// The `{"error": {...}}` body.
     pub fn body(&self) -> serde_json::Value {
         let (_, code) = self.describe();
-        let message = match self {
-            ApiError::Service(ServiceError::Internal(_)) => "internal error".to_string(),
-            other => other.to_string(),
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message: self.message(),
+                field: self.field().map(str::to_string),
+            },
         };
-        json!({"error": {"code": code, "message": message, "field": self.field()}})
+        serde_json::to_value(body).unwrap_or_else(|_| json!({"error": {"code": code}}))
+    }
+}
+
+impl From<ProtobufError> for ApiError {
+    fn from(error: ProtobufError) -> ApiError {
+        match error {
+            ProtobufError::Malformed(error) => ApiError::MalformedProtobuf(error.to_string()),
+            ProtobufError::Invalid(invalid) => ApiError::Invalid(invalid),
+        }
     }
 }
 

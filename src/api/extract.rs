@@ -1,4 +1,5 @@
-//! Reading a request: the JSON content type, the body read within its time bound, the
+//! Reading a request: the content type (JSON, or for `/score` also protobuf, with the
+//! answer's encoding negotiated from `Accept`), the body read within its time bound, the
 //! body decoded in two passes (syntax and candidate count first, without building
 //! anything; then types, with every rejection in the API's error format: syntax errors
 //! 400, type errors 422 with the field's path), and the request's deadline from
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use crate::service::request::ScoreRequest;
 use crate::service::validate::{InvalidField, InvalidReason};
 
 use super::error::ApiError;
+use super::protobuf;
 use super::{ApiState, REQUEST_TIMEOUT_HEADER};
 
 /// Bytes of client text (a key, a value, a path) an error message repeats: enough to
@@ -30,16 +32,126 @@ pub const MAX_ECHO_BYTES: usize = 128;
 
 /// Refuses any content type but JSON.
 pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers
-        .get(CONTENT_TYPE)
-        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-    match content_type.as_deref() {
-        Some(value) if is_json(value) => Ok(()),
-        Some(value) => Err(ApiError::UnsupportedMediaType(format!(
-            "`{}`",
-            truncate(value, 64)
-        ))),
-        None => Err(ApiError::UnsupportedMediaType("(none)".into())),
+    content_encoding(headers, &[Encoding::Json]).map(|_| ())
+}
+
+/// The wire encodings of `/score`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Protobuf,
+}
+
+impl Encoding {
+    pub const ALL: [Encoding; 2] = [Encoding::Json, Encoding::Protobuf];
+
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Encoding::Json => "application/json",
+            Encoding::Protobuf => protobuf::MEDIA_TYPE,
+        }
+    }
+
+    /// The encoding of a media type (its essence, parameters left out).
+    fn of(media_type: &str) -> Option<Encoding> {
+        let essence = media_type.split(';').next().unwrap_or("").trim();
+        Encoding::ALL
+            .into_iter()
+            .find(|encoding| essence.eq_ignore_ascii_case(encoding.media_type()))
+    }
+}
+
+/// The body's encoding from `Content-Type`, one of `accepted`; 415 otherwise.
+pub fn content_encoding(headers: &HeaderMap, accepted: &[Encoding]) -> Result<Encoding, ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Err(ApiError::UnsupportedMediaType("(none)".into()));
+    };
+    let value = String::from_utf8_lossy(value.as_bytes());
+    Encoding::of(&value)
+        .filter(|encoding| accepted.contains(encoding))
+        .ok_or_else(|| ApiError::UnsupportedMediaType(format!("`{}`", truncate(&value, 64))))
+}
+
+/// The encoding the answer must use: the best one `Accept` allows, the request's own
+/// (`request`) when `Accept` is absent or allows both equally; 406 when it allows
+/// neither. Errors are JSON whatever was asked.
+pub fn answer_encoding(headers: &HeaderMap, request: Encoding) -> Result<Encoding, ApiError> {
+    match headers.get(ACCEPT) {
+        None => Ok(request),
+        Some(accept) => {
+            let accept = String::from_utf8_lossy(accept.as_bytes());
+            negotiate(&accept, request)
+                .ok_or_else(|| ApiError::NotAcceptable(format!("`{}`", truncate(&accept, 64))))
+        }
+    }
+}
+
+/// The encoding an `Accept` header prefers (RFC 9110 §12.5.1): each encoding takes the
+/// quality of the most specific range that matches it (`type/subtype`, then `type/*`,
+/// then `*/*`); the highest nonzero quality wins, `preferred` on a tie. `None` when
+/// neither is acceptable; a blank header accepts anything. Hand-written because no
+/// maintained crate negotiates against a server's list with axum 0.8's header types; it
+/// is a dozen lines.
+pub fn negotiate(accept: &str, preferred: Encoding) -> Option<Encoding> {
+    if accept.trim().is_empty() {
+        return Some(preferred);
+    }
+    let quality = |encoding: Encoding| -> f32 {
+        let (kind, subtype) = encoding
+            .media_type()
+            .split_once('/')
+            .unwrap_or((encoding.media_type(), ""));
+        let mut best: Option<(u8, f32)> = None;
+        for range in accept.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            let specificity = match media.split_once('/') {
+                Some(("*", "*")) => 0,
+                Some((k, "*")) if k.eq_ignore_ascii_case(kind) => 1,
+                Some((k, s)) if k.eq_ignore_ascii_case(kind) && s.eq_ignore_ascii_case(subtype) => {
+                    2
+                }
+                _ => continue,
+            };
+            let q = parts
+                .filter_map(|parameter| parameter.trim().strip_prefix("q="))
+                .find_map(|value| value.trim().parse::<f32>().ok())
+                .filter(|q| q.is_finite())
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0);
+            if best.is_none_or(|(seen, _)| specificity > seen) {
+                best = Some((specificity, q));
+            }
+        }
+        best.map_or(0.0, |(_, q)| q)
+    };
+    let other = match preferred {
+        Encoding::Json => Encoding::Protobuf,
+        Encoding::Protobuf => Encoding::Json,
+    };
+    let (mine, theirs) = (quality(preferred), quality(other));
+    if mine <= 0.0 && theirs <= 0.0 {
+        None
+    } else if theirs > mine {
+        Some(other)
+    } else {
+        Some(preferred)
+    }
+}
+
+/// A `/score` body in `encoding` as a [`ScoreRequest`], refusing more than
+/// `max_candidates` before building any (see [`decode_score_request`] and
+/// [`protobuf::decode_request`]).
+pub fn decode_score_body(
+    bytes: &[u8],
+    encoding: Encoding,
+    max_candidates: usize,
+) -> Result<ScoreRequest, ApiError> {
+    match encoding {
+        Encoding::Json => decode_score_request(bytes, max_candidates),
+        Encoding::Protobuf => {
+            protobuf::decode_request(bytes, max_candidates).map_err(ApiError::from)
+        }
     }
 }
 
@@ -137,10 +249,8 @@ pub fn decode_score_request(bytes: &[u8], max_candidates: usize) -> Result<Score
         .deserialize(&mut deserializer)
         .and_then(|()| deserializer.end());
     if exceeded.get() {
-        return Err(ApiError::Invalid(InvalidField::new(
-            InvalidReason::TooManyCandidates,
-            "candidates",
-            format!("more than {max_candidates} candidates; at most {max_candidates} per request"),
+        return Err(ApiError::Invalid(protobuf::too_many_candidates(
+            max_candidates,
         )));
     }
     if let Err(error) = scanned {
@@ -401,6 +511,28 @@ pub fn deadline_after(timeout: Duration) -> Instant {
 mod tests {
     use super::*;
     use crate::service::request::ScoreRequest;
+
+    /// Accept picks the answer's encoding by quality and specificity, the request's own
+    /// on a tie or when anything goes; nothing acceptable is `None` (406).
+    #[test]
+    fn accept_negotiates_the_answer_encoding() {
+        use Encoding::{Json, Protobuf};
+        assert_eq!(negotiate("application/x-protobuf", Json), Some(Protobuf));
+        assert_eq!(negotiate("application/json", Protobuf), Some(Json));
+        assert_eq!(negotiate("*/*", Protobuf), Some(Protobuf));
+        assert_eq!(negotiate("application/*", Json), Some(Json));
+        assert_eq!(
+            negotiate("application/json;q=0.5, application/x-protobuf", Json),
+            Some(Protobuf)
+        );
+        assert_eq!(
+            negotiate("application/x-protobuf;q=0, */*", Protobuf),
+            Some(Json)
+        );
+        assert_eq!(negotiate("text/html", Json), None);
+        assert_eq!(negotiate("application/json;q=0", Json), None);
+        assert_eq!(negotiate(" ", Protobuf), Some(Protobuf));
+    }
 
     fn decode(body: &str) -> Result<ScoreRequest, (u16, &'static str, Option<String>)> {
         decode_json::<ScoreRequest>(body.as_bytes()).map_err(|error| {

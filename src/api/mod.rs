@@ -1,10 +1,13 @@
 //! The HTTP front end (axum): [`app`], the router, testable with `oneshot` and no socket;
 //! [`error`], every failure and the one table of statuses and wire codes; [`extract`],
-//! the JSON body and the deadline header; then one file per route family: [`score`]
-//! (`POST /score`), `health` (`/healthz`, `/readyz`, `/metrics`), `models`
-//! (`/v1/models`), `kserve` (the Open Inference Protocol's REST routes), `openapi`
-//! (`/openapi.json`), and `observe`, the request log and metrics around every route.
-//! [`admin`] is a router of its own (reload, rollback) for the admin listener.
+//! the bodies (JSON, or `/score`'s JSON or protobuf with `Accept` negotiation) and the
+//! deadline header; [`protobuf`], `/score`'s protobuf codec (shared with gRPC); then one
+//! file per route family: [`score`] (`POST /score`), `health` (`/healthz`, `/readyz`,
+//! `/metrics`), `models` (`/v1/models`), [`kserve`] (the Open Inference Protocol's REST
+//! routes), [`openapi`] (`/openapi.json`, generated from the handlers), and `observe`,
+//! the request log and metrics around every route. [`routes`] registers each route with
+//! its OpenAPI entry. [`admin`] is a router of its own (reload, rollback) for the admin
+//! listener.
 //!
 //! This is the only module that knows HTTP and the JSON wire details (field paths of
 //! decode errors, `Server-Timing`, `Retry-After`). It knows nothing of tract or the
@@ -14,10 +17,11 @@ pub mod admin;
 pub mod error;
 pub mod extract;
 mod health;
-mod kserve;
+pub mod kserve;
 mod models;
 mod observe;
-mod openapi;
+pub mod openapi;
+pub mod protobuf;
 pub mod score;
 
 use std::sync::Arc;
@@ -25,9 +29,11 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue};
-use axum::routing::{get, post};
 use axum::{Router, middleware};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::service::Service;
 
@@ -74,32 +80,50 @@ impl Default for Config {
     }
 }
 
-/// What every handler reads: the service and this front end's configuration. Cheap to
-/// clone.
+/// What every handler reads: the service, this front end's configuration and the OpenAPI
+/// document. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub service: Service,
     pub config: Arc<Config>,
+    /// The served `/openapi.json`, built once with the router.
+    pub openapi: Arc<String>,
+}
+
+/// Every route with its OpenAPI entry: each `routes!` registers both, so no route can
+/// be served without being documented (`tests/protocols.rs` holds the router to the
+/// document). The document is returned beside the router.
+pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(score::score))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .routes(routes!(models::list_models))
+        .routes(routes!(kserve::server_metadata))
+        .routes(routes!(kserve::live))
+        .routes(routes!(kserve::ready))
+        .routes(routes!(kserve::model_metadata))
+        .routes(routes!(kserve::model_version_metadata))
+        .routes(routes!(kserve::model_ready))
+        .routes(routes!(kserve::model_version_ready))
+        .routes(routes!(kserve::infer))
+        .routes(routes!(kserve::infer_version))
+        .routes(routes!(openapi::openapi))
+        .split_for_parts()
 }
 
 /// The router over `service`. Every route, the fallback included, is wrapped by request
 /// ids (in, sanitized and capped, or generated; echoed out) and by `observe` (metrics
 /// and the request log).
 pub fn app(service: Service, config: Config) -> Router {
+    let (router, document) = routes();
     let state = ApiState {
+        openapi: Arc::new(openapi::finish(document, &service)),
         service,
         config: Arc::new(config),
     };
-    Router::new()
-        .route("/score", post(score::score))
-        .route("/healthz", get(health::live))
-        .route("/readyz", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .route("/v1/models", get(models::list_models))
-        .route("/v2/health/live", get(health::live))
-        .route("/v2/health/ready", get(health::ready))
-        .route("/v2/models/{name}", get(kserve::model_metadata))
-        .route("/openapi.json", get(openapi::openapi))
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

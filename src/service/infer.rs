@@ -56,20 +56,11 @@ pub async fn on_blocking_thread(
     permit: Permit,
     deadline: Instant,
 ) -> Result<(Features, Inferred), ServiceError> {
-    let task = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+    let (features, result) = blocking(permit, deadline, move || {
         let result = infer_before(&model, &features, Some(deadline));
         (features, result)
-    });
-    let (features, result) = match tokio::time::timeout_at(deadline.into(), task).await {
-        Err(_) => return Err(ServiceError::DeadlineExceeded),
-        Ok(Err(join_error)) => {
-            return Err(ServiceError::Internal(format!(
-                "scoring task failed: {join_error}"
-            )));
-        }
-        Ok(Ok(done)) => done,
-    };
+    })
+    .await?;
     match result {
         Ok(inferred) => Ok((features, inferred)),
         Err(InferError::Invalid(invalid)) => Err(ServiceError::Invalid(invalid)),
@@ -81,6 +72,29 @@ pub async fn on_blocking_thread(
 /// [`infer_before`] with no deadline: golden checks and offline callers.
 pub fn infer(model: &Model, features: &Features) -> Result<Inferred, InferError> {
     infer_before(model, features, None)
+}
+
+/// Runs `work` on a blocking thread, holding `permit` until it is done, and waits for it
+/// until `deadline`: how every inference (scoring and raw tensors) runs off the async
+/// runtime.
+pub async fn blocking<T: Send + 'static>(
+    permit: Permit,
+    deadline: Instant,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ServiceError> {
+    let task = tokio::task::spawn_blocking(move || {
+        // The slot is held until the work is done, even if the caller gave up waiting:
+        // the bound is on CPU work, not on waiting requests.
+        let _permit = permit;
+        work()
+    });
+    match tokio::time::timeout_at(deadline.into(), task).await {
+        Err(_) => Err(ServiceError::DeadlineExceeded),
+        Ok(Err(join_error)) => Err(ServiceError::Internal(format!(
+            "inference task failed: {join_error}"
+        ))),
+        Ok(Ok(done)) => Ok(done),
+    }
 }
 
 /// Scores a looked-up request with `model`: features taken from the request first, then
@@ -196,6 +210,7 @@ pub fn infer_before(
             kind: candidate.kind,
             scores,
             cold_start: candidate_tensors.cold_start[row] || show.is_none(),
+            expected_cost_per_stream: None,
         });
     }
     Ok(Inferred {

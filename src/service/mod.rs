@@ -8,8 +8,10 @@
 //! each stage in its own file returning the type the next requires: [`validate`]
 //! ([`validate::ValidatedRequest`]), [`lookup`] ([`lookup::Features`], within the store's
 //! deadline), [`infer`] ([`infer::Inferred`], on a blocking thread behind [`admission`]),
-//! [`respond`] ([`request::ScoreResponse`]). Around it: the served [`models`], their
-//! [`reload`] and [`golden`] checks, and the [`metrics`].
+//! [`respond`] ([`request::ScoreResponse`]). Beside it, [`tensors`]: the raw-tensor path
+//! of the Open Inference Protocol, [`Service::infer_tensors`], behind the same admission
+//! and deadline. Around them: the served [`models`], their [`reload`] and [`golden`]
+//! checks, and the [`metrics`].
 //!
 //! This module knows nothing of HTTP: no routes, status codes or headers. Failures are a
 //! [`ServiceError`]; each front end maps them to its own codes in one table.
@@ -23,6 +25,7 @@ pub mod models;
 pub mod reload;
 pub mod request;
 pub mod respond;
+pub mod tensors;
 pub mod validate;
 
 use std::sync::Arc;
@@ -80,6 +83,9 @@ pub enum ServiceError {
     /// A field of the request, or a value the store supplied for it, is invalid.
     #[error("{0}")]
     Invalid(InvalidField),
+    /// A raw tensor (the Open Inference Protocol's path) the model cannot take.
+    #[error("{0}")]
+    InvalidTensor(#[from] tensors::InvalidTensor),
     #[error("no model named `{0}` is served")]
     UnknownModel(String),
     #[error("no model is loaded yet; retry shortly")]

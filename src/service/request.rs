@@ -3,7 +3,7 @@
 //! feature store, or takes the cold-start default. Inline users, shows and episodes are
 //! the entity records themselves (`entities`), so that their fields are listed once.
 //!
-//! This module knows serde derives only; the wire codecs (JSON field paths of decode
+//! This module knows serde (and OpenAPI schema) derives only; the wire codecs (JSON field paths of decode
 //! errors, protobuf) belong to the front ends.
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use crate::entities::{
 };
 
 /// The body of `POST /score`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,14 +28,19 @@ pub struct ScoreRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<ContextInput>,
     pub candidates: Vec<CandidateInput>,
+    /// Asks for `order` in the response: candidate ids by ascending expected cost per
+    /// stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContextInput {
     /// RFC 3339. When absent it stays absent: the hour and weekday features take their
     /// unknown index, as in training (the server's clock would make golden checks flaky).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub timestamp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub surface: Option<String>,
@@ -66,11 +71,12 @@ impl ContextInput {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CandidateInput {
     pub id: String,
     /// `ad` or `promotion`; a string here so that an unknown kind is reported as such.
+    #[schema(value_type = CandidateKind)]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub show_id: Option<String>,
@@ -83,10 +89,15 @@ pub struct CandidateInput {
     pub episode: Option<EpisodeRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creative: Option<CreativeRecord>,
+    /// Cost of the impression, in any currency unit: the response then carries the
+    /// candidate's `expected_cost_per_stream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0)]
+    pub bid: Option<f64>,
 }
 
 /// The scores of one candidate; a field is null when the model has no head for it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CandidateScores {
     pub id: String,
     pub kind: CandidateKind,
@@ -97,6 +108,10 @@ pub struct CandidateScores {
     /// The show was unknown (to the store and the request) or mapped to the model's
     /// unknown id: the model scored it from its cold-start row.
     pub cold_start: bool,
+    /// `bid / stream`, when the candidate carried a bid and its stream probability is
+    /// positive; left out otherwise, so that requests without bids answer as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_cost_per_stream: Option<f64>,
 }
 
 impl CandidateScores {
@@ -105,14 +120,14 @@ impl CandidateScores {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelRef {
     pub name: String,
     pub version: u32,
 }
 
 /// Microseconds spent per stage of the request path.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageTimings {
     /// Parsing and validating the body.
     pub decode: u64,
@@ -126,7 +141,7 @@ pub struct StageTimings {
 
 /// The body of a `POST /score` answer. `timings_us` is last so that it can be written
 /// after the rest is encoded, and so report the encoding time too.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScoreResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -136,5 +151,9 @@ pub struct ScoreResponse {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub degraded: bool,
     pub candidates: Vec<CandidateScores>,
+    /// When the request asked for it: candidate ids by ascending expected cost per
+    /// stream, then those without one in request order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Vec<String>>,
     pub timings_us: StageTimings,
 }

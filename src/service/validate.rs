@@ -15,8 +15,10 @@ use super::request::ScoreRequest;
 /// Candidates per request unless configured otherwise: an ad server ranks a few hundred
 /// at most, and a thousand bounds the work one request can ask for.
 pub const DEFAULT_MAX_CANDIDATES: usize = 1000;
-/// Bytes per id or other string: real ids are tens of bytes; a longer one is a client bug
-/// or an attack, and would grow logs and memory for nothing.
+/// Characters per id or other string: real ids are tens of characters; a longer one is a
+/// client bug or an attack, and would grow logs and memory for nothing. Counted in
+/// characters, not bytes, so that the OpenAPI document's `maxLength` (a character count)
+/// states the limit exactly.
 pub const DEFAULT_MAX_STRING_BYTES: usize = 256;
 /// Items per list (history, follows, topics, embedding): features keep at most tens of
 /// them, so a longer list only costs memory.
@@ -109,6 +111,8 @@ pub struct ValidatedRequest {
     pub user: Option<UserRecord>,
     pub context: ContextRecord,
     pub candidates: Vec<ValidatedCandidate>,
+    /// Whether the response lists the candidates by expected cost per stream.
+    pub order: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +124,8 @@ pub struct ValidatedCandidate {
     pub show: Option<ShowRecord>,
     pub episode: Option<EpisodeRecord>,
     pub creative: CreativeRecord,
+    /// Finite and not negative.
+    pub bid: Option<f64>,
 }
 
 /// Checks what types cannot: candidate count, kinds, timestamps, finite numbers, string
@@ -213,6 +219,14 @@ pub fn validate(raw: ScoreRequest, limits: &Limits) -> Result<ValidatedRequest, 
             check.texts(episode.topics.as_deref(), &at("episode.topics"))?;
             check.finite(episode.duration_s, &at("episode.duration_s"))?;
         }
+        check.finite(candidate.bid, &at("bid"))?;
+        if candidate.bid.is_some_and(|bid| bid < 0.0) {
+            return Err(InvalidField::new(
+                InvalidReason::InvalidValue,
+                at("bid"),
+                "a bid cannot be negative",
+            ));
+        }
         let creative = candidate.creative.unwrap_or_default();
         check.optional_text(creative.creative_id.as_deref(), &at("creative.creative_id"))?;
         check.optional_text(creative.campaign_id.as_deref(), &at("creative.campaign_id"))?;
@@ -237,6 +251,7 @@ pub fn validate(raw: ScoreRequest, limits: &Limits) -> Result<ValidatedRequest, 
             show: candidate.show,
             episode: candidate.episode,
             creative,
+            bid: candidate.bid,
         });
     }
 
@@ -252,6 +267,7 @@ pub fn validate(raw: ScoreRequest, limits: &Limits) -> Result<ValidatedRequest, 
             host_genre: context.host_genre,
         },
         candidates,
+        order: raw.order.unwrap_or(false),
     })
 }
 
@@ -265,13 +281,17 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn text(&self, value: &str, field: &str) -> Result<(), InvalidField> {
-        if value.len() > self.limits.max_string_bytes {
+        // Bytes bound characters from above, so short strings need no count.
+        if value.len() <= self.limits.max_string_bytes {
+            return Ok(());
+        }
+        let characters = value.chars().count();
+        if characters > self.limits.max_string_bytes {
             return Err(InvalidField::new(
                 InvalidReason::StringTooLong,
                 field,
                 format!(
-                    "string of {} bytes; at most {} allowed",
-                    value.len(),
+                    "string of {characters} characters; at most {} allowed",
                     self.limits.max_string_bytes
                 ),
             ));
@@ -423,6 +443,20 @@ mod tests {
         check(
             long_history,
             Err((InvalidReason::StringTooLong, "user.history[1]")),
+        );
+        let bidding = |bid: f64| {
+            let mut bidding = candidate("ad");
+            bidding.bid = Some(bid);
+            request(vec![candidate("ad"), bidding])
+        };
+        check(bidding(0.0), Ok(()));
+        check(
+            bidding(-0.5),
+            Err((InvalidReason::InvalidValue, "candidates[1].bid")),
+        );
+        check(
+            bidding(f64::NAN),
+            Err((InvalidReason::NotFinite, "candidates[1].bid")),
         );
     }
 

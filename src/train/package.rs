@@ -286,7 +286,9 @@ fn golden_request(
                 show: view.show.cloned(),
                 episode: view.episode.cloned(),
                 creative: Some(view.creative.clone()),
+                bid: None,
             })
             .collect(),
+        order: None,
     })
 }
