@@ -56,15 +56,17 @@
 //! - [`service`]: the service layer between the front ends and the domain: the pipeline
 //!   [`service::Service::score`] (`validate`, `lookup`, `infer`, `respond`, one file
 //!   each), the served `models` and their `reload` and `golden` checks, `admission` (a
-//!   bounded line entered before decoding, in front of the inference slots), the `request`
-//!   and response types, and the `metrics`. It knows nothing of HTTP.
+//!   bounded line entered before decoding, in front of the inference slots), `tensors`
+//!   (the Open Inference Protocol's raw-tensor path, behind the same admission), the
+//!   `request` and response types, and the `metrics`. It knows nothing of HTTP.
 //! - [`api`]: the HTTP front end (axum): the router, `error` (the one table of statuses
 //!   and wire codes), `extract` (JSON and protobuf bodies, `Accept`, deadline header),
 //!   `protobuf` (the `/score` codec, shared with gRPC), one file per route family.
 //!   It knows nothing of tract or the store's internals.
 //! - [`grpc`]: the gRPC front end (tonic): `podscore.v1.Scorer` and the Open Inference
-//!   Protocol's `GRPCInferenceService`, calling the same service entry points as `api`,
-//!   and `status`, the table from wire codes to gRPC status codes.
+//!   Protocol's `GRPCInferenceService`, calling the same service entry points as `api`
+//!   (`admit` takes a call's place in line before its message is read), and `status`,
+//!   the table from wire codes to gRPC status codes.
 //! - [`serve`]: `podscore serve` and `podscore score`: flags, building the service, the
 //!   server's lifecycle.
 //! - [`reexport`]: `podscore reexport`, a bundle written again in the current graph from

@@ -133,8 +133,9 @@ async fn json_and_protobuf_give_bit_identical_scores() {
     }
 }
 
-/// Unknown body types are 415, unacceptable answers 406, broken protobuf 400 and an
-/// unspecified kind 422 at its path: always in the JSON error shape.
+/// Unknown body types are 415, unacceptable answers 406, broken protobuf 400, an
+/// unspecified kind and too many candidates 422 at their path: always in the JSON error
+/// shape.
 #[tokio::test]
 async fn protobuf_errors_keep_the_json_error_shape() {
     let server = TestServer::start(Setup::default());
@@ -168,6 +169,17 @@ async fn protobuf_errors_keep_the_json_error_shape() {
         (422, "unknown_kind".into(), Some("candidates[1].kind".into()))
     );
     assert_eq!(reply.header("content-type"), Some("application/json"));
+
+    // Too many candidates are refused from a scan of the wire, as in JSON.
+    let many = pb::ScoreRequest {
+        candidates: vec![pb::Candidate::default(); 1001],
+        ..pb::ScoreRequest::default()
+    };
+    let reply = send(&app, protobuf_request("/score", many.encode_to_vec(), None)).await;
+    assert_eq!(
+        error(&reply),
+        (422, "too_many_candidates".into(), Some("candidates".into()))
+    );
 }
 
 /// A bid adds `expected_cost_per_stream = bid / stream`; `order` ranks by it with
@@ -283,18 +295,49 @@ async fn grpc_score_matches_http_score() {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 }
 
-/// Shed and not-ready calls answer RESOURCE_EXHAUSTED with retry info and UNAVAILABLE.
+/// gRPC calls go through `/score`'s admission line: with the line full, `Score` and
+/// `ModelInfer` are shed as RESOURCE_EXHAUSTED with retry info (and counted as shed);
+/// once the slot frees they are served. Not ready is UNAVAILABLE.
 #[tokio::test]
 async fn grpc_sheds_with_retry_info() {
     let mut setup = Setup::default();
-    setup.service.max_inflight = 0;
+    setup.service.max_inflight = 1;
+    setup.service.max_queue = 0;
     let full = TestServer::start(setup);
     let (address, _stop) = grpc_server(&full).await;
     let mut client = ScorerClient::connect(format!("http://{address}")).await.unwrap();
+    let slot = common::hold_slot(&full.service).await;
     let status = client.score(message_of(&stored_request())).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(status.metadata().get("podscore-error-code").unwrap(), "overloaded");
     assert!(status.get_details_retry_info().is_some());
     assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+    let mut inference = GrpcInferenceServiceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let status = inference
+        .model_infer(oip::ModelInferRequest {
+            model_name: MODEL.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    // Metadata is never shed.
+    inference
+        .server_ready(oip::ServerReadyRequest {})
+        .await
+        .expect("health answers while the line is full");
+    let metrics = send(&full.app(), get("/metrics")).await.text();
+    assert_eq!(
+        common::metric(&metrics, r#"podscore_shed_requests_total{reason="overloaded"}"#),
+        Some(2.0)
+    );
+    drop(slot);
+    client
+        .score(message_of(&stored_request()))
+        .await
+        .expect("scored once the slot is free");
 
     let empty = TestServer::start(Setup {
         bundles: vec![],
@@ -713,7 +756,7 @@ async fn every_route_is_in_the_openapi_document() {
     );
     assert_eq!(
         document["paths"]["/score"]["post"]["responses"]["503"]["x-error-codes"],
-        json!(["overloaded", "not_ready"])
+        json!(["overloaded", "queue_wait", "not_ready"])
     );
 }
 

@@ -185,36 +185,6 @@ fn body_rejection(rejection: BytesRejection, state: &ApiState) -> ApiError {
     }
 }
 
-/// A JSON body: content type checked, size bounded, syntax and then types checked, with
-/// every rejection in the API's error format. `decode` is the time spent parsing. For
-/// routes without admission; `/score` reads and decodes in steps around it.
-#[derive(Debug)]
-pub struct JsonBody<T> {
-    pub value: T,
-    pub decode: Duration,
-}
-
-impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &ApiState) -> Result<Self, ApiError> {
-        require_json(request.headers())?;
-        let deadline = Instant::now() + state.config.request_timeout;
-        let bytes = read_body(request, state, deadline).await?;
-        let started = Instant::now();
-        let value = decode_json(&bytes)?;
-        Ok(JsonBody {
-            value,
-            decode: started.elapsed(),
-        })
-    }
-}
-
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json")
-}
-
 /// At most `max` bytes of `text`, cut at a character boundary: what error messages echo.
 pub fn truncate(text: &str, max: usize) -> &str {
     let mut end = text.len().min(max);

@@ -85,6 +85,7 @@ impl<S, B, R> TowerService<http::Request<B>> for Admit<S>
 where
     S: TowerService<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     R: Default + Send + 'static,
 {
     type Response = http::Response<R>;

@@ -75,7 +75,6 @@ pub fn status(error: &ApiError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic_types::StatusExt as _;
 
     /// Every wire code has a gRPC code; shed calls carry retry info, invalid ones the
     /// field that is wrong.
