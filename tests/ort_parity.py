@@ -70,9 +70,9 @@ def main() -> int:
             print(f"case {case['name']}: logits within {tolerance}")
         for head in case.get("calibrated", []):
             column = logits[:, head["column"]].astype(np.float64)
-            ort = 1.0 / (1.0 + np.exp(-(head["slope"] * column + head["intercept"])))
+            calibrated = 1.0 / (1.0 + np.exp(-(head["slope"] * column + head["intercept"])))
             served = np.asarray(head["values"], dtype=np.float64)
-            worst_head = float(np.max(np.abs(ort - served)))
+            worst_head = float(np.max(np.abs(calibrated - served)))
             if not worst_head <= tolerance:
                 print(f"case {case['name']}: calibrated column {head['column']} differs by {worst_head}", file=sys.stderr)
                 return 1

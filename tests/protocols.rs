@@ -52,11 +52,37 @@ fn message_of(json: &Value) -> pb::ScoreRequest {
     message
 }
 
-/// The fields of a JSON candidate's scores that must match bit for bit.
-fn json_scores(candidate: &Value) -> Vec<Option<u64>> {
-    ["stream", "click", "like", "follow", "expected_cost_per_stream"]
+/// The fields of a candidate's scores that must match bit for bit.
+const SCORE_FIELDS: [&str; 5] = [
+    "stream",
+    "click",
+    "like",
+    "follow",
+    "expected_cost_per_stream",
+];
+
+/// Each candidate's scores in a JSON answer, read exactly: the number's text parsed by
+/// Rust's correctly rounded `f64` parser. (serde_json's own float parsing, without its
+/// `float_roundtrip` feature, may land one unit in the last place off the shortest
+/// round-trip text the server writes.)
+fn json_scores(body: &[u8]) -> Vec<Vec<Option<u64>>> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        candidates: Vec<std::collections::HashMap<String, Box<serde_json::value::RawValue>>>,
+    }
+    let answer: Answer = serde_json::from_slice(body).expect("a JSON answer");
+    answer
+        .candidates
         .iter()
-        .map(|field| candidate[field].as_f64().map(f64::to_bits))
+        .map(|candidate| {
+            SCORE_FIELDS
+                .iter()
+                .map(|field| {
+                    let text = candidate.get(*field)?.get();
+                    (text != "null").then(|| text.parse::<f64>().expect("a number").to_bits())
+                })
+                .collect()
+        })
         .collect()
 }
 
@@ -95,6 +121,7 @@ async fn json_and_protobuf_give_bit_identical_scores() {
         let json_reply = common::score(&app, &request).await;
         assert_eq!(json_reply.status, 200, "{}", json_reply.text());
         let json_body = json_reply.json();
+        let exact = json_scores(&json_reply.body);
         let body = message_of(&request).encode_to_vec();
 
         let reply = send(&app, protobuf_request("/score", body.clone(), None)).await;
@@ -103,12 +130,15 @@ async fn json_and_protobuf_give_bit_identical_scores() {
         let message = pb::ScoreResponse::decode(reply.body.clone()).expect("a protobuf answer");
         let candidates = json_body["candidates"].as_array().unwrap();
         assert_eq!(message.candidates.len(), candidates.len());
-        for (scores, expected) in message.candidates.iter().zip(candidates) {
+        for ((scores, expected), exact) in message.candidates.iter().zip(candidates).zip(&exact) {
             assert_eq!(scores.id, expected["id"].as_str().unwrap());
-            assert_eq!(message_scores(scores), json_scores(expected));
+            assert_eq!(&message_scores(scores), exact);
             assert_eq!(scores.cold_start, expected["cold_start"].as_bool().unwrap());
         }
-        assert_eq!(message.request_id.as_deref(), json_body["request_id"].as_str());
+        assert_eq!(
+            message.request_id.as_deref(),
+            json_body["request_id"].as_str()
+        );
         let model = message.model.as_ref().unwrap();
         assert_eq!((model.name.as_str(), model.version), (MODEL, 1));
         assert!(message.timings_us.is_some(), "timings are appended last");
@@ -159,14 +189,26 @@ async fn protobuf_errors_keep_the_json_error_shape() {
     let body = message_of(&stored_request()).encode_to_vec();
     let reply = send(&app, protobuf_request("/score", body, Some("text/html"))).await;
     assert_eq!(error(&reply), (406, "not_acceptable".into(), None));
-    let reply = send(&app, protobuf_request("/score", vec![0x0a, 0xff, 0x01], None)).await;
+    let reply = send(
+        &app,
+        protobuf_request("/score", vec![0x0a, 0xff, 0x01], None),
+    )
+    .await;
     assert_eq!(error(&reply), (400, "malformed_protobuf".into(), None));
     let mut message = message_of(&stored_request());
     message.candidates[1].kind = 0;
-    let reply = send(&app, protobuf_request("/score", message.encode_to_vec(), None)).await;
+    let reply = send(
+        &app,
+        protobuf_request("/score", message.encode_to_vec(), None),
+    )
+    .await;
     assert_eq!(
         error(&reply),
-        (422, "unknown_kind".into(), Some("candidates[1].kind".into()))
+        (
+            422,
+            "unknown_kind".into(),
+            Some("candidates[1].kind".into())
+        )
     );
     assert_eq!(reply.header("content-type"), Some("application/json"));
 
@@ -202,14 +244,12 @@ async fn bids_give_expected_cost_per_stream_and_order() {
     candidates[0]["bid"] = json!(3.0);
     candidates[1]["bid"] = json!(0.5);
     request["order"] = json!(true);
-    let answer = common::score(&app, &request).await.json();
+    let reply = common::score(&app, &request).await;
+    let answer = reply.json();
     let scored = answer["candidates"].as_array().unwrap();
-    for (candidate, bid) in scored.iter().zip([3.0, 0.5]) {
-        let stream = candidate["stream"].as_f64().unwrap();
-        assert_eq!(
-            candidate["expected_cost_per_stream"].as_f64().unwrap().to_bits(),
-            (bid / stream).to_bits()
-        );
+    for (exact, bid) in json_scores(&reply.body).iter().zip([3.0, 0.5]) {
+        let stream = f64::from_bits(exact[0].unwrap());
+        assert_eq!(exact[4], Some((bid / stream).to_bits()));
     }
     assert!(scored[2].get("expected_cost_per_stream").is_none());
     let cost = |index: usize| scored[index]["expected_cost_per_stream"].as_f64().unwrap();
@@ -227,9 +267,7 @@ async fn bids_give_expected_cost_per_stream_and_order() {
 }
 
 /// A gRPC server on a port-0 listener, stopped when the returned sender drops.
-async fn grpc_server(
-    server: &TestServer,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+async fn grpc_server(server: &TestServer) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -237,9 +275,14 @@ async fn grpc_server(
         max_message_bytes: server.api.max_body_bytes,
         request_timeout: server.api.request_timeout,
     };
-    tokio::spawn(grpc::serve(listener, server.service.clone(), config, async {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(grpc::serve(
+        listener,
+        server.service.clone(),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     (address, stop)
 }
 
@@ -264,20 +307,19 @@ async fn grpc_score_matches_http_score() {
     let server = TestServer::start(Setup::default());
     let app = server.app();
     let (address, _stop) = grpc_server(&server).await;
-    let mut client = ScorerClient::connect(format!("http://{address}")).await.unwrap();
+    let mut client = ScorerClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
     for request in requests() {
-        let expected = common::score(&app, &request).await.json();
+        let expected = json_scores(&common::score(&app, &request).await.body);
         let answer = client
             .score(message_of(&request))
             .await
             .expect("scores")
             .into_inner();
-        for (scores, expected) in answer
-            .candidates
-            .iter()
-            .zip(expected["candidates"].as_array().unwrap())
-        {
-            assert_eq!(message_scores(scores), json_scores(expected));
+        assert_eq!(answer.candidates.len(), expected.len());
+        for (scores, expected) in answer.candidates.iter().zip(&expected) {
+            assert_eq!(&message_scores(scores), expected);
         }
     }
 
@@ -285,7 +327,10 @@ async fn grpc_score_matches_http_score() {
     invalid.candidates[0].kind = 9;
     let status = client.score(invalid).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(status.metadata().get("podscore-error-code").unwrap(), "unknown_kind");
+    assert_eq!(
+        status.metadata().get("podscore-error-code").unwrap(),
+        "unknown_kind"
+    );
     let violation = &status.get_details_bad_request().unwrap().field_violations[0];
     assert_eq!(violation.field, "candidates[0].kind");
 
@@ -305,11 +350,19 @@ async fn grpc_sheds_with_retry_info() {
     setup.service.max_queue = 0;
     let full = TestServer::start(setup);
     let (address, _stop) = grpc_server(&full).await;
-    let mut client = ScorerClient::connect(format!("http://{address}")).await.unwrap();
+    let mut client = ScorerClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
     let slot = common::hold_slot(&full.service).await;
-    let status = client.score(message_of(&stored_request())).await.unwrap_err();
+    let status = client
+        .score(message_of(&stored_request()))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert_eq!(status.metadata().get("podscore-error-code").unwrap(), "overloaded");
+    assert_eq!(
+        status.metadata().get("podscore-error-code").unwrap(),
+        "overloaded"
+    );
     assert!(status.get_details_retry_info().is_some());
     assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
     let mut inference = GrpcInferenceServiceClient::connect(format!("http://{address}"))
@@ -330,7 +383,10 @@ async fn grpc_sheds_with_retry_info() {
         .expect("health answers while the line is full");
     let metrics = send(&full.app(), get("/metrics")).await.text();
     assert_eq!(
-        common::metric(&metrics, r#"podscore_shed_requests_total{reason="overloaded"}"#),
+        common::metric(
+            &metrics,
+            r#"podscore_shed_requests_total{reason="overloaded"}"#
+        ),
         Some(2.0)
     );
     drop(slot);
@@ -344,8 +400,13 @@ async fn grpc_sheds_with_retry_info() {
         ..Setup::default()
     });
     let (address, _stop) = grpc_server(&empty).await;
-    let mut client = ScorerClient::connect(format!("http://{address}")).await.unwrap();
-    let status = client.score(message_of(&stored_request())).await.unwrap_err();
+    let mut client = ScorerClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let status = client
+        .score(message_of(&stored_request()))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.get_details_retry_info().is_some());
 }
@@ -386,16 +447,19 @@ fn tensors(bundle: &Bundle, rows: usize, seed: u64) -> Tensors {
         tensors.rest.push(json!({
             "name": input.name(), "shape": shape, "datatype": datatype, "data": data,
         }));
-        tensors.grpc.push(oip::model_infer_request::InferInputTensor {
-            name: input.name(),
-            datatype: datatype.into(),
-            shape: shape.clone(),
-            parameters: Default::default(),
-            contents: Some(contents),
-        });
         tensors
-            .feeds
-            .insert(input.name(), json!({"dtype": dtype, "shape": shape, "data": data}));
+            .grpc
+            .push(oip::model_infer_request::InferInputTensor {
+                name: input.name(),
+                datatype: datatype.into(),
+                shape: shape.clone(),
+                parameters: Default::default(),
+                contents: Some(contents),
+            });
+        tensors.feeds.insert(
+            input.name(),
+            json!({"dtype": dtype, "shape": shape, "data": data}),
+        );
     }
     tensors
 }
@@ -563,13 +627,55 @@ async fn kserve_errors_follow_the_protocol() {
     let mut bool_type = valid.rest.clone();
     bool_type[ids]["datatype"] = json!("BOOL");
     let cases = [
-        ("unknown model", "/v2/models/nope/infer".to_string(), valid.rest.clone(), 404, Code::NotFound),
-        ("unknown version", format!("/v2/models/{MODEL}/versions/9/infer"), valid.rest.clone(), 404, Code::NotFound),
-        ("wrong shape", format!("/v2/models/{MODEL}/infer"), wrong_shape, 400, Code::InvalidArgument),
-        ("wrong datatype", format!("/v2/models/{MODEL}/infer"), wrong_datatype, 400, Code::InvalidArgument),
-        ("unsupported datatype", format!("/v2/models/{MODEL}/infer"), bool_type, 400, Code::InvalidArgument),
-        ("out-of-range id", format!("/v2/models/{MODEL}/infer"), out_of_range, 400, Code::InvalidArgument),
-        ("missing input", format!("/v2/models/{MODEL}/infer"), missing, 400, Code::InvalidArgument),
+        (
+            "unknown model",
+            "/v2/models/nope/infer".to_string(),
+            valid.rest.clone(),
+            404,
+            Code::NotFound,
+        ),
+        (
+            "unknown version",
+            format!("/v2/models/{MODEL}/versions/9/infer"),
+            valid.rest.clone(),
+            404,
+            Code::NotFound,
+        ),
+        (
+            "wrong shape",
+            format!("/v2/models/{MODEL}/infer"),
+            wrong_shape,
+            400,
+            Code::InvalidArgument,
+        ),
+        (
+            "wrong datatype",
+            format!("/v2/models/{MODEL}/infer"),
+            wrong_datatype,
+            400,
+            Code::InvalidArgument,
+        ),
+        (
+            "unsupported datatype",
+            format!("/v2/models/{MODEL}/infer"),
+            bool_type,
+            400,
+            Code::InvalidArgument,
+        ),
+        (
+            "out-of-range id",
+            format!("/v2/models/{MODEL}/infer"),
+            out_of_range,
+            400,
+            Code::InvalidArgument,
+        ),
+        (
+            "missing input",
+            format!("/v2/models/{MODEL}/infer"),
+            missing,
+            400,
+            Code::InvalidArgument,
+        ),
     ];
     for (case, uri, inputs, status, code) in cases {
         let reply = send(&app, post_json(&uri, json!({"inputs": inputs}).to_string())).await;
@@ -633,16 +739,30 @@ async fn kserve_metadata_health_and_readiness() {
     let metadata = send(&app, get("/v2")).await.json();
     assert_eq!(metadata["name"], "podscore");
     assert!(metadata["extensions"].is_array());
-    for uri in ["/v2/health/live", "/v2/health/ready", "/v2/models/podcast-mtl/ready", "/v2/models/podcast-mtl/versions/1/ready"] {
+    for uri in [
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/podcast-mtl/ready",
+        "/v2/models/podcast-mtl/versions/1/ready",
+    ] {
         let reply = send(&app, get(uri)).await;
-        assert_eq!((uri, reply.status.as_u16(), reply.body.len()), (uri, 200, 0));
+        assert_eq!(
+            (uri, reply.status.as_u16(), reply.body.len()),
+            (uri, 200, 0)
+        );
     }
-    for uri in ["/v2/models/nope/ready", "/v2/models/podcast-mtl/versions/2/ready", "/v2/models/podcast-mtl/versions/2"] {
+    for uri in [
+        "/v2/models/nope/ready",
+        "/v2/models/podcast-mtl/versions/2/ready",
+        "/v2/models/podcast-mtl/versions/2",
+    ] {
         let reply = send(&app, get(uri)).await;
         assert_eq!(reply.status, 404, "{uri}");
         assert!(reply.json()["error"].is_string());
     }
-    let model = send(&app, get("/v2/models/podcast-mtl/versions/1")).await.json();
+    let model = send(&app, get("/v2/models/podcast-mtl/versions/1"))
+        .await
+        .json();
     let bundle = Bundle::read(&server.dir().join(MODEL).join("1")).unwrap();
     let names: Vec<String> = graph::inputs(&bundle.manifest.features)
         .iter()
@@ -663,27 +783,57 @@ async fn kserve_metadata_health_and_readiness() {
     );
 
     let (mut client, _stop) = inference_client(&server).await;
-    assert!(client.server_live(oip::ServerLiveRequest {}).await.unwrap().into_inner().live);
-    assert!(client.server_ready(oip::ServerReadyRequest {}).await.unwrap().into_inner().ready);
+    assert!(
+        client
+            .server_live(oip::ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    assert!(
+        client
+            .server_ready(oip::ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
     let ready = client
-        .model_ready(oip::ModelReadyRequest { name: MODEL.into(), version: "1".into() })
+        .model_ready(oip::ModelReadyRequest {
+            name: MODEL.into(),
+            version: "1".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(ready.ready);
     let status = client
-        .model_ready(oip::ModelReadyRequest { name: "nope".into(), version: String::new() })
+        .model_ready(oip::ModelReadyRequest {
+            name: "nope".into(),
+            version: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let grpc_model = client
-        .model_metadata(oip::ModelMetadataRequest { name: MODEL.into(), version: String::new() })
+        .model_metadata(oip::ModelMetadataRequest {
+            name: MODEL.into(),
+            version: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
-    let grpc_names: Vec<String> = grpc_model.inputs.iter().map(|input| input.name.clone()).collect();
+    let grpc_names: Vec<String> = grpc_model
+        .inputs
+        .iter()
+        .map(|input| input.name.clone())
+        .collect();
     assert_eq!(grpc_names, names);
-    assert_eq!(grpc_model.outputs.len(), model["outputs"].as_array().unwrap().len());
+    assert_eq!(
+        grpc_model.outputs.len(),
+        model["outputs"].as_array().unwrap().len()
+    );
     let server_metadata = client
         .server_metadata(oip::ServerMetadataRequest {})
         .await
@@ -707,10 +857,21 @@ async fn every_route_is_in_the_openapi_document() {
     assert!(document["openapi"].as_str().unwrap().starts_with("3.1"));
     let paths = document["paths"].as_object().unwrap();
     for path in [
-        "/score", "/healthz", "/readyz", "/metrics", "/v1/models", "/v2", "/v2/health/live",
-        "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/versions/{version}",
-        "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready",
-        "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer", "/openapi.json",
+        "/score",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/models",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{name}",
+        "/v2/models/{name}/versions/{version}",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/versions/{version}/ready",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+        "/openapi.json",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
@@ -773,9 +934,7 @@ fn schemathesis_finds_no_failure_against_the_live_server() {
         .enable_all()
         .build()
         .unwrap();
-    let listener = runtime
-        .block_on(TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let address = listener.local_addr().unwrap();
     runtime.spawn(async move { axum::serve(listener, app).await });
 

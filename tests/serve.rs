@@ -406,7 +406,7 @@ async fn bad_input_gets_its_status_and_error_body() {
         unprocessable,
         error(
             "unknown_field",
-            "unknown field `colour`, expected one of `id`, `kind`, `show_id`, `episode_id`, `show`, `episode`, `creative`",
+            "unknown field `colour`, expected one of `id`, `kind`, `show_id`, `episode_id`, `show`, `episode`, `creative`, `bid`",
             Some("candidates[0].colour"),
         ),
     )

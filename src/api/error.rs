@@ -156,7 +156,9 @@ pub enum ApiError {
     },
     #[error("unsupported content type {0}; send application/json or application/x-protobuf")]
     UnsupportedMediaType(String),
-    #[error("cannot answer in any type Accept lists ({0}); accept application/json or application/x-protobuf")]
+    #[error(
+        "cannot answer in any type Accept lists ({0}); accept application/json or application/x-protobuf"
+    )]
     NotAcceptable(String),
     #[error("request body over {limit} bytes")]
     BodyTooLarge { limit: usize },

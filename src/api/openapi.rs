@@ -98,8 +98,7 @@ pub fn finish(document: utoipa::openapi::OpenApi, service: &Service) -> String {
                         .filter(|(code_status, _)| code_status.as_str() == status)
                         .map(|(_, name)| name)
                         .collect();
-                    if let (false, Some(response)) = (codes.is_empty(), response.as_object_mut())
-                    {
+                    if let (false, Some(response)) = (codes.is_empty(), response.as_object_mut()) {
                         response.insert("x-error-codes".into(), json!(codes));
                     }
                 }

@@ -165,9 +165,8 @@ fn strings(list: Option<pb::StringList>) -> Option<Vec<String>> {
 /// tests, and any Rust caller) that hold a request in the service's types. A kind that
 /// is neither `ad` nor `promotion` is sent as unspecified.
 pub fn message_from_request(request: &ScoreRequest) -> pb::ScoreRequest {
-    let list = |values: &Option<Vec<String>>| {
-        values.clone().map(|values| pb::StringList { values })
-    };
+    let list =
+        |values: &Option<Vec<String>>| values.clone().map(|values| pb::StringList { values });
     pb::ScoreRequest {
         request_id: request.request_id.clone(),
         model: request.model.clone(),
@@ -317,7 +316,10 @@ mod tests {
         };
         let request = request_from_message(message).unwrap();
         let kinds: Vec<&str> = request.candidates.iter().map(|c| c.kind.as_str()).collect();
-        assert_eq!(kinds, ["ad", "promotion", "CANDIDATE_KIND_UNSPECIFIED", "7"]);
+        assert_eq!(
+            kinds,
+            ["ad", "promotion", "CANDIDATE_KIND_UNSPECIFIED", "7"]
+        );
         // An empty list is present and empty, not absent.
         assert_eq!(request.user.unwrap().history, Some(vec![]));
 

@@ -79,11 +79,8 @@ pub(super) async fn score(
     let bytes = extract::read_body(request, &state, deadline).await?;
     let permit = service.wait_for_slot(ticket, deadline).await?;
     let started = Instant::now();
-    let value = extract::decode_score_body(
-        &bytes,
-        encoding,
-        service.config().limits.max_candidates,
-    )?;
+    let value =
+        extract::decode_score_body(&bytes, encoding, service.config().limits.max_candidates)?;
     drop(bytes);
     let incoming = Incoming {
         request: value,

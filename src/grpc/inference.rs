@@ -229,7 +229,10 @@ fn little_endian<'a, const N: usize>(
     if bytes.len() % N != 0 {
         return Err(InvalidTensor::new(
             at(),
-            format!("{} raw bytes is not a whole number of {N}-byte elements", bytes.len()),
+            format!(
+                "{} raw bytes is not a whole number of {N}-byte elements",
+                bytes.len()
+            ),
         ));
     }
     Ok(bytes

@@ -45,9 +45,8 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let scorer = ScorerServer::new(scorer::Scorer::new(service.clone()))
         .max_decoding_message_size(config.max_message_bytes);
-    let inference =
-        GrpcInferenceServiceServer::new(inference::Inference::new(service.clone()))
-            .max_decoding_message_size(config.max_message_bytes);
+    let inference = GrpcInferenceServiceServer::new(inference::Inference::new(service.clone()))
+        .max_decoding_message_size(config.max_message_bytes);
     let admission = admit::AdmitLayer {
         service: service.clone(),
         config: config.clone(),
@@ -104,7 +103,10 @@ mod tests {
         assert_eq!(parse_timeout("250m"), Some(Duration::from_millis(250)));
         assert_eq!(parse_timeout("2S"), Some(Duration::from_secs(2)));
         assert_eq!(parse_timeout("1H"), Some(Duration::from_secs(3_600)));
-        assert_eq!(parse_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(
+            parse_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
         assert_eq!(parse_timeout("123456789m"), None);
         assert_eq!(parse_timeout("m"), None);
         assert_eq!(parse_timeout("5x"), None);

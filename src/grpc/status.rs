@@ -86,7 +86,9 @@ mod tests {
         let overloaded = status(&ApiError::from(ServiceError::Overloaded));
         assert_eq!(overloaded.code(), Code::ResourceExhausted);
         assert_eq!(
-            overloaded.get_details_retry_info().and_then(|info| info.retry_delay),
+            overloaded
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay),
             Some(Duration::from_secs(RETRY_AFTER_SECONDS))
         );
         assert_eq!(

@@ -68,14 +68,14 @@ pub fn expected_cost_per_stream(bid: f64, stream: f64) -> Option<f64> {
 /// keep request order, the latter after all the others).
 pub fn order(candidates: &[CandidateScores]) -> Vec<String> {
     let mut ranked: Vec<&CandidateScores> = candidates.iter().collect();
-    ranked.sort_by(|a, b| {
-        match (a.expected_cost_per_stream, b.expected_cost_per_stream) {
+    ranked.sort_by(
+        |a, b| match (a.expected_cost_per_stream, b.expected_cost_per_stream) {
             (Some(a), Some(b)) => a.total_cmp(&b),
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => std::cmp::Ordering::Equal,
-        }
-    });
+        },
+    );
     ranked.into_iter().map(|scores| scores.id.clone()).collect()
 }
 

@@ -16,8 +16,8 @@ use crate::features::{Scope, ScopeTensors, ScopeWidths};
 use crate::graph::{self, Dim, Element, Input, Part};
 use crate::runtime::RuntimeError;
 
-use super::metrics::{ShedReason, Stage};
 use super::admission::Permit;
+use super::metrics::{ShedReason, Stage};
 use super::models::Model;
 use super::{Service, ServiceError, check_deadline, infer};
 
