@@ -588,7 +588,8 @@ async fn bad_input_gets_its_status_and_error_body() {
         &app,
         get("/v2/models/nope"),
         StatusCode::NOT_FOUND,
-        error("model_not_found", "no model named `nope` is served", None),
+        // The Open Inference Protocol's error body: the message alone.
+        json!({"error": "no model named `nope` is served"}),
     )
     .await;
 
