@@ -90,6 +90,7 @@ record! {
         pub streams_30d: f64,
         /// Popularity tier 0 (most streamed) to 7; absent for brand-new shows.
         #[schema(maximum = 255)]
+        #[serde(deserialize_with = "whole::option")]
         pub tier: u8,
     }
 }
@@ -228,6 +229,123 @@ mod tests {
     fn kind_index_is_its_position() {
         for (position, kind) in CandidateKind::ALL.into_iter().enumerate() {
             assert_eq!(kind.index(), position);
+        }
+    }
+}
+
+/// Integers as JSON Schema counts them: `type: integer` (what `/openapi.json` says of
+/// every integer field) admits any number without a fractional part, `247.0` as well as
+/// `247`, while serde's integer types refuse a float token. These `deserialize_with`
+/// helpers take both and refuse a fraction or a value out of the type's range, with
+/// serde's own `invalid type` / `invalid value` messages. Hand-written: serde_with's
+/// conversions truncate or go through strings, none checks that a float is whole.
+pub mod whole {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, Error, Unexpected, Visitor};
+
+    /// One integer of type `T`, from an integer or a whole-number float.
+    struct Whole<T>(T);
+
+    struct WholeVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: TryFrom<i64> + TryFrom<u64>> Visitor<'de> for WholeVisitor<T> {
+        type Value = Whole<T>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+            write!(
+                formatter,
+                "an integer that fits {}",
+                std::any::type_name::<T>()
+            )
+        }
+
+        fn visit_i64<E: Error>(self, value: i64) -> Result<Whole<T>, E> {
+            T::try_from(value)
+                .map(Whole)
+                .map_err(|_| E::invalid_value(Unexpected::Signed(value), &self))
+        }
+
+        fn visit_u64<E: Error>(self, value: u64) -> Result<Whole<T>, E> {
+            T::try_from(value)
+                .map(Whole)
+                .map_err(|_| E::invalid_value(Unexpected::Unsigned(value), &self))
+        }
+
+        fn visit_f64<E: Error>(self, value: f64) -> Result<Whole<T>, E> {
+            // i64's range as floats: -2^63 is exact, 2^63 is the first value past it.
+            const LOW: f64 = -9_223_372_036_854_775_808.0;
+            const HIGH: f64 = 9_223_372_036_854_775_808.0;
+            if value.fract() == 0.0 && (LOW..HIGH).contains(&value) {
+                // Exact: a whole float inside i64's range is an i64.
+                self.visit_i64(value as i64)
+                    .map_err(|_: E| E::invalid_value(Unexpected::Float(value), &self))
+            } else {
+                Err(E::invalid_value(Unexpected::Float(value), &self))
+            }
+        }
+    }
+
+    impl<'de, T: TryFrom<i64> + TryFrom<u64>> Deserialize<'de> for Whole<T> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(WholeVisitor(PhantomData))
+        }
+    }
+
+    /// An optional integer (`null` or absent is `None`).
+    pub fn option<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i64> + TryFrom<u64>,
+    {
+        Ok(Option::<Whole<T>>::deserialize(deserializer)?.map(|whole| whole.0))
+    }
+
+    /// A list of integers.
+    pub fn list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i64> + TryFrom<u64>,
+    {
+        Ok(Vec::<Whole<T>>::deserialize(deserializer)?
+            .into_iter()
+            .map(|whole| whole.0)
+            .collect())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use serde::Deserialize;
+
+        /// A whole float is the integer; a fraction, a value out of range and a string
+        /// are refused.
+        #[test]
+        fn whole_floats_are_integers_and_nothing_else_is() {
+            #[derive(Deserialize)]
+            struct Tier {
+                #[serde(default, deserialize_with = "super::option")]
+                tier: Option<u8>,
+            }
+            #[derive(Deserialize)]
+            struct Shape {
+                #[serde(deserialize_with = "super::list")]
+                shape: Vec<i64>,
+            }
+            let tier = |text: &str| serde_json::from_str::<Tier>(text).map(|tier| tier.tier);
+            assert_eq!(tier(r#"{"tier": 247.0}"#).unwrap(), Some(247));
+            assert_eq!(tier(r#"{"tier": 7}"#).unwrap(), Some(7));
+            assert_eq!(tier(r#"{"tier": null}"#).unwrap(), None);
+            assert_eq!(tier("{}").unwrap(), None);
+            assert!(tier(r#"{"tier": 2.5}"#).is_err());
+            assert!(tier(r#"{"tier": 256}"#).is_err());
+            assert!(tier(r#"{"tier": 256.0}"#).is_err());
+            assert!(tier(r#"{"tier": -1}"#).is_err());
+            let message = tier(r#"{"tier": "7"}"#).unwrap_err().to_string();
+            assert!(message.starts_with("invalid type"), "{message}");
+            let shape = |text: &str| serde_json::from_str::<Shape>(text).map(|shape| shape.shape);
+            assert_eq!(shape(r#"{"shape": [-732.0, 3]}"#).unwrap(), vec![-732, 3]);
+            assert!(shape(r#"{"shape": [1e300]}"#).is_err());
         }
     }
 }

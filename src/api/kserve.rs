@@ -111,6 +111,7 @@ pub struct InferRequest {
 #[serde(deny_unknown_fields)]
 pub struct InferInput {
     name: String,
+    #[serde(deserialize_with = "crate::entities::whole::list")]
     shape: Vec<i64>,
     datatype: String,
     #[serde(default)]

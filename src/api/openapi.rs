@@ -41,7 +41,10 @@ pub struct ProtobufMessage(#[allow(dead_code, reason = "a schema only")] Vec<u8>
         (name = "health", description = "Health, readiness and metrics"),
         (name = "models", description = "Served models"),
         (name = "openapi", description = "This document"),
-    )
+    ),
+    // The `infer` routes describe their answers with `IntoResponses`, which names its
+    // bodies' schemas without registering them.
+    components(schemas(super::kserve::InferResponse))
 )]
 pub struct ApiDoc;
 
@@ -106,7 +109,80 @@ pub fn finish(document: utoipa::openapi::OpenApi, service: &Service) -> String {
         }
     }
     bound_requests(&mut document, service);
+    candidate_scores_in_one_object(&mut document, service);
     document.to_string()
+}
+
+/// `CandidateScores` as one object. utoipa writes a `#[serde(flatten)]` struct as `allOf`
+/// of the flattened `FieldScores` and the candidate's own fields, and `FieldScores`'
+/// `additionalProperties` (the objectives' rule) then also judges `id`, `kind` and
+/// `cold_start`, which are additional to `FieldScores`. In one object the rule covers
+/// only keys no property names; the served models' objectives are listed by name.
+fn candidate_scores_in_one_object(document: &mut Value, service: &Service) {
+    let Some(schemas) = document
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let Some(parts) = schemas
+        .get("CandidateScores")
+        .and_then(|schema| schema.get("allOf"))
+        .and_then(Value::as_array)
+        .cloned()
+    else {
+        return;
+    };
+    let mut properties = serde_json::Map::new();
+    let mut required: Vec<Value> = Vec::new();
+    let mut additional = None;
+    for part in parts {
+        let part = match part.get("$ref").and_then(Value::as_str) {
+            Some(reference) => reference
+                .strip_prefix("#/components/schemas/")
+                .and_then(|name| schemas.get(name))
+                .cloned()
+                .unwrap_or(Value::Null),
+            None => part,
+        };
+        if let Some(own) = part.get("properties").and_then(Value::as_object) {
+            properties.extend(own.clone());
+        }
+        if let Some(own) = part.get("required").and_then(Value::as_array) {
+            required.extend(own.iter().cloned());
+        }
+        if let Some(rule) = part.get("additionalProperties") {
+            additional = Some(rule.clone());
+        }
+    }
+    let models = service.models();
+    for model in models.models.values() {
+        for field in model.heads().objective_fields() {
+            properties
+                .entry(field.name().to_string())
+                .or_insert_with(|| {
+                    json!({
+                        "type": ["number", "null"],
+                        "format": "double",
+                        "description": "A field the model's manifest names for an objective added by fine-tuning.",
+                    })
+                });
+        }
+    }
+    let mut merged = serde_json::Map::new();
+    merged.insert("type".into(), json!("object"));
+    if let Some(description) = schemas
+        .get("CandidateScores")
+        .and_then(|schema| schema.get("description"))
+    {
+        merged.insert("description".into(), description.clone());
+    }
+    merged.insert("properties".into(), Value::Object(properties));
+    merged.insert("required".into(), Value::Array(required));
+    if let Some(rule) = additional {
+        merged.insert("additionalProperties".into(), rule);
+    }
+    schemas.insert("CandidateScores".into(), Value::Object(merged));
 }
 
 /// Puts the configured limits and the served models into the request schemas.
