@@ -277,13 +277,13 @@ pub mod whole {
             // i64's range as floats: -2^63 is exact, 2^63 is the first value past it.
             const LOW: f64 = -9_223_372_036_854_775_808.0;
             const HIGH: f64 = 9_223_372_036_854_775_808.0;
-            if value.fract() == 0.0 && (LOW..HIGH).contains(&value) {
-                // Exact: a whole float inside i64's range is an i64.
-                self.visit_i64(value as i64)
-                    .map_err(|_: E| E::invalid_value(Unexpected::Float(value), &self))
-            } else {
-                Err(E::invalid_value(Unexpected::Float(value), &self))
-            }
+            // A whole float inside i64's range is exactly that i64.
+            let whole = (value.fract() == 0.0 && (LOW..HIGH).contains(&value))
+                .then(|| T::try_from(value as i64).ok())
+                .flatten();
+            whole
+                .map(Whole)
+                .ok_or_else(|| E::invalid_value(Unexpected::Float(value), &self))
         }
     }
 

@@ -98,6 +98,7 @@ pub fn request_from_message(message: pb::ScoreRequest) -> Result<ScoreRequest, I
             timestamp: context.timestamp,
             surface: context.surface,
             session_length_s: context.session_length_s,
+            host_genre: context.host_genre,
         }),
         candidates,
         order: message.order,
@@ -183,6 +184,7 @@ pub fn message_from_request(request: &ScoreRequest) -> pb::ScoreRequest {
             timestamp: context.timestamp.clone(),
             surface: context.surface.clone(),
             session_length_s: context.session_length_s,
+            host_genre: context.host_genre.clone(),
         }),
         candidates: request
             .candidates
