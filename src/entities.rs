@@ -277,10 +277,16 @@ pub mod whole {
             // i64's range as floats: -2^63 is exact, 2^63 is the first value past it.
             const LOW: f64 = -9_223_372_036_854_775_808.0;
             const HIGH: f64 = 9_223_372_036_854_775_808.0;
-            // A whole float inside i64's range is exactly that i64.
-            let whole = (value.fract() == 0.0 && (LOW..HIGH).contains(&value))
-                .then(|| T::try_from(value as i64).ok())
-                .flatten();
+            // serde_json's default number parser (without `float_roundtrip`, which would
+            // rebuild every crate that uses serde_json) can land one ULP from the text's
+            // value when the digits pass 2^53: `3876150617857830.0` reads as `…830.5`. A
+            // float within one ULP of a whole number counts as that number; below 2^49
+            // an ULP is under 1/16, so `2.5` and the like are still refused.
+            let rounded = value.round();
+            let whole = ((value - rounded).abs() <= value.abs() * f64::EPSILON
+                && (LOW..HIGH).contains(&rounded))
+            .then(|| T::try_from(rounded as i64).ok())
+            .flatten();
             whole
                 .map(Whole)
                 .ok_or_else(|| E::invalid_value(Unexpected::Float(value), &self))
@@ -346,6 +352,104 @@ pub mod whole {
             let shape = |text: &str| serde_json::from_str::<Shape>(text).map(|shape| shape.shape);
             assert_eq!(shape(r#"{"shape": [-732.0, 3]}"#).unwrap(), vec![-732, 3]);
             assert!(shape(r#"{"shape": [1e300]}"#).is_err());
+            // Read one ULP high by serde_json; still the whole number it was written as.
+            assert!(shape(r#"{"shape": [3876150617857830.0]}"#).is_ok());
+        }
+    }
+}
+
+/// Structs from JSON objects only. serde's derive also reads a struct from an array of
+/// its fields in order (`"user": [null, null]` filled the first two fields and defaulted
+/// the rest), which no document describes and no client means. These `deserialize_with`
+/// helpers ask for a map and refuse anything else with serde's `invalid type` message.
+/// Hand-written: serde has no attribute that turns off the sequence form.
+pub mod object {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::value::MapAccessDeserializer;
+    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+
+    struct Object<T>(T);
+
+    struct ObjectVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+        type Value = Object<T>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+            formatter.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Object<T>, A::Error> {
+            T::deserialize(MapAccessDeserializer::new(map)).map(Object)
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_map(ObjectVisitor(PhantomData))
+        }
+    }
+
+    /// An optional object (`null` or absent is `None`).
+    pub fn option<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Ok(Option::<Object<T>>::deserialize(deserializer)?.map(|object| object.0))
+    }
+
+    /// A list of objects.
+    pub fn list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Ok(Vec::<Object<T>>::deserialize(deserializer)?
+            .into_iter()
+            .map(|object| object.0)
+            .collect())
+    }
+
+    /// An optional list of objects.
+    pub fn option_list<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Ok(Option::<Vec<Object<T>>>::deserialize(deserializer)?
+            .map(|list| list.into_iter().map(|object| object.0).collect()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use serde::Deserialize;
+
+        use crate::entities::UserRecord;
+
+        /// An object is read as before; an array of the fields is refused.
+        #[test]
+        fn structs_come_from_objects_only() {
+            #[derive(Debug, Deserialize)]
+            struct Request {
+                #[serde(default, deserialize_with = "super::option")]
+                user: Option<UserRecord>,
+            }
+            let user = |text: &str| serde_json::from_str::<Request>(text).map(|r| r.user);
+            assert_eq!(
+                user(r#"{"user": {"id": "u"}}"#)
+                    .unwrap()
+                    .unwrap()
+                    .id
+                    .as_deref(),
+                Some("u")
+            );
+            assert!(user(r#"{"user": null}"#).unwrap().is_none());
+            let message = user(r#"{"user": [null, null]}"#).unwrap_err().to_string();
+            assert!(message.starts_with("invalid type: sequence"), "{message}");
+            assert!(user(r#"{"user": {"nope": 1}}"#).is_err());
         }
     }
 }

@@ -100,9 +100,10 @@ pub struct InferRequest {
     #[serde(default)]
     #[allow(dead_code, reason = "the protocol allows it; nothing reads it")]
     parameters: Option<serde_json::Map<String, Value>>,
+    #[serde(deserialize_with = "crate::entities::object::list")]
     inputs: Vec<InferInput>,
     /// The outputs wanted; all of them when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::entities::object::option_list")]
     outputs: Option<Vec<RequestedOutput>>,
 }
 

@@ -108,6 +108,7 @@ pub fn finish(document: utoipa::openapi::OpenApi, service: &Service) -> String {
             }
         }
     }
+    deadline_header_as_text(&mut document);
     bound_requests(&mut document, service);
     candidate_scores_in_one_object(&mut document, service);
     document.to_string()
@@ -185,6 +186,26 @@ fn candidate_scores_in_one_object(document: &mut Value, service: &Service) {
     schemas.insert("CandidateScores".into(), Value::Object(merged));
 }
 
+/// The deadline header as what it is on the wire and what the server parses: text of
+/// decimal digits (a `u64`), not a JSON integer, which a header cannot carry.
+fn deadline_header_as_text(document: &mut Value) {
+    let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for operation in paths.values_mut().filter_map(Value::as_object_mut) {
+        for parameter in operation
+            .values_mut()
+            .filter_map(|operation| operation.get_mut("parameters"))
+            .filter_map(Value::as_array_mut)
+            .flatten()
+            .filter(|parameter| parameter["in"] == "header")
+            .filter(|parameter| parameter["name"] == super::REQUEST_TIMEOUT_HEADER)
+        {
+            parameter["schema"] = json!({"type": "string", "pattern": "^[0-9]{1,19}$"});
+        }
+    }
+}
+
 /// Puts the configured limits and the served models into the request schemas.
 fn bound_requests(document: &mut Value, service: &Service) {
     let limits = service.config().limits;
@@ -226,6 +247,46 @@ fn bound_requests(document: &mut Value, service: &Service) {
             names.push(Value::Null);
             model.insert("enum".into(), Value::Array(names));
         }
+    }
+    // The raw values each model's features accept (its recorded bounds, or the fallback
+    // of the feature's kind): a value the document allows must be one every served
+    // model takes, so the ranges meet.
+    let mut ranges: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for model in models.models.values() {
+        for spec in &model.manifest.features {
+            let (Some(bounds), Ok(Value::String(source))) =
+                (spec.accepted(), serde_json::to_value(spec.source))
+            else {
+                continue;
+            };
+            let range = ranges.entry(source).or_insert((f64::MIN, f64::MAX));
+            *range = (range.0.max(bounds.min), range.1.min(bounds.max));
+        }
+    }
+    for (source, (min, max)) in ranges {
+        let Some((record, field)) = source.split_once('.') else {
+            continue;
+        };
+        let schema = match record {
+            "user" => "UserRecord",
+            "context" => "ContextInput",
+            "show" => "ShowRecord",
+            "episode" => "EpisodeRecord",
+            _ => continue,
+        };
+        let Some(property) = schemas
+            .get_mut(schema)
+            .and_then(|schema| schema.pointer_mut(&format!("/properties/{field}")))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        let target = match property.get_mut("items").and_then(Value::as_object_mut) {
+            Some(items) => items,
+            None => property,
+        };
+        target.insert("minimum".into(), json!(min));
+        target.insert("maximum".into(), json!(max));
     }
     let width = models.get(None).and_then(|model| {
         model

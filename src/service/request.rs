@@ -23,10 +23,19 @@ pub struct ScoreRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// The user: an id to look up, and any fields to use instead of the stored ones.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::entities::object::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub user: Option<UserRecord>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::entities::object::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub context: Option<ContextInput>,
+    #[serde(deserialize_with = "crate::entities::object::list")]
     pub candidates: Vec<CandidateInput>,
     /// Asks for `order` in the response: candidate ids by ascending expected cost per
     /// stream.
@@ -83,11 +92,23 @@ pub struct CandidateInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub episode_id: Option<String>,
     /// Show fields to use instead of the stored ones (brand-new shows).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::entities::object::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub show: Option<ShowRecord>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::entities::object::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub episode: Option<EpisodeRecord>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::entities::object::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub creative: Option<CreativeRecord>,
     /// Cost of the impression, in any currency unit: the response then carries the
     /// candidate's `expected_cost_per_stream`.
