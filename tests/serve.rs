@@ -518,7 +518,7 @@ async fn bad_input_gets_its_status_and_error_body() {
         unprocessable,
         error(
             "string_too_long",
-            "string of 257 bytes; at most 256 allowed",
+            "string of 257 characters; at most 256 allowed",
             Some("context.host_genre"),
         ),
     )
