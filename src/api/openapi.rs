@@ -237,16 +237,15 @@ fn bound_requests(document: &mut Value, service: &Service) {
     }
     let models = service.models();
     let served: BTreeSet<&str> = models.models.keys().map(String::as_str).collect();
-    if !served.is_empty() {
-        if let Some(model) = schemas
+    if !served.is_empty()
+        && let Some(model) = schemas
             .get_mut("ScoreRequest")
             .and_then(|schema| schema.pointer_mut("/properties/model"))
             .and_then(Value::as_object_mut)
-        {
-            let mut names: Vec<Value> = served.iter().map(|name| json!(name)).collect();
-            names.push(Value::Null);
-            model.insert("enum".into(), Value::Array(names));
-        }
+    {
+        let mut names: Vec<Value> = served.iter().map(|name| json!(name)).collect();
+        names.push(Value::Null);
+        model.insert("enum".into(), Value::Array(names));
     }
     // The raw values each model's features accept (its recorded bounds, or the fallback
     // of the feature's kind): a value the document allows must be one every served

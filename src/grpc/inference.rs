@@ -226,7 +226,7 @@ fn little_endian<'a, const N: usize>(
     bytes: &'a [u8],
     at: &impl Fn() -> String,
 ) -> Result<impl Iterator<Item = [u8; N]> + 'a, InvalidTensor> {
-    if bytes.len() % N != 0 {
+    if !bytes.len().is_multiple_of(N) {
         return Err(InvalidTensor::new(
             at(),
             format!(
