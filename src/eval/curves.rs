@@ -785,6 +785,7 @@ pub fn draw(curves: &Curves, out: &Path) -> Result<Vec<PathBuf>> {
                         })
                         .collect(),
                     reference: arm.mode == Mode::ZeroShot,
+                    intervals: Vec::new(),
                 })
                 .chain(target.map(|target| {
                     Line {
@@ -796,6 +797,7 @@ pub fn draw(curves: &Curves, out: &Path) -> Result<Vec<PathBuf>> {
                             .map(|labels| ((*labels as f64).log10(), Some(target)))
                             .collect(),
                         reference: true,
+                        intervals: Vec::new(),
                     }
                 }))
                 .collect(),

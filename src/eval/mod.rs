@@ -22,6 +22,7 @@
 
 pub mod curves;
 pub mod data;
+pub mod grid;
 pub mod inference;
 pub mod metrics;
 pub mod plots;
@@ -66,6 +67,27 @@ const DEFAULT_REPLICATES: usize = 100;
 const DEFAULT_BUDGET_SHARE: f64 = 0.5;
 /// Seed of the bootstrap and the replay's draws.
 const DEFAULT_REPLAY_SEED: u64 = 17;
+
+/// The paper's claims as the report's findings word them; the transfer map ([`grid`])
+/// finds each claim's row in a cell's report.json by this text.
+pub const CLAIM_JOINT_GAIN: &str = "The joint model beats promotions-only on Ads AP by a wide margin (taken here as at least +10%)";
+pub const CLAIM_ADS_ONLY_HURTS: &str =
+    "Training on ads only badly hurts Promotions AP (taken here as at least -10%)";
+pub const CLAIM_ORDERING: &str = "Ancillary heads help Ads AP but are not enough without promotion data: ads-stream-only < ads-anc < MTL on Ads AP";
+pub const CLAIM_ECPS: &str =
+    "The joint model lowers eCPS against promotions-only in the A/B replay";
+
+/// The tier claim for one kind of candidate (ads or promotions).
+pub fn claim_tier_gain(kind: CandidateKind) -> String {
+    format!(
+        "The joint model's {} AP gain is larger for low-stream tiers 3-5 than for high-stream tiers 0-2",
+        if kind == CandidateKind::Ad {
+            "Ads"
+        } else {
+            "Promotions"
+        }
+    )
+}
 
 /// Replay and bootstrap knobs shared by `eval` and `reproduce`.
 #[derive(clap::Args, Debug, Clone)]
@@ -714,7 +736,7 @@ fn findings(
     let mut result = Vec::new();
 
     result.push(finding(
-        "The joint model beats promotions-only on Ads AP by a wide margin (taken here as at least +10%)",
+        CLAIM_JOINT_GAIN,
         "+50.2% (+64.7% against the promo-stream-head row)",
         joint.and_then(|j| {
             let change = table[j].ads_ap_change?;
@@ -749,7 +771,7 @@ fn findings(
         })
         .flatten();
     result.push(finding(
-        "Training on ads only badly hurts Promotions AP (taken here as at least -10%)",
+        CLAIM_ADS_ONLY_HURTS,
         "-65.2% (ads stream head only), -64.8% (with ancillary heads)",
         hurt,
     ));
@@ -780,11 +802,7 @@ fn findings(
         }
         _ => None,
     };
-    result.push(finding(
-        "Ancillary heads help Ads AP but are not enough without promotion data: ads-stream-only < ads-anc < MTL on Ads AP",
-        "+27.0% < +46.5% < +50.2%",
-        ordered,
-    ));
+    result.push(finding(CLAIM_ORDERING, "+27.0% < +46.5% < +50.2%", ordered));
 
     for kind in [CandidateKind::Ad, CandidateKind::Promotion] {
         let slice = |group| Slice {
@@ -829,10 +847,7 @@ fn findings(
             ))
         });
         result.push(finding(
-            &format!(
-                "The joint model's {} AP gain is larger for low-stream tiers 3-5 than for high-stream tiers 0-2",
-                if kind == CandidateKind::Ad { "Ads" } else { "Promotions" }
-            ),
+            &claim_tier_gain(kind),
             "online i2s gains: about +7% (tier 0) to +20% (tier 2); +27%, +33%, +60% (tiers 3, 4, 5)",
             measured,
         ));
@@ -840,7 +855,7 @@ fn findings(
 
     let joint_arm = joint.map(|j| &replay.arms[j]);
     result.push(finding(
-        "The joint model lowers eCPS against promotions-only in the A/B replay",
+        CLAIM_ECPS,
         "eCPS -20%, i2s +18% online (against Spotify's production model, not promotions-only)",
         joint_arm.and_then(|arm| {
             let change = arm.overall.ecps_change?;
@@ -931,7 +946,8 @@ pub enum Switch {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReproduceArgs {
-    /// Directory for the world, the bundles and the report; must not exist or be empty.
+    /// Directory for the world, the bundles and the report; must not exist or be empty
+    /// (with `--grid` it may hold an earlier grid run, which is resumed).
     #[arg(long, env = "PODSCORE_REPRODUCE_OUT")]
     pub out: PathBuf,
     /// World size and training budget: `small` (minutes, a short cap; the tests) or
@@ -944,8 +960,9 @@ pub struct ReproduceArgs {
     pub seed: u64,
     /// Training seeds for each Table 1 variant (the mask and share experiments train
     /// one); bundles `models/<label>/<i>` for i = 1..=seeds, evaluated as one experiment.
-    #[arg(long, default_value_t = DEFAULT_SEEDS, env = "PODSCORE_REPRODUCE_SEEDS")]
-    pub seeds: usize,
+    /// Default: 3, or 2 per cell with `--grid` (the pre-registration).
+    #[arg(long, env = "PODSCORE_REPRODUCE_SEEDS")]
+    pub seeds: Option<usize>,
     /// Override the preset's epochs per variant (the same for all).
     #[arg(long, env = "PODSCORE_MAX_EPOCHS")]
     pub max_epochs: Option<usize>,
@@ -963,6 +980,15 @@ pub struct ReproduceArgs {
     /// Hide progress bars and per-step messages.
     #[arg(long, env = "PODSCORE_QUIET")]
     pub quiet: bool,
+    /// Run the pre-registered transfer map instead (README, "The transfer map"): six
+    /// worlds, the four Table 1 experiments in each, one evaluation per world, and a grid
+    /// report in OUT/report/. Resumes over an earlier run's OUT.
+    #[arg(long, env = "PODSCORE_REPRODUCE_GRID")]
+    pub grid: bool,
+    /// Only these cells of the grid (comma-separated, e.g. A1,C2): for tests and for
+    /// finishing one cell; the grid report still covers every cell on disk.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub grid_cells: Vec<String>,
 }
 
 impl ReproduceArgs {
@@ -973,14 +999,42 @@ impl ReproduceArgs {
             out,
             preset,
             seed: 17,
-            seeds: DEFAULT_SEEDS,
+            seeds: None,
             max_epochs: None,
             steps_per_epoch: None,
             replay: ReplayArgs::default(),
             learning_curves: None,
             curves: curves::CurveGrid::default(),
             quiet: false,
+            grid: false,
+            grid_cells: Vec::new(),
         }
+    }
+
+    /// Training seeds per Table 1 variant (per cell with `--grid`), checked.
+    fn seed_count(&self) -> Result<usize> {
+        let seeds = self.seeds.unwrap_or(if self.grid {
+            grid::DEFAULT_SEEDS
+        } else {
+            DEFAULT_SEEDS
+        });
+        if !(1..=MAX_SEEDS).contains(&seeds) {
+            bail!("--seeds must be in 1..={MAX_SEEDS}, got {seeds}");
+        }
+        Ok(seeds)
+    }
+
+    /// The trainer's default settings, and the epochs and steps per epoch every variant
+    /// gets: the preset's budget unless `--max-epochs` or `--steps-per-epoch` say.
+    fn budget(&self) -> Result<(TrainArgs, usize, usize)> {
+        let reference = TrainCommand::try_parse_from(["train", "--data", "x", "--out", "y"])
+            .context("building the train settings")?
+            .args;
+        let (preset_epochs, preset_steps) = training_budget(self.preset)
+            .unwrap_or((reference.max_epochs, reference.steps_per_epoch));
+        let max_epochs = self.max_epochs.unwrap_or(preset_epochs);
+        let steps_per_epoch = self.steps_per_epoch.unwrap_or(preset_steps);
+        Ok((reference, max_epochs, steps_per_epoch))
     }
 
     /// The learning curves' settings, `None` when they are off; every bad value at once.
@@ -1092,13 +1146,54 @@ fn path_text(path: &Path) -> Result<&str> {
         .with_context(|| format!("{}: not valid UTF-8", path.display()))
 }
 
+/// The settings `reproduce` trains one experiment's seed with: `podscore train --data
+/// WORLD --out OUT` with the experiment's variant, mask and share, the seed, the budget
+/// and the log, every other flag at the command line's default.
+fn train_args(
+    world: &Path,
+    out: &Path,
+    experiment: &Experiment,
+    seed: u64,
+    (max_epochs, steps_per_epoch): (usize, usize),
+    log: PathBuf,
+) -> Result<TrainArgs> {
+    let mut args = TrainCommand::try_parse_from([
+        "train",
+        "--data",
+        path_text(world)?,
+        "--out",
+        path_text(out)?,
+    ])
+    .context("building the train settings")?
+    .args;
+    args.variant = experiment.variant;
+    args.mask = experiment.mask;
+    args.promo_share = experiment.promo_share;
+    args.name = Some(experiment.label.to_string());
+    args.seed = seed;
+    args.max_epochs = max_epochs;
+    args.steps_per_epoch = steps_per_epoch;
+    args.log = Some(log);
+    args.quiet = true;
+    Ok(args)
+}
+
+/// A training log's file name: `<label>-seed<seed>.jsonl`.
+fn train_log_name(label: &str, seed: u64) -> String {
+    format!("{label}-seed{seed}.jsonl")
+}
+
 pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
+    if args.grid {
+        return grid::run(args).map(|_| ());
+    }
+    if !args.grid_cells.is_empty() {
+        bail!("--grid-cells needs --grid");
+    }
     let started = Instant::now();
     let replay_settings = args.replay.settings()?;
     let curve_settings = args.curve_settings()?;
-    if !(1..=MAX_SEEDS).contains(&args.seeds) {
-        bail!("--seeds must be in 1..={MAX_SEEDS}, got {}", args.seeds);
-    }
+    let seed_count = args.seed_count()?;
     if args.out.exists()
         && std::fs::read_dir(&args.out)
             .with_context(|| format!("reading {}", args.out.display()))?
@@ -1137,17 +1232,11 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
     crate::world::run(&simulate).context("simulating the world")?;
     let simulate_seconds = simulate_started.elapsed().as_secs_f64();
 
-    let reference = TrainCommand::try_parse_from(["train", "--data", "x", "--out", "y"])
-        .context("building the train settings")?
-        .args;
-    let (preset_epochs, preset_steps) =
-        training_budget(args.preset).unwrap_or((reference.max_epochs, reference.steps_per_epoch));
-    let max_epochs = args.max_epochs.unwrap_or(preset_epochs);
-    let steps_per_epoch = args.steps_per_epoch.unwrap_or(preset_steps);
+    let (reference, max_epochs, steps_per_epoch) = args.budget()?;
     let runs: Vec<(&Experiment, usize)> = EXPERIMENTS
         .iter()
         .flat_map(|experiment| {
-            let seeds = if experiment.table1 { args.seeds } else { 1 };
+            let seeds = if experiment.table1 { seed_count } else { 1 };
             (0..seeds).map(move |index| (experiment, index))
         })
         .collect();
@@ -1156,24 +1245,14 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
     for (position, (experiment, index)) in runs.iter().enumerate() {
         let seed = args.seed + *index as u64;
         let out = models.join(experiment.label).join((index + 1).to_string());
-        let mut train_args = TrainCommand::try_parse_from([
-            "train",
-            "--data",
-            path_text(&world)?,
-            "--out",
-            path_text(&out)?,
-        ])
-        .context("building the train settings")?
-        .args;
-        train_args.variant = experiment.variant;
-        train_args.mask = experiment.mask;
-        train_args.promo_share = experiment.promo_share;
-        train_args.name = Some(experiment.label.to_string());
-        train_args.seed = seed;
-        train_args.max_epochs = max_epochs;
-        train_args.steps_per_epoch = steps_per_epoch;
-        train_args.log = Some(train_logs.join(format!("{}-seed{seed}.jsonl", experiment.label)));
-        train_args.quiet = true;
+        let train_args = train_args(
+            &world,
+            &out,
+            experiment,
+            seed,
+            (max_epochs, steps_per_epoch),
+            train_logs.join(train_log_name(experiment.label, seed)),
+        )?;
         say(format!(
             "training {}/{}: {} seed {seed} ({})",
             position + 1,
@@ -1229,12 +1308,12 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
         reference.embedding_dim,
         reference.encoder,
         reference.tower,
-        args.seeds
+        seed_count
     );
     report.reproduction = Some(json!({
         "preset": args.preset.name(),
         "seed": args.seed,
-        "seeds": args.seeds,
+        "seeds": seed_count,
         "protocol": protocol,
         "training_budget": {
             "max_epochs": max_epochs,

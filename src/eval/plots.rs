@@ -34,6 +34,8 @@ pub struct Line {
     pub points: Vec<(f64, Option<f64>)>,
     /// Dashed lines for references (oracle, random, the diagonal).
     pub reference: bool,
+    /// A 95% interval `(low, high)` per point, drawn as an error bar; empty for none.
+    pub intervals: Vec<Option<(f64, f64)>>,
 }
 
 /// A panel of a figure.
@@ -79,11 +81,19 @@ fn failed<E: std::fmt::Debug>(error: E) -> anyhow::Error {
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
+    let bar_ends = panel.lines.iter().flat_map(|line| {
+        line.points
+            .iter()
+            .zip(&line.intervals)
+            .filter_map(|((x, _), bar)| bar.map(|(low, high)| [(*x, Some(low)), (*x, Some(high))]))
+            .flatten()
+    });
     let values = panel
         .lines
         .iter()
-        .flat_map(|line| line.points.iter())
-        .filter_map(|(x, y)| y.map(|y| (*x, y)))
+        .flat_map(|line| line.points.iter().copied())
+        .chain(bar_ends)
+        .filter_map(|(x, y)| y.map(|y| (x, y)))
         .filter(|(x, y)| x.is_finite() && y.is_finite());
     let (mut x_max, mut y_max, mut x_min, mut y_min) = (f64::MIN, f64::MIN, f64::MAX, f64::MAX);
     for (x, y) in values {
@@ -106,8 +116,10 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
     // Start at zero for non-negative metrics, so that bar-free line charts do not
     // exaggerate small differences; leave headroom above.
     let y_low = if y_min >= 0.0 { 0.0 } else { y_min * 1.1 };
+    // 8% of the range as headroom (y_max * 1.08 when the axis starts at zero; for
+    // all-negative figures, such as AP losses, a plain factor would cut the top off).
     let y_high = if y_max > y_low {
-        y_max * 1.08
+        y_max + (y_max - y_low) * 0.08
     } else {
         y_low + 1.0
     };
@@ -198,6 +210,28 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
                         .into_iter()
                         .map(|point| Circle::new(point, 3, style.filled())),
                 )
+                .map_err(failed)?;
+        }
+        // Error bars: a vertical stroke from low to high with short caps, plain paths
+        // (plotters' ErrorBar element needs a feature the rest of the plots do not).
+        let cap = if categories.is_empty() {
+            (x_max - x_min).abs().max(1e-6) * 0.01
+        } else {
+            0.06
+        };
+        let bars = line
+            .points
+            .iter()
+            .zip(&line.intervals)
+            .filter_map(|((x, _), bar)| bar.map(|(low, high)| (*x, low, high)))
+            .filter(|(x, low, high)| x.is_finite() && low.is_finite() && high.is_finite());
+        for (x, low, high) in bars {
+            chart
+                .draw_series([
+                    PathElement::new([(x, low), (x, high)], style),
+                    PathElement::new([(x - cap, low), (x + cap, low)], style),
+                    PathElement::new([(x - cap, high), (x + cap, high)], style),
+                ])
                 .map_err(failed)?;
         }
     }

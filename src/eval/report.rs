@@ -218,6 +218,7 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
                         .map(|(x, cell)| (x as f64, cell.ap.map(|i| i.mean)))
                         .collect(),
                     reference: false,
+                    intervals: Vec::new(),
                 })
                 .collect(),
             diagonal: false,
@@ -251,6 +252,7 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
                             .map(|bin| (bin.mean_predicted, Some(bin.observed_rate)))
                             .collect(),
                         reference: false,
+                        intervals: Vec::new(),
                     })
                     .collect(),
                 diagonal: true,
@@ -288,6 +290,7 @@ fn draw_plots(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
                         .map(|(x, figures)| (x as f64, metric(figures).map(|i| i.mean)))
                         .collect(),
                     reference: arm.reference,
+                    intervals: Vec::new(),
                 })
                 .collect(),
             diagonal: false,
@@ -319,7 +322,7 @@ fn optional(value: Option<f64>, digits: usize) -> String {
 }
 
 /// `0.1234 [0.1200, 0.1300]`.
-fn interval(value: Option<Interval>, digits: usize) -> String {
+pub fn interval(value: Option<Interval>, digits: usize) -> String {
     value.map_or_else(
         || "n/a".to_string(),
         |i| {

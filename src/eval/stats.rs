@@ -20,10 +20,10 @@
 //!
 //! This module knows numbers, labels and user keys; it knows nothing of bundles or files.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A 95% interval of a figure over seeds and bootstrap replicates.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
     /// Mean over training seeds of the figure on the whole test set.
     pub mean: f64,
@@ -109,7 +109,7 @@ pub fn mean_sd(values: &[f64]) -> Option<(f64, f64)> {
 
 /// Whether a measured interval supports a claim that a figure is above (or below) a
 /// threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// The whole interval is on the claim's side of the threshold.

@@ -379,7 +379,8 @@ impl WorldConfig {
             .min(self.days.saturating_sub(1))
     }
 
-    fn settings(&self) -> WorldSettings {
+    /// The settings `world.json` records for this world.
+    pub fn settings(&self) -> WorldSettings {
         WorldSettings {
             seed: self.seed,
             preset: self.preset.name().to_string(),
