@@ -296,16 +296,24 @@ mod tests {
 
     /// Waiting stops at the latest start that could still finish (the deadline less one
     /// service time), refused as a wait too long (503), and gives the place in line back.
+    /// The service time (1 s) leaves the timer a second of slack before the deadline, so
+    /// a busy machine waking the test late does not turn the answer into a 504.
     #[tokio::test]
     async fn waiting_stops_at_the_latest_start() {
         let admission = Admission::new(1, 1);
         let _held = admission.enter(soon()).unwrap().slot(soon()).await.unwrap();
-        let deadline = Instant::now() + Duration::from_millis(30);
+        let deadline = Instant::now() + Duration::from_millis(1_200);
         let ticket = admission.enter(deadline).unwrap();
+        // Measured since: the latest start is now 200 ms after entering.
+        admission
+            .shared
+            .service_time
+            .store(1.0_f64.to_bits(), Ordering::Relaxed);
         assert_eq!(
             ticket.slot(deadline).await.unwrap_err(),
             Refusal::WaitTooLong
         );
+        assert!(Instant::now() < deadline);
         assert_eq!(admission.in_line(), 1);
     }
 
