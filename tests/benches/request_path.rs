@@ -1,9 +1,10 @@
 //! The `/score` handler in process, a fixed number of times, for instruction counts under
 //! callgrind: the same router, shipped bundle, demo snapshot and request generator as the
 //! `serve` bench, no criterion (its adaptive iteration counts would make totals vary).
-//! Inference runs on one thread. Each request is checked to answer 200. `tests/benches/profile.sh request-path` runs it
-//! twice under callgrind with different call counts and reports the difference per call,
-//! so that start-up (bundle load, plan compilation) cancels out.
+//! Inference runs on one thread. Each request is checked to answer 200.
+//! `tests/benches/request_path.sh` runs it twice under callgrind with different call
+//! counts and reports the difference per call, so that start-up (bundle load, plan
+//! compilation) cancels out.
 //!
 //! `request_path --candidates N --calls K`
 
