@@ -296,7 +296,8 @@ pub enum AssemblyError {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Vocabulary {
     tokens: Vec<String>,
-    index: HashMap<String, i64>,
+    /// aHash: probed for every id feature of every candidate.
+    index: HashMap<String, i64, ahash::RandomState>,
 }
 
 impl Vocabulary {

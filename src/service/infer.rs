@@ -7,13 +7,13 @@
 //! nothing of HTTP; feature and head names come from the manifest only.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bundle::{FieldScores, HeadsError};
 use crate::entities::{CandidateView, EpisodeRecord, Overlay, RequestView, ShowRecord, overlay};
 use crate::features::{Assembler, AssemblyError};
+use crate::store::RecordMap;
 
 use super::ServiceError;
 use super::admission::Permit;
@@ -224,7 +224,7 @@ pub fn infer_before(
 /// [`overlay`]).
 fn laid_over<'a, T: Overlay>(
     inline: Option<&'a T>,
-    stored: &'a HashMap<String, Arc<T>>,
+    stored: &'a RecordMap<T>,
     id: &Option<String>,
 ) -> Option<Cow<'a, T>> {
     let stored = id.as_ref().and_then(|id| stored.get(id)).map(Arc::as_ref);

@@ -6,7 +6,7 @@
 //! This module knows the store's trait and its timeout hook; it knows nothing of HTTP or
 //! of a particular backend.
 
-use std::collections::HashSet;
+use ahash::AHashSet;
 use std::time::{Duration, Instant};
 
 use crate::store::{self, FeatureStore, LookupKeys, StoreRecords};
@@ -33,8 +33,8 @@ pub fn keys(request: &ValidatedRequest) -> LookupKeys {
         user: request.user_id.clone(),
         ..LookupKeys::default()
     };
-    let mut shows = HashSet::new();
-    let mut episodes = HashSet::new();
+    let mut shows = AHashSet::with_capacity(request.candidates.len());
+    let mut episodes = AHashSet::with_capacity(request.candidates.len());
     for candidate in &request.candidates {
         if let Some(show_id) = &candidate.show_id
             && shows.insert(show_id.as_str())

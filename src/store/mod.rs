@@ -61,13 +61,16 @@ impl LookupKeys {
     }
 }
 
+/// Shared records by id, hashed with aHash: built and probed for every request.
+pub type RecordMap<T> = HashMap<String, Arc<T>, ahash::RandomState>;
+
 /// What the store knew of a request's keys. A key it did not know is simply absent.
 /// Records are shared, not copied: a snapshot lookup clones `Arc`s only.
 #[derive(Debug, Clone, Default)]
 pub struct StoreRecords {
     pub user: Option<Arc<UserRecord>>,
-    pub shows: HashMap<String, Arc<ShowRecord>>,
-    pub episodes: HashMap<String, Arc<EpisodeRecord>>,
+    pub shows: RecordMap<ShowRecord>,
+    pub episodes: RecordMap<EpisodeRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]

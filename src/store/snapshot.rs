@@ -8,16 +8,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{FeatureStore, LookupFuture, LookupKeys, StoreError, StoreRecords};
+use super::{FeatureStore, LookupFuture, LookupKeys, RecordMap, StoreError, StoreRecords};
 use crate::entities::{EpisodeRecord, ShowRecord, UserRecord};
 use crate::logs::{self, Snapshot};
 
 /// The embedded store: a snapshot held in memory, read once at start.
 #[derive(Debug, Default)]
 pub struct SnapshotStore {
-    users: HashMap<String, Arc<UserRecord>>,
-    shows: HashMap<String, Arc<ShowRecord>>,
-    episodes: HashMap<String, Arc<EpisodeRecord>>,
+    users: RecordMap<UserRecord>,
+    shows: RecordMap<ShowRecord>,
+    episodes: RecordMap<EpisodeRecord>,
 }
 
 impl SnapshotStore {
@@ -32,7 +32,7 @@ impl SnapshotStore {
     }
 
     pub fn from_snapshot(snapshot: Snapshot) -> SnapshotStore {
-        fn shared<T>(map: HashMap<String, T>) -> HashMap<String, Arc<T>> {
+        fn shared<T>(map: HashMap<String, T>) -> RecordMap<T> {
             map.into_iter()
                 .map(|(id, record)| (id, Arc::new(record)))
                 .collect()
@@ -56,7 +56,7 @@ impl SnapshotStore {
     }
 
     fn lookup_now(&self, keys: &LookupKeys) -> StoreRecords {
-        fn found<T>(map: &HashMap<String, Arc<T>>, ids: &[String]) -> HashMap<String, Arc<T>> {
+        fn found<T>(map: &RecordMap<T>, ids: &[String]) -> RecordMap<T> {
             ids.iter()
                 .filter_map(|id| map.get(id).map(|record| (id.clone(), Arc::clone(record))))
                 .collect()
