@@ -10,7 +10,7 @@
 //! Resumable: a finished item (a world's `world.json`, a bundle's `manifest.json` and
 //! `model.onnx`, a cell's `report/report.json`) is checked against the cell's settings and
 //! kept; an unfinished one (its folder without the marker) is removed and made again. The
-//! grid report (`OUT/report/grid.md`, `grid.json`, `transfer_map.png`) is built from the
+//! grid report (`grid.md`, `grid.json` and `transfer_map.png` in the report folder of `<OUT>`) is built from the
 //! files alone (each cell's report.json, its bundles' manifests and `OUT/grid.log`), so a
 //! cell finished by an earlier run, or by a script writing the same layout, reads the same.
 //!
