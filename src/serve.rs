@@ -409,6 +409,9 @@ pub async fn serve(
         .keep_alive_interval(limits.header_timeout)
         .keep_alive_timeout(limits.header_timeout);
     tokio::pin!(shutdown);
+    // A connection still waiting for its first bytes is not yet watched by `graceful`:
+    // this tells it to close at once when the listener closes, not at its header timeout.
+    let (closing, closed) = tokio::sync::watch::channel(false);
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
@@ -431,9 +434,17 @@ pub async fn serve(
         let (http1, http2, watcher) = (http1.clone(), http2.clone(), graceful.watcher());
         let (service, header_timeout) =
             (TowerToHyperService::new(app.clone()), limits.header_timeout);
+        let mut closed = closed.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let Some(speaks_h2) = opens_with_h2_preface(&stream, header_timeout).await else {
+            let sniffed = tokio::select! {
+                sniffed = opens_with_h2_preface(&stream, header_timeout) => sniffed,
+                _ = closed.wait_for(|closing| *closing) => {
+                    tracing::debug!(%peer, "closing before its first request: shutting down");
+                    return;
+                }
+            };
+            let Some(speaks_h2) = sniffed else {
                 tracing::debug!(%peer, "no request within the header timeout; closing");
                 return;
             };
@@ -449,6 +460,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    let _ = closing.send(true);
     let open = limits.max_connections - connections.available_permits();
     tracing::info!(
         connections = open,
