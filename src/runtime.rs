@@ -282,6 +282,8 @@ pub struct Runtime {
     symbolic: PooledPlan,
     threading: Threading,
     timings: LoadTimings,
+    /// Whether each candidate row brings its own request row ([`Runtime::load_row_wise`]).
+    row_wise: bool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -308,6 +310,31 @@ impl Runtime {
         manifest: &Manifest,
         onnx: &[u8],
         config: &RuntimeConfig,
+    ) -> Result<Runtime, RuntimeError> {
+        Runtime::load_with(manifest, onnx, config, false)
+    }
+
+    /// [`Runtime::load`] for offline scoring: every call takes as many request rows as
+    /// candidate rows, candidate `i` scored for request `i`, so that one call scores rows
+    /// of many requests. The graph is the same file: its request-scope inputs are
+    /// declared with leading dimension 1 and only broadcast into the candidates' `[N, H]`
+    /// sum, so given `N` rows instead they compute every row's request half on its own;
+    /// the load declares them `N` before tract types the graph. A row's logits are those
+    /// of a one-request call (the tests hold them equal to 1e-5), but the request half is
+    /// computed once per row rather than once per request: the server never loads this.
+    pub fn load_row_wise(
+        manifest: &Manifest,
+        onnx: &[u8],
+        config: &RuntimeConfig,
+    ) -> Result<Runtime, RuntimeError> {
+        Runtime::load_with(manifest, onnx, config, true)
+    }
+
+    fn load_with(
+        manifest: &Manifest,
+        onnx: &[u8],
+        config: &RuntimeConfig,
+        row_wise: bool,
     ) -> Result<Runtime, RuntimeError> {
         let started = Instant::now();
         let mut buckets = config.buckets.clone();
@@ -389,6 +416,26 @@ impl Runtime {
             });
         }
 
+        let mut proto = proto;
+        if row_wise {
+            let graph = proto
+                .graph
+                .as_mut()
+                .ok_or_else(|| mismatch("the file has no graph"))?;
+            for (declared, input) in graph.input.iter_mut().zip(&inputs) {
+                if input.scope != Scope::Request {
+                    continue;
+                }
+                let first = declared
+                    .r#type
+                    .as_mut()
+                    .and_then(|t| t.value.as_mut())
+                    .and_then(|pb::type_proto::Value::TensorType(tensor)| tensor.shape.as_mut())
+                    .and_then(|shape| shape.dim.first_mut())
+                    .ok_or_else(|| mismatch(format!("input `{}` has no shape", input.name())))?;
+                first.value = Some(Dimension::DimParam(CANDIDATES_DIM.to_string()));
+            }
+        }
         let typed: TypedModel = framework
             .model_for_proto_model(&proto)
             .and_then(|model| model.into_typed())
@@ -434,6 +481,7 @@ impl Runtime {
             buckets,
             symbolic: PooledPlan::new(symbolic),
             threading: Threading::new(config),
+            row_wise,
             timings: LoadTimings {
                 decode_and_type,
                 symbolic_plan,
@@ -475,8 +523,9 @@ impl Runtime {
         self.buckets.iter().find(|bucket| bucket.rows >= candidates)
     }
 
-    /// Logits for one request's candidates. Fails, without calling tract, when a width,
-    /// a length or an id does not fit the model.
+    /// Logits for one request's candidates (a runtime from [`Runtime::load_row_wise`]:
+    /// for each candidate row with its own request row). Fails, without calling tract,
+    /// when a width, a length or an id does not fit the model.
     pub fn infer(
         &self,
         request: &ScopeTensors,
@@ -484,10 +533,11 @@ impl Runtime {
     ) -> Result<Logits, RuntimeError> {
         self.check(Scope::Request, request)?;
         self.check(Scope::Candidate, candidates)?;
-        if request.rows != 1 {
+        let request_rows = if self.row_wise { candidates.rows } else { 1 };
+        if request.rows != request_rows {
             return Err(RuntimeError::Rows {
                 scope: Scope::Request.as_str(),
-                expected: 1,
+                expected: request_rows,
                 got: request.rows,
             });
         }
@@ -506,6 +556,7 @@ impl Runtime {
             .inputs
             .iter()
             .map(|input| match input.scope {
+                Scope::Request if self.row_wise => input_tensor(input, request, rows),
                 Scope::Request => input_tensor(input, request, 1),
                 Scope::Candidate => input_tensor(input, candidates, rows),
             })

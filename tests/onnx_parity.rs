@@ -121,6 +121,92 @@ fn tract_matches_reference_for_1_7_and_1000_candidates() {
     }
 }
 
+/// Rows of several scope tensors, one after another.
+fn stacked(parts: &[ScopeTensors]) -> ScopeTensors {
+    let mut out = parts[0].clone();
+    for part in &parts[1..] {
+        out.rows += part.rows;
+        out.ids.extend_from_slice(&part.ids);
+        out.bag_ids.extend_from_slice(&part.bag_ids);
+        out.bag_mask.extend_from_slice(&part.bag_mask);
+        out.dense.extend_from_slice(&part.dense);
+        out.cold_start.extend_from_slice(&part.cold_start);
+    }
+    out
+}
+
+/// The evaluator's row-wise runtime scores each candidate row for its own request row:
+/// rows of five requests (one with empty bags) in one call, padded to a bucket and on
+/// the symbolic plan, give each request's logits from the serving runtime to 1e-5. A
+/// request row count other than the candidates' is refused, as 1 is by the server's.
+#[test]
+fn row_wise_runtime_scores_each_row_for_its_own_request() {
+    let (bundle, onnx) = bundle();
+    let serving = Runtime::load(&bundle.manifest, &onnx, &RuntimeConfig::default()).expect("loads");
+    let mut requests = Vec::new();
+    let mut candidates = Vec::new();
+    let mut expected = Vec::new();
+    for (count, seed) in [(1, 11), (7, 12), (3, 13), (20, 14), (2, 15)] {
+        let (request, candidate_tensors) = inputs(&bundle, count, seed, seed == 13);
+        expected.extend(
+            serving
+                .infer(&request, &candidate_tensors)
+                .expect("infers")
+                .values,
+        );
+        requests.extend(std::iter::repeat_n(request, count));
+        candidates.push(candidate_tensors);
+    }
+    let (requests, candidates) = (stacked(&requests), stacked(&candidates));
+    assert_eq!(requests.rows, 33);
+    for buckets in [vec![48], vec![]] {
+        let row_wise = Runtime::load_row_wise(
+            &bundle.manifest,
+            &onnx,
+            &RuntimeConfig {
+                buckets: buckets.clone(),
+                ..RuntimeConfig::single_threaded()
+            },
+        )
+        .expect("loads row-wise");
+        let actual = row_wise
+            .infer(&requests, &candidates)
+            .expect("infers row-wise");
+        assert_eq!(
+            (actual.rows, actual.heads),
+            (33, bundle.manifest.heads.len())
+        );
+        let (probability, logit) = differences(&expected, &actual.values);
+        println!(
+            "row-wise, buckets {buckets:?}: max probability difference {probability:.3e}, logit {logit:.3e}"
+        );
+        assert!(
+            probability <= PROBABILITY_TOLERANCE && logit <= LOGIT_TOLERANCE,
+            "buckets {buckets:?}: row-wise logits differ by {logit}"
+        );
+        let one = inputs(&bundle, 4, 16, false);
+        assert_eq!(
+            row_wise
+                .infer(&one.0, &one.1)
+                .expect_err("one request row for four"),
+            RuntimeError::Rows {
+                scope: "request",
+                expected: 4,
+                got: 1
+            }
+        );
+    }
+    // The serving runtime still takes exactly one request row.
+    assert!(matches!(
+        serving.infer(&requests, &candidates),
+        Err(RuntimeError::Rows {
+            expected: 1,
+            got: 33,
+            ..
+        })
+    ));
+}
+
 /// Padding to a bucket changes nothing: bucketed plans, the symbolic plan and the
 /// reference agree, and counts above the largest bucket run on the symbolic plan.
 #[test]

@@ -75,31 +75,6 @@ impl TestSet {
     pub fn count(&self, kind: CandidateKind) -> usize {
         self.rows.iter().filter(|row| row.kind == kind).count()
     }
-
-    /// Rows that share a request: same user and same context (time, surface, session).
-    /// Their request-scope tensors are identical, so one runtime call scores them all,
-    /// exactly as the server scores one request's candidates.
-    pub fn request_groups(&self) -> Vec<Vec<usize>> {
-        let mut order: Vec<usize> = (0..self.rows.len()).collect();
-        let key = |index: &usize| {
-            let row = &self.rows[*index];
-            (
-                row.user_id.as_str(),
-                row.context.timestamp,
-                row.context.surface.as_deref(),
-                row.context.session_length_s.map(f64::to_bits),
-            )
-        };
-        order.sort_by(|a, b| key(a).cmp(&key(b)).then(a.cmp(b)));
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        for index in order {
-            match groups.last_mut() {
-                Some(group) if key(&group[0]) == key(&index) => group.push(index),
-                _ => groups.push(vec![index]),
-            }
-        }
-        groups
-    }
 }
 
 /// A bundle under evaluation, with the label the report uses for it.

@@ -339,6 +339,8 @@ struct Plan<'a> {
     cells: Vec<usize>,
     seeds: usize,
     budget: (usize, usize),
+    /// Trainings at once (`--jobs`).
+    jobs: usize,
 }
 
 /// The four Table 1 experiments.
@@ -550,7 +552,9 @@ impl Progress {
         })
     }
 
-    fn say(&mut self, message: &str) -> Result<()> {
+    /// One line to stderr and the log; a line is one write, so trainings running at once
+    /// do not interleave within a line.
+    fn say(&self, message: &str) -> Result<()> {
         let line = format!(
             "[{} +{}s] {message}",
             chrono::Utc::now().format("%H:%M:%S"),
@@ -559,7 +563,9 @@ impl Progress {
         if !self.quiet {
             eprintln!("{line}");
         }
-        writeln!(self.log, "{line}").context("writing the grid log")
+        (&self.log)
+            .write_all(format!("{line}\n").as_bytes())
+            .context("writing the grid log")
     }
 }
 
@@ -600,6 +606,7 @@ pub fn run(args: &ReproduceArgs) -> Result<GridRun> {
         args,
         cells: selected_cells(&args.grid_cells)?,
         seeds: args.seed_count()?,
+        jobs: args.job_count()?,
         budget: {
             let (_, max_epochs, steps_per_epoch) = args.budget()?;
             (max_epochs, steps_per_epoch)
@@ -616,14 +623,15 @@ pub fn run(args: &ReproduceArgs) -> Result<GridRun> {
 
     let mut progress = Progress::open(out, args.quiet)?;
     progress.say(&format!(
-        "grid: cells {}, preset {}, {} seeds per experiment",
+        "grid: cells {}, preset {}, {} seeds per experiment, {} trainings at once",
         plan.cells
             .iter()
             .map(|i| CELLS[*i].name)
             .collect::<Vec<_>>()
             .join(" "),
         args.preset.name(),
-        plan.seeds
+        plan.seeds,
+        plan.jobs
     ))?;
     let mut items = Vec::new();
     for &index in &plan.cells {
@@ -718,6 +726,8 @@ fn run_cell(
     std::fs::create_dir_all(&train_logs)
         .with_context(|| format!("creating {}", train_logs.display()))?;
     let mut bundles = Vec::new();
+    // (experiment, seed, bundle, whether an unfinished one was removed): left to train.
+    let mut to_train = Vec::new();
     for experiment in table1_experiments() {
         for index in 1..=plan.seeds {
             let seed = args.seed + index as u64 - 1;
@@ -735,38 +745,52 @@ fn run_cell(
                 continue;
             }
             let remade = clear_unfinished(&bundle)?;
-            progress.say(&format!(
-                "{name}: training {} seed {seed}{}",
-                experiment.label,
-                if remade {
-                    " (replacing an unfinished bundle)"
-                } else {
-                    ""
-                }
-            ))?;
-            let started = Instant::now();
-            let train_args = super::train_args(
-                &world_dir,
-                &bundle,
-                experiment,
-                seed,
-                plan.budget,
-                train_logs.join(super::train_log_name(experiment.label, seed)),
-            )?;
-            train::run(&train_args).with_context(|| {
-                format!("cell {name}: training {} seed {seed}", experiment.label)
-            })?;
-            progress.say(&format!(
-                "{name}: trained {} seed {seed} in {}s",
-                experiment.label,
-                started.elapsed().as_secs()
-            ))?;
-            items.push(Item {
-                path: bundle,
-                step: if remade { Step::Remade } else { Step::Made },
-            });
+            to_train.push((experiment, seed, bundle, remade));
         }
     }
+    let progress_ref = &*progress;
+    let trainings_started = Instant::now();
+    let made = super::in_parallel(plan.jobs, to_train.len(), |position| {
+        let (experiment, seed, bundle, remade) = &to_train[position];
+        progress_ref.say(&format!(
+            "{name}: training {} seed {seed}{}",
+            experiment.label,
+            if *remade {
+                " (replacing an unfinished bundle)"
+            } else {
+                ""
+            }
+        ))?;
+        let started = Instant::now();
+        let train_args = super::train_args(
+            &world_dir,
+            bundle,
+            experiment,
+            *seed,
+            plan.budget,
+            train_logs.join(super::train_log_name(experiment.label, *seed)),
+        )?;
+        train::run(&train_args)
+            .with_context(|| format!("cell {name}: training {} seed {seed}", experiment.label))?;
+        progress_ref.say(&format!(
+            "{name}: trained {} seed {seed} in {}s",
+            experiment.label,
+            started.elapsed().as_secs()
+        ))?;
+        Ok(Item {
+            path: bundle.clone(),
+            step: if *remade { Step::Remade } else { Step::Made },
+        })
+    })?;
+    if !made.is_empty() {
+        progress.say(&format!(
+            "{name}: {} trainings finished in {}s wall clock, {} at once",
+            made.len(),
+            trainings_started.elapsed().as_secs(),
+            plan.jobs
+        ))?;
+    }
+    items.extend(made);
 
     let report_dir = dir.join(CELL_REPORT_DIR);
     if finished(&report_dir, &[report::JSON_FILE]) {
@@ -1533,7 +1557,7 @@ fn markdown(grid: &GridReport) -> String {
     let _ = writeln!(md, "## Time\n");
     let _ = writeln!(
         md,
-        "Seconds per step, as recorded: simulation and evaluation from `grid.log`, each training from its bundle manifest (`metrics.total_seconds`).\n"
+        "Seconds per step, as recorded: simulation and evaluation from `grid.log`, each training from its bundle manifest (`metrics.total_seconds`). With `--jobs` above 1 trainings ran side by side, so their seconds overlap and the sums below exceed the wall clock (`grid.log` has each cell's trainings' wall clock).\n"
     );
     let _ = writeln!(
         md,
@@ -1564,7 +1588,7 @@ fn markdown(grid: &GridReport) -> String {
     }
     let _ = writeln!(
         md,
-        "\nGrid total: {}{:.0} s ({:.1} h) over the evaluated cells.\n",
+        "\nGrid total: {}{:.0} s ({:.1} h) of step times over the evaluated cells.\n",
         if grid.total_incomplete {
             "at least "
         } else {

@@ -1,6 +1,9 @@
 //! Scores the test set with one bundle through the serving path: the shared feature
-//! assembly, the tract runtime, one runtime call per request, and the served head
-//! selection and calibration ([`Heads::probability`]).
+//! assembly, the bundle's graph in the tract runtime, and the served head selection and
+//! calibration ([`Heads::probability`]). One runtime call scores [`BATCH_ROWS`] test rows
+//! of any requests ([`Runtime::load_row_wise`]): the logs hold about one impression per
+//! request, so a call per request was a call per row, and the per-call cost (tens of
+//! microseconds) made evaluation a third of `reproduce`.
 
 use std::time::Instant;
 
@@ -36,29 +39,32 @@ impl Scores {
     }
 }
 
+/// Test rows per runtime call: one of the runtime's buckets, large enough that the
+/// per-call cost is a few percent of the call.
+pub const BATCH_ROWS: usize = 512;
+
 /// A test row's index and its logits, in the graph's column order.
 type RowLogits = (usize, Vec<f32>);
 
-/// Runs `bundle` over every test row. The runtime's request inputs have one row (the
-/// graph computes the request part of the encoder once per call), so rows are grouped
-/// by request, `groups` from [`TestSet::request_groups`], and each group is one call,
-/// spread over the machine's cores: the runtime is shared, each call has its own state.
-pub fn score(
-    label: &str,
-    bundle: &Bundle,
-    test: &TestSet,
-    groups: &[Vec<usize>],
-    quiet: bool,
-) -> Result<Scores> {
+/// Runs `bundle` over every test row, [`BATCH_ROWS`] rows per call, the calls spread over
+/// the machine's cores: the runtime is shared, each call has its own state.
+pub fn score(label: &str, bundle: &Bundle, test: &TestSet, quiet: bool) -> Result<Scores> {
     let started = Instant::now();
     let manifest = &bundle.manifest;
-    let runtime = Runtime::load(manifest, &bundle.onnx, &RuntimeConfig::single_threaded())
-        .with_context(|| {
-            format!(
-                "bundle {label}: loading {} into tract",
-                bundle.dir.display()
-            )
-        })?;
+    let runtime = Runtime::load_row_wise(
+        manifest,
+        &bundle.onnx,
+        &RuntimeConfig {
+            buckets: vec![BATCH_ROWS],
+            ..RuntimeConfig::single_threaded()
+        },
+    )
+    .with_context(|| {
+        format!(
+            "bundle {label}: loading {} into tract",
+            bundle.dir.display()
+        )
+    })?;
     let assembler = Assembler::new(&manifest.features, &bundle.vocabularies)
         .with_context(|| format!("bundle {label}: its feature spec"))?;
     let served = Heads::resolve(manifest).with_context(|| format!("bundle {label}: its heads"))?;
@@ -80,28 +86,29 @@ pub fn score(
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
-    let per_thread = groups.len().div_ceil(threads).max(1);
+    let indices: Vec<usize> = (0..test.rows.len()).collect();
+    let batches: Vec<&[usize]> = indices.chunks(BATCH_ROWS).collect();
+    let per_thread = batches.len().div_ceil(threads).max(1);
     let outcomes: Vec<Result<Vec<RowLogits>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = groups
+        let workers: Vec<_> = batches
             .chunks(per_thread)
             .map(|chunk| {
                 let (runtime, assembler, progress) = (&runtime, &assembler, &progress);
                 scope.spawn(move || -> Result<Vec<RowLogits>> {
                     let mut out = Vec::new();
-                    for group in chunk {
-                        let views: Vec<(RequestView<'_>, CandidateView<'_>)> = group
-                            .iter()
-                            .map(|index| dataset::views(&test.snapshot, &test.rows[*index]))
-                            .collect();
-                        let request = assembler.request(&[views[0].0])?;
-                        let candidates: Vec<CandidateView<'_>> =
-                            views.iter().map(|(_, c)| *c).collect();
+                    for batch in chunk {
+                        let (requests, candidates): (Vec<RequestView<'_>>, Vec<CandidateView<'_>>) =
+                            batch
+                                .iter()
+                                .map(|index| dataset::views(&test.snapshot, &test.rows[*index]))
+                                .unzip();
+                        let requests = assembler.request(&requests)?;
                         let candidates = assembler.candidates(&candidates)?;
-                        let logits = runtime.infer(&request, &candidates)?;
-                        for (position, index) in group.iter().enumerate() {
+                        let logits = runtime.infer(&requests, &candidates)?;
+                        for (position, index) in batch.iter().enumerate() {
                             out.push((*index, logits.row(position).to_vec()));
                         }
-                        progress.inc(group.len() as u64);
+                        progress.inc(batch.len() as u64);
                     }
                     Ok(out)
                 })
@@ -145,6 +152,6 @@ pub fn score(
         probabilities,
         rows: test.rows.len(),
         seconds: started.elapsed().as_secs_f64(),
-        runtime_calls: groups.len(),
+        runtime_calls: test.rows.len().div_ceil(BATCH_ROWS),
     })
 }

@@ -37,7 +37,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::entities::CandidateKind;
 use crate::logs::Impression;
@@ -338,8 +338,7 @@ fn score_rows(
         snapshot,
         rows,
     };
-    let groups = lent.request_groups();
-    let scores = inference::score(&candidate.label, &candidate.bundle, &lent, &groups, quiet);
+    let scores = inference::score(&candidate.label, &candidate.bundle, &lent, quiet);
     test.snapshot = lent.snapshot;
     Ok((scores?, lent.rows))
 }
@@ -396,18 +395,11 @@ pub fn evaluate(args: &EvalArgs) -> Result<Report> {
     let (market, mut market_rows) = build_market(&oracle, &test, &user_map, settings.candidates)?;
     drop(user_map);
 
-    let groups = test.request_groups();
     let mut bundle_reports = Vec::with_capacity(candidates.len());
     let mut slices: Vec<Vec<SliceAp>> = Vec::with_capacity(candidates.len());
     let mut market_scores: Vec<Vec<f64>> = Vec::with_capacity(candidates.len());
     for candidate in &candidates {
-        let scores = inference::score(
-            &candidate.label,
-            &candidate.bundle,
-            &test,
-            &groups,
-            args.quiet,
-        )?;
+        let scores = inference::score(&candidate.label, &candidate.bundle, &test, args.quiet)?;
         if !args.quiet {
             eprintln!(
                 "scored {} test rows with {} in {:.1}s ({} runtime calls)",
@@ -907,14 +899,70 @@ fn training_budget(preset: Preset) -> Option<(usize, usize)> {
 }
 
 // The small preset tests the machinery in minutes, not the science: every variant gets
-// the same short cap ("no variant gets its own tuning"), which stops it before the
-// protocol's warm-up ends.
+// the same short cap ("no variant gets its own tuning"), which stops it before the joint
+// models have drawn every source in full.
 const SMALL_MAX_EPOCHS: usize = 2;
 const SMALL_STEPS_PER_EPOCH: usize = 40;
 /// Training seeds per Table 1 variant: the fewest that give a t-interval over seeds
 /// (issue 14 asks for at least 3); the mask and share experiments train one.
 const DEFAULT_SEEDS: usize = 3;
 const MAX_SEEDS: usize = 20;
+/// Trainings at once unless `--jobs` says: one per core up to this many.
+const DEFAULT_MAX_JOBS: usize = 2;
+const MAX_JOBS: usize = 16;
+
+/// Runs `task(0..count)` on `jobs` threads, each taking the lowest index not yet taken,
+/// and returns the results in index order. After a task fails (or panics) no further task
+/// starts; the error returned is the failed task of lowest index.
+fn in_parallel<T: Send>(
+    jobs: usize,
+    count: usize,
+    task: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Result<T>>>> = Mutex::new((0..count).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, count.max(1)) {
+            scope.spawn(|| {
+                loop {
+                    if failed.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let index = next.fetch_add(1, Ordering::AcqRel);
+                    if index >= count {
+                        break;
+                    }
+                    // A panic is a failure like any other: it stops the tasks not yet
+                    // started instead of letting them run for hours before it surfaces.
+                    let outcome =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(index)))
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("task {index} panicked")));
+                    if outcome.is_err() {
+                        failed.store(true, Ordering::Release);
+                    }
+                    results.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(outcome);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(error) = results.iter().position(|r| matches!(r, Some(Err(_)))) {
+        return match results.into_iter().nth(error) {
+            Some(Some(Err(error))) => Err(error),
+            _ => unreachable!("found above"),
+        };
+    }
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(index, result)| {
+            result.unwrap_or_else(|| Err(anyhow::anyhow!("task {index} did not run")))
+        })
+        .collect()
+}
 
 /// Whether a preset measures the learning curves of new objectives unless told: the
 /// default preset does (the README's figures); the small one does not, as its grid of
@@ -989,6 +1037,12 @@ pub struct ReproduceArgs {
     /// finishing one cell; the grid report still covers every cell on disk.
     #[arg(long, hide = true, value_delimiter = ',')]
     pub grid_cells: Vec<String>,
+    /// Trainings run at once (default: one per core, at most 2). A training keeps about
+    /// 1.3 cores busy (candle's products and the batch producer), so two on two cores
+    /// finish sooner together than one after the other; each holds its own copy of the
+    /// world's rows (about 2 GB on the default preset). Results do not depend on it.
+    #[arg(long, env = "PODSCORE_REPRODUCE_JOBS")]
+    pub jobs: Option<usize>,
 }
 
 impl ReproduceArgs {
@@ -1008,7 +1062,21 @@ impl ReproduceArgs {
             quiet: false,
             grid: false,
             grid_cells: Vec::new(),
+            jobs: None,
         }
+    }
+
+    /// Trainings at once, checked.
+    fn job_count(&self) -> Result<usize> {
+        let jobs = self.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |cores| cores.get())
+                .min(DEFAULT_MAX_JOBS)
+        });
+        if !(1..=MAX_JOBS).contains(&jobs) {
+            bail!("--jobs must be in 1..={MAX_JOBS}, got {jobs}");
+        }
+        Ok(jobs)
     }
 
     /// Training seeds per Table 1 variant (per cell with `--grid`), checked.
@@ -1194,6 +1262,7 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
     let replay_settings = args.replay.settings()?;
     let curve_settings = args.curve_settings()?;
     let seed_count = args.seed_count()?;
+    let jobs = args.job_count()?;
     if args.out.exists()
         && std::fs::read_dir(&args.out)
             .with_context(|| format!("reading {}", args.out.display()))?
@@ -1233,6 +1302,7 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
     let simulate_seconds = simulate_started.elapsed().as_secs_f64();
 
     let (reference, max_epochs, steps_per_epoch) = args.budget()?;
+    let trainings_started = Instant::now();
     let runs: Vec<(&Experiment, usize)> = EXPERIMENTS
         .iter()
         .flat_map(|experiment| {
@@ -1240,10 +1310,9 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
             (0..seeds).map(move |index| (experiment, index))
         })
         .collect();
-    let mut bundles = Vec::new();
-    let mut trained = Vec::new();
-    for (position, (experiment, index)) in runs.iter().enumerate() {
-        let seed = args.seed + *index as u64;
+    let outcomes = in_parallel(jobs, runs.len(), |position| {
+        let (experiment, index) = runs[position];
+        let seed = args.seed + index as u64;
         let out = models.join(experiment.label).join((index + 1).to_string());
         let train_args = train_args(
             &world,
@@ -1266,20 +1335,27 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
         let manifest = crate::bundle::Bundle::read(&out)
             .with_context(|| format!("reading the bundle of {} seed {seed}", experiment.label))?
             .manifest;
-        trained.push(json!({
+        let seconds = train_started.elapsed().as_secs_f64();
+        say(format!(
+            "trained {} seed {seed} in {seconds:.0}s",
+            experiment.label
+        ));
+        let record = json!({
             "label": experiment.label,
             "seed": seed,
             "purpose": experiment.purpose,
             "variant": experiment.variant,
             "mask": experiment.mask,
             "promo_share": experiment.promo_share,
-            "seconds": train_started.elapsed().as_secs_f64(),
+            "seconds": seconds,
             "best_epoch": manifest.metrics["best_epoch"],
             "stopped_by": manifest.metrics["stopped_by"],
             "warmed_up": manifest.metrics["warmed_up"],
-        }));
-        bundles.push(out);
-    }
+        });
+        Ok((out, record))
+    })?;
+    let trainings_seconds = trainings_started.elapsed().as_secs_f64();
+    let (bundles, trained): (Vec<PathBuf>, Vec<Value>) = outcomes.into_iter().unzip();
 
     say("evaluating every bundle on the test split".into());
     let eval_args = EvalArgs {
@@ -1298,7 +1374,7 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
         format!("epochs of {steps_per_epoch} steps")
     };
     let protocol = format!(
-        "at most {max_epochs} {epoch} of batch {}, validated {} times per epoch, checkpoint the eligible point (after a full pass of every source) with the best mean stream AP lift, patience {} points, learning rate {} decayed by {} per epoch, embedding L2 {}, embedding {}, encoder {:?}, towers {:?}; {} training seeds per Table 1 variant, one for the others",
+        "at most {max_epochs} {epoch} of batch {}, validated {} times per epoch, checkpoint the eligible point (from the end of the first epoch on; embedding rows no step had updated by then take the unknown row's values) with the best mean stream AP lift, patience {} points, learning rate {} decayed by {} per epoch, embedding L2 {}, embedding {}, encoder {:?}, towers {:?}; {} training seeds per Table 1 variant, one for the others; {} trainings at once",
         reference.batch_size,
         reference.validations_per_epoch,
         reference.patience,
@@ -1308,7 +1384,8 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
         reference.embedding_dim,
         reference.encoder,
         reference.tower,
-        seed_count
+        seed_count,
+        jobs
     );
     report.reproduction = Some(json!({
         "preset": args.preset.name(),
@@ -1330,6 +1407,8 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
             "note": "identical for every variant: no variant gets its own tuning",
         },
         "trainings": trained,
+        "jobs": jobs,
+        "trainings_seconds": trainings_seconds,
         "replay": replay_settings,
         "simulate_seconds": simulate_seconds,
         "evaluate_seconds": eval_started.elapsed().as_secs_f64(),
@@ -1357,4 +1436,53 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::in_parallel;
+
+    /// Results come back in index order whatever order the threads finish in, and every
+    /// task runs once.
+    #[test]
+    fn in_parallel_keeps_index_order() {
+        let runs = AtomicUsize::new(0);
+        let results = in_parallel(3, 10, |index| {
+            runs.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(((10 - index) * 2) as u64));
+            Ok(index * index)
+        })
+        .unwrap();
+        assert_eq!(results, (0..10).map(|i| i * i).collect::<Vec<_>>());
+        assert_eq!(runs.load(Ordering::Relaxed), 10);
+        assert!(in_parallel(2, 0, |_| Ok(())).unwrap().is_empty());
+    }
+
+    /// A failed task stops the tasks not yet started, and its error is the one returned.
+    #[test]
+    fn in_parallel_stops_at_the_first_failure() {
+        let runs = AtomicUsize::new(0);
+        let error = in_parallel(1, 10, |index| {
+            runs.fetch_add(1, Ordering::Relaxed);
+            if index == 3 {
+                anyhow::bail!("task {index} failed");
+            }
+            Ok(index)
+        })
+        .unwrap_err();
+        assert_eq!(error.to_string(), "task 3 failed");
+        let panicked = in_parallel(1, 3, |index| {
+            assert!(index != 1, "task {index} panics");
+            Ok(index)
+        })
+        .unwrap_err();
+        assert_eq!(panicked.to_string(), "task 1 panicked");
+        assert_eq!(
+            runs.load(Ordering::Relaxed),
+            4,
+            "no task starts after the failure"
+        );
+    }
 }

@@ -412,7 +412,7 @@ pub fn markdown(report: &Report) -> String {
         if let Some(trainings) = reproduction["trainings"].as_array() {
             let _ = writeln!(
                 md,
-                "| bundle | seed | purpose | training seconds | stopped by | checkpoint after the warm-up |\n|---|---|---|---|---|---|"
+                "| bundle | seed | purpose | training seconds | stopped by | every source drawn by the checkpoint |\n|---|---|---|---|---|---|"
             );
             for training in trainings {
                 let _ = writeln!(

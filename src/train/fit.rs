@@ -4,14 +4,22 @@
 //!
 //! The protocol, the same for every variant: an epoch is one pass over the smaller
 //! source used; the network is validated `--validations-per-epoch` times per epoch; a
-//! validation point is eligible as the checkpoint only once every source used has been
-//! drawn in full (so that every embedding row the vocabularies hold has been trained);
+//! validation point is eligible as the checkpoint from the end of the first epoch on;
 //! among eligible points the best by the mean over stream heads of AP relative to the
 //! base rate (AP lift: a random ranking scores 1 on every kind, so a head serving rare ad
 //! streams weighs as much as one serving promotions) is kept, and training stops when
 //! `--patience` eligible points in a row have not beaten it, or at `--max-epochs`. The
 //! learning rate decays once per epoch. One checkpoint serves every head: the heads share
 //! the encoder, so a head cannot be taken from another point than its encoder.
+//!
+//! Embedding rows that no step had updated by the checkpoint (tokens of the larger source
+//! not drawn yet, or ones whose every occurrence id dropout removed) take the unknown
+//! row's values ([`Network::fall_back_untrained_rows`]), so that they serve the cold-start
+//! path rather than their random initialization. Until 2026-12-02 a point was eligible
+//! only once every source had been drawn in full; for the joint model, whose larger
+//! source (promotions) takes four passes of the ads to draw at share 0.5, that forced the
+//! checkpoint past its ad head's best point (README, "What the protocol costs the joint
+//! model"), and the fallback already keeps undrawn rows off their initialization.
 //!
 //! The steps between two validation points ([`run_steps`]) and early stopping ([`Best`])
 //! are every training command's: `podscore finetune` runs its epochs through them too.
@@ -50,11 +58,12 @@ pub struct Fitted {
     pub best_per_head: BTreeMap<String, usize>,
     /// Why training ended: `patience` or `max_epochs` (the cap).
     pub stopped_by: &'static str,
-    /// Whether the checkpoint came after a full pass of every source (see the module).
+    /// Whether every source used had been drawn in full by the checkpoint (for the
+    /// record: see the module).
     pub warmed_up: bool,
     /// Per embedding table: rows no step had updated by the checkpoint, which were given
-    /// the unknown row's values (none after a warm-up, but for tokens whose every
-    /// occurrence id dropout removed).
+    /// the unknown row's values (none after a full pass of every source, but for tokens
+    /// whose every occurrence id dropout removed).
     pub untrained_rows: BTreeMap<String, usize>,
     pub seconds: f64,
     pub steps: usize,
@@ -77,6 +86,14 @@ pub struct ValidationRecord {
     pub eligible: bool,
     pub seconds: f64,
     pub rows_per_second: f64,
+}
+
+impl ValidationRecord {
+    /// Whether every source used had been drawn in full by this point.
+    fn full_passes_all(&self) -> bool {
+        let (promotions, ads) = self.full_passes;
+        promotions.is_none_or(|passes| passes >= 1) && ads.is_none_or(|passes| passes >= 1)
+    }
 }
 
 pub fn fit(
@@ -106,7 +123,7 @@ pub fn fit(
         let mut metrics =
             validation::stream_ap(&run.plan, run.plan.heads.len(), &logits, &validation.rows);
         let score = validation::lift_score(&mut metrics, &base_rates);
-        let eligible = trainer.sampler.warmed_up();
+        let eligible = steps >= trainer.steps_per_epoch;
         let seconds = interval_started.elapsed().as_secs_f64();
         let record = ValidationRecord {
             validation: point,
@@ -126,7 +143,7 @@ pub fn fit(
             record.epoch,
             record.train_loss,
             score,
-            if eligible { "" } else { " (warming up)" },
+            if eligible { "" } else { " (first epoch)" },
             record.rows_per_second
         ));
         log.write(&record)?;
@@ -145,7 +162,7 @@ pub fn fit(
                 break;
             }
         } else {
-            // Kept only in case the cap comes before the warm-up ends.
+            // Kept only in case the cap comes before the first epoch ends.
             fallback.observe(score, point, &trainer.network, usize::MAX)?;
         }
         if point % per_epoch == 0 {
@@ -155,12 +172,12 @@ pub fn fit(
     }
     trainer.progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let warmed_up = best.state.is_some();
     let (best_score, best_validation, best_state) = best
         .state
         .or(fallback.state)
         .context("no validation point ran")?;
     let best_epoch = (best_validation * interval) as f64 / trainer.steps_per_epoch as f64;
+    let warmed_up = history[best_validation - 1].full_passes_all();
     let mut network = trainer.network;
     network.restore(&best_state)?;
     let untrained_rows = network.fall_back_untrained_rows();

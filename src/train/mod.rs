@@ -49,8 +49,7 @@ const DEFAULT_LEARNING_RATE: f64 = 2e-3;
 /// Per-epoch multiplicative decay: one schedule for every variant.
 const DEFAULT_LEARNING_RATE_DECAY: f64 = 0.8;
 /// The cap, in passes of the smaller source. High enough that no variant of
-/// `reproduce` reaches it: the joint model at a 5% ad share needs about twenty passes of
-/// the ads before its first full pass of the promotions ends its warm-up.
+/// `reproduce` reaches it (each stops by patience within a few epochs).
 const DEFAULT_MAX_EPOCHS: usize = 40;
 /// Validation points per pass of the smaller source: a head that overfits within a pass
 /// (the ad head did, at its second) is caught near its best.

@@ -64,7 +64,7 @@ impl SourceStream {
                 // The file's end was reached and rows of that pass still wait: the next
                 // pass begins only once they are drawn. Mixing the next pass's rows in
                 // would leave the last of them to a coupon collector's tail (about
-                // another pass of draws), delaying the end of the protocol's warm-up.
+                // another pass of draws), delaying the first full pass.
                 if self.passes.last().is_some_and(|pass| pass.finished) && !self.buffer.is_empty() {
                     break;
                 }
@@ -153,12 +153,6 @@ impl BalancedSampler {
             self.promotions.as_ref().map(SourceStream::full_passes),
             self.ads.as_ref().map(SourceStream::full_passes),
         )
-    }
-
-    /// Whether every source used has been drawn in full at least once.
-    pub fn warmed_up(&self) -> bool {
-        let (promotions, ads) = self.full_passes();
-        promotions.is_none_or(|passes| passes >= 1) && ads.is_none_or(|passes| passes >= 1)
     }
 
     pub fn next_batch(&mut self) -> Result<Vec<Impression>> {
