@@ -88,6 +88,7 @@ pub fn score(label: &str, bundle: &Bundle, test: &TestSet, quiet: bool) -> Resul
         .clamp(1, 8);
     let indices: Vec<usize> = (0..test.rows.len()).collect();
     let batches: Vec<&[usize]> = indices.chunks(BATCH_ROWS).collect();
+    let runtime_calls = batches.len();
     let per_thread = batches.len().div_ceil(threads).max(1);
     let outcomes: Vec<Result<Vec<RowLogits>>> = std::thread::scope(|scope| {
         let workers: Vec<_> = batches
@@ -152,6 +153,6 @@ pub fn score(label: &str, bundle: &Bundle, test: &TestSet, quiet: bool) -> Resul
         probabilities,
         rows: test.rows.len(),
         seconds: started.elapsed().as_secs_f64(),
-        runtime_calls: test.rows.len().div_ceil(BATCH_ROWS),
+        runtime_calls,
     })
 }

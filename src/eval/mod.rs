@@ -948,14 +948,12 @@ fn in_parallel<T: Send>(
             });
         }
     });
-    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    if let Some(error) = results.iter().position(|r| matches!(r, Some(Err(_)))) {
-        return match results.into_iter().nth(error) {
-            Some(Some(Err(error))) => Err(error),
-            _ => unreachable!("found above"),
-        };
-    }
+    // Indices are taken in order, so every task below a failed one ran: collecting in
+    // index order returns the failed task of lowest index, and only tasks after it can be
+    // missing.
     results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
         .into_iter()
         .enumerate()
         .map(|(index, result)| {
