@@ -47,10 +47,12 @@ pub const DEFAULT_BUCKETS: [usize; 42] = [
     112, 128, 144, 160, 192, 224, 256, 288, 320, 384, 448, 512, 576, 640, 768, 896, 1024,
 ];
 
-/// Candidates from which a call may spread its matrix products over idle cores: below
-/// it, the products are too small for the split to pay for the threads' hand-over
-/// (measured with `tests/bench.sh`; see the README's performance section).
-pub const DEFAULT_THREADED_FROM: usize = 64;
+/// Padded rows from which a call may spread its matrix products over idle cores, when
+/// [`RuntimeConfig::threads`] allows it. Measured interleaved on the 2-core machine
+/// (`tests/bench.sh --candidates 64,100,256,512,1000`, 2026-12-02): a second thread made a
+/// lone call slower at 64 to 512 candidates (N = 100: 480-680 µs against 400-425 µs on
+/// one thread) and 4% faster at 1000; below this the hand-over costs more than it saves.
+pub const DEFAULT_THREADED_FROM: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
@@ -58,32 +60,21 @@ pub struct RuntimeConfig {
     /// only (useful to compare, never faster).
     pub buckets: Vec<usize>,
     /// Threads one call's matrix products may use when it is the only call running in
-    /// this runtime; 1 keeps every call on its own thread.
+    /// this runtime; 1 (the default) keeps every call on its own thread.
     pub threads: usize,
-    /// Candidates from which a call may use [`RuntimeConfig::threads`].
+    /// Padded rows from which a call may use [`RuntimeConfig::threads`].
     pub threaded_from: usize,
 }
 
 impl Default for RuntimeConfig {
-    /// Every core for a large call while the server has no other call to run: a lone
-    /// request then finishes sooner, and under load each call keeps to its own thread
-    /// (the calls themselves fill the cores).
+    /// Every call on its own thread: under load the calls themselves fill the cores, and
+    /// even a lone call gained nothing from a second thread below 1,000 candidates (see
+    /// [`DEFAULT_THREADED_FROM`]).
     fn default() -> RuntimeConfig {
         RuntimeConfig {
             buckets: DEFAULT_BUCKETS.to_vec(),
-            threads: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
-            threaded_from: DEFAULT_THREADED_FROM,
-        }
-    }
-}
-
-impl RuntimeConfig {
-    /// The default buckets, every call on one thread: what tests and offline scoring
-    /// that runs many calls at once want.
-    pub fn single_threaded() -> RuntimeConfig {
-        RuntimeConfig {
             threads: 1,
-            ..RuntimeConfig::default()
+            threaded_from: DEFAULT_THREADED_FROM,
         }
     }
 }

@@ -165,7 +165,7 @@ fn row_wise_runtime_scores_each_row_for_its_own_request() {
             &onnx,
             &RuntimeConfig {
                 buckets: buckets.clone(),
-                ..RuntimeConfig::single_threaded()
+                ..RuntimeConfig::default()
             },
         )
         .expect("loads row-wise");
@@ -258,6 +258,51 @@ fn bucketed_and_symbolic_plans_agree_and_large_calls_work() {
         17,
         "above the largest bucket: symbolic, unpadded"
     );
+}
+
+/// A runtime allowed two threads for lone calls (not the default since one thread measured
+/// faster below 1,000 candidates) gives the reference logits, alone and beside another
+/// call, with both bucketed and symbolic plans.
+#[test]
+fn threaded_calls_match_the_reference() {
+    let (bundle, onnx) = bundle();
+    let runtime = Arc::new(
+        Runtime::load(
+            &bundle.manifest,
+            &onnx,
+            &RuntimeConfig {
+                buckets: vec![16, 64],
+                threads: 2,
+                threaded_from: 16,
+            },
+        )
+        .expect("loads"),
+    );
+    for (candidates, seed) in [(9, 31), (50, 32), (300, 33)] {
+        let (request, candidate_tensors) = inputs(&bundle, candidates, seed, false);
+        assert_matches_reference(
+            &bundle,
+            &runtime,
+            &request,
+            &candidate_tensors,
+            &format!("threaded N={candidates}"),
+        );
+    }
+    let (request, candidates) = inputs(&bundle, 300, 34, false);
+    let alone = runtime.infer(&request, &candidates).expect("infers");
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| runtime.infer(&request, &candidates).expect("infers")))
+            .collect();
+        for handle in handles {
+            let logits = handle.join().expect("no thread panics");
+            let (probability, _) = differences(&alone.values, &logits.values);
+            assert!(
+                probability <= PROBABILITY_TOLERANCE,
+                "concurrent threaded calls differ by {probability}"
+            );
+        }
+    });
 }
 
 /// A call with no candidates answers no rows instead of failing.

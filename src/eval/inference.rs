@@ -56,7 +56,7 @@ pub fn score(label: &str, bundle: &Bundle, test: &TestSet, quiet: bool) -> Resul
         &bundle.onnx,
         &RuntimeConfig {
             buckets: vec![BATCH_ROWS],
-            ..RuntimeConfig::single_threaded()
+            ..RuntimeConfig::default()
         },
     )
     .with_context(|| {

@@ -41,7 +41,7 @@ fn stages(criterion: &mut Criterion) {
     let store = SnapshotStore::open(&features).expect("demo features");
     let model = Model::open(
         &root.join("models/podcast-mtl/1"),
-        &RuntimeConfig::single_threaded(),
+        &RuntimeConfig::default(),
     )
     .expect("the shipped bundle loads");
     let limits = Limits::default();

@@ -7,8 +7,9 @@ In one run, on one machine, interleaved (A B B A rounds):
    tests/benches/inference_compare.rs) against ONNX Runtime (Python `onnxruntime`, one
    intra-op thread, `session.run` on the same feeds) at N = 1, 10, 100, 1000; per round the
    median of each, the ratio podscore / ONNX Runtime, and the medians over rounds.
-   podscore runs as served (a lone call of 64 candidates or more may use every core) and
-   on one thread (like for like); tract's per-node profile at N = 100 and 1000 and three
+   podscore runs as served, one thread a call like ONNX Runtime (with --threads T a lone
+   call of 1,024 padded rows or more may use T threads, and one thread is measured beside
+   it); tract's per-node profile at N = 100 and 1000 and three
    minimal graphs (one product; a concatenation feeding it; the exported graph's copy
    between them) in tract and ONNX Runtime show where the difference lies;
 2. efficiency: FLOP per candidate counted from the graph's matrix products, the
@@ -608,9 +609,9 @@ def main():
     parser.add_argument("--candidates", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 100, 1000])
     parser.add_argument("--rounds", type=int, default=6, help="interleaved inference rounds")
     parser.add_argument("--seconds-per-measure", type=float, default=0.5)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="the runtime's threads for a lone call, as served (default: the cores); "
-                             "one thread is measured too")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="the runtime's threads for a lone call of 1,024 padded rows or more "
+                             "(default 1, as served); above 1, one thread is measured too")
     parser.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[200, 500, 1000, 2000])
     parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run")

@@ -54,7 +54,7 @@ fn main() {
     let service = Service::new(config, store).expect("service");
     // One thread: tract's threaded products spin while they wait, which would make the
     // counts vary from run to run.
-    Reloader::with_runtime(&root.join("models"), None, RuntimeConfig::single_threaded())
+    Reloader::with_runtime(&root.join("models"), None, RuntimeConfig::default())
         .reload(&service)
         .expect("load the shipped bundle");
     let app = api::app(service, api::Config::default());
