@@ -12,6 +12,7 @@
 //!
 //! This module knows nothing of HTTP or the model; callers say what happened.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
@@ -127,6 +128,10 @@ pub struct Metrics {
     pub cold_start_candidates: IntCounterVec,
     /// Served probabilities by candidate `kind` and response `field`, to watch drift.
     pub predicted_probability: HistogramVec,
+    /// [`Metrics::predicted_probability`]'s series for each kind and fixed field, looked
+    /// up on first use and kept: four per candidate were a hash and a lock each.
+    fixed_probability:
+        [[OnceLock<Histogram>; ResponseField::FIXED.len()]; CandidateKind::ALL.len()],
     /// 1 for each served model, by `name` and `version`.
     pub model_info: IntGaugeVec,
     pub model_reloads: IntCounterVec,
@@ -249,6 +254,7 @@ impl Metrics {
             store_fallbacks,
             cold_start_candidates,
             predicted_probability,
+            fixed_probability: Default::default(),
             model_info,
             model_reloads,
         })
@@ -320,10 +326,14 @@ impl Metrics {
             if candidate.cold_start {
                 self.cold_start_candidates.with_label_values(&[kind]).inc();
             }
-            for field in &ResponseField::FIXED {
+            let series = &self.fixed_probability[candidate.kind.index()];
+            for (field, series) in ResponseField::FIXED.iter().zip(series) {
                 if let Some(probability) = candidate.get(field) {
-                    self.predicted_probability
-                        .with_label_values(&[kind, field.name()])
+                    series
+                        .get_or_init(|| {
+                            self.predicted_probability
+                                .with_label_values(&[kind, field.name()])
+                        })
                         .observe(probability);
                 }
             }
