@@ -4,9 +4,11 @@
 //! A request first takes a place in line ([`Admission::enter`], never waiting): the line
 //! holds at most `slots + queue` requests, so the memory spent on bodies being read and
 //! decoded is bounded, and a request is refused at once when the line is full or when
-//! it could not finish in time: the expected wait (requests ahead of it times the recent
-//! service time, spread over the slots) plus its own service time is longer than its
-//! remaining deadline. It then waits for a slot ([`Ticket::slot`]) only until the latest
+//! it would wait and could not finish in time: the expected wait (requests ahead of it
+//! times the recent service time, spread over the slots) plus its own service time is
+//! longer than its remaining deadline. A request that finds a slot free and nobody
+//! waiting is admitted whatever the estimate: it starts at once, and only requests that
+//! run can correct an estimate a slow spell left too high. It then waits for a slot ([`Ticket::slot`]) only until the latest
 //! start that can still finish by the deadline (the deadline less one service time), and
 //! holds the slot from decoding to the answer. A request that cannot start in time is
 //! refused as [`Refusal::WaitTooLong`] (the service answers 503, the excess of an
@@ -105,8 +107,8 @@ impl Admission {
     }
 
     /// A place in line for a request due by `deadline`, without waiting: refused when the
-    /// line is full, when the deadline has passed, or when the expected wait for a slot
-    /// plus the request's own service time exceeds the time left.
+    /// line is full, when the deadline has passed, or when it would wait and the expected
+    /// wait for a slot plus the request's own service time exceeds the time left.
     pub fn enter(&self, deadline: Instant) -> Result<Ticket, Refusal> {
         let place = Arc::clone(&self.shared.line)
             .try_acquire_owned()
@@ -115,11 +117,13 @@ impl Admission {
         if now >= deadline {
             return Err(Refusal::DeadlineExceeded);
         }
-        let finish = self
-            .shared
-            .expected_wait()
-            .saturating_add(self.shared.service_time());
-        if now + finish > deadline {
+        // An idle line (a slot free, nobody waiting) admits whatever the estimate says:
+        // the request starts at once, and only a request that runs can correct an
+        // estimate a slow spell left too high. Refused on the estimate alone, a server
+        // whose clients all send deadlines below it would never serve again (a fresh
+        // server under 6 ms deadlines served 5 of 358,915 requests so).
+        let wait = self.shared.expected_wait();
+        if !wait.is_zero() && now + wait.saturating_add(self.shared.service_time()) > deadline {
             return Err(Refusal::WaitTooLong);
         }
         Ok(Ticket {
@@ -210,6 +214,16 @@ impl Ticket {
     pub async fn slot(self, deadline: Instant) -> Result<Permit, Refusal> {
         let Ticket { place, shared } = self;
         let latest_start = shared.latest_start(deadline);
+        // A free slot is taken at once, even past the latest start (an idle line's
+        // request, admitted whatever the estimate).
+        if let Ok(slot) = Arc::clone(&shared.slots).try_acquire_owned() {
+            return Ok(Permit {
+                _place: Some(place),
+                _slot: slot,
+                since: (shared.clock)(),
+                shared,
+            });
+        }
         let waiting = Arc::clone(&shared.slots).acquire_owned();
         let slot = match tokio::time::timeout_at(latest_start.into(), waiting).await {
             Ok(Ok(slot)) => slot,
@@ -348,18 +362,13 @@ mod tests {
         admission
     }
 
-    /// A request is admitted only if the wait ahead of it plus its own service time fits
-    /// its deadline; the old estimate left its own service time out and admitted the
+    /// A request that would wait is admitted only if the wait ahead of it plus its own
+    /// service time fits its deadline; the old estimate left its own service time out and admitted the
     /// 19 ms one below, which then finished at 20 ms: a 504.
     #[test]
     fn admission_counts_the_requests_own_service_time() {
         let admission = virtual_line(1, 8, ms(10.0));
         let start = virtual_now();
-        // A free slot and nobody waiting: only its own service time.
-        assert_eq!(
-            admission.enter(start + ms(9.0)).unwrap_err(),
-            Refusal::WaitTooLong
-        );
         let first = admission.enter(start + ms(10.0)).unwrap();
         let _held = first.try_slot(start + ms(10.0)).unwrap();
         // The holder's service time ahead, then its own: 20 ms.
@@ -368,6 +377,38 @@ mod tests {
             Refusal::WaitTooLong
         );
         assert!(admission.enter(start + ms(20.0)).is_ok());
+    }
+
+    /// An idle line admits a request whatever the estimate: a slow spell left it (10 s)
+    /// far above the request's deadline (1 s), and refusing on it alone would refuse
+    /// every such request from then on, since no request would run to correct it. The
+    /// request takes the free slot at once, and its hold brings the estimate down.
+    #[tokio::test]
+    async fn an_idle_line_admits_whatever_the_estimate() {
+        let admission = Admission::new(2, 8);
+        admission
+            .shared
+            .service_time
+            .store(10.0_f64.to_bits(), Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let permit = admission
+            .enter(deadline)
+            .expect("a slot is free and nobody waits")
+            .slot(deadline)
+            .await
+            .expect("the free slot is taken at once");
+        // One slot still free, nobody waiting: idle for the next request too.
+        let second = admission
+            .enter(deadline)
+            .expect("still a free slot")
+            .slot(deadline)
+            .await
+            .expect("the second slot");
+        // Both slots held: now the estimate counts, and 10 s do not fit in 1 s.
+        assert_eq!(admission.enter(deadline).unwrap_err(), Refusal::WaitTooLong);
+        drop(permit);
+        drop(second);
+        assert!(admission.service_time() < Duration::from_secs(8));
     }
 
     /// A waiting request takes a free slot up to its latest start (deadline less one
