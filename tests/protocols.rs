@@ -268,12 +268,20 @@ async fn bids_give_expected_cost_per_stream_and_order() {
 
 /// A gRPC server on a port-0 listener, stopped when the returned sender drops.
 async fn grpc_server(server: &TestServer) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    grpc_server_with_timeout(server, server.api.request_timeout).await
+}
+
+/// [`grpc_server`] with `request_timeout` as the server's cap on call deadlines.
+async fn grpc_server_with_timeout(
+    server: &TestServer,
+    request_timeout: Duration,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = grpc::Config {
         max_message_bytes: server.api.max_body_bytes,
-        request_timeout: server.api.request_timeout,
+        request_timeout,
     };
     tokio::spawn(grpc::serve(
         listener,
@@ -334,9 +342,19 @@ async fn grpc_score_matches_http_score() {
     let violation = &status.get_details_bad_request().unwrap().field_violations[0];
     assert_eq!(violation.field, "candidates[0].kind");
 
-    let mut late = tonic::Request::new(message_of(&stored_request()));
-    late.set_timeout(Duration::from_nanos(1));
-    let status = client.score(late).await.unwrap_err();
+    // A server whose request timeout (the cap on every call's deadline) is 1 ns: each
+    // call is past its deadline on arrival. (A client-side timeout of 1 ns raced tonic's
+    // own client timer, which answers CANCELLED when it fires first; the header's part in
+    // the deadline is `grpc::tests`'.)
+    let (late_address, _stop_late) =
+        grpc_server_with_timeout(&server, Duration::from_nanos(1)).await;
+    let mut late_client = ScorerClient::connect(format!("http://{late_address}"))
+        .await
+        .unwrap();
+    let status = late_client
+        .score(message_of(&stored_request()))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 }
 

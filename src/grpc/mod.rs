@@ -112,4 +112,39 @@ mod tests {
         assert_eq!(parse_timeout("5x"), None);
         assert_eq!(parse_timeout("-5m"), None);
     }
+
+    /// A call's deadline is its grpc-timeout, capped by the server's request timeout,
+    /// which also stands in when the header is absent or malformed.
+    #[test]
+    fn the_deadline_is_the_shorter_of_the_header_and_the_server_timeout() {
+        let config = Config {
+            max_message_bytes: 1,
+            request_timeout: Duration::from_secs(2),
+        };
+        let after = |value: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert("grpc-timeout", value.parse().unwrap());
+            }
+            let before = Instant::now();
+            let deadline = deadline(&headers, &config);
+            (
+                deadline.saturating_duration_since(before),
+                Instant::now() - before,
+            )
+        };
+        for (header, expected) in [
+            (None, Duration::from_secs(2)),
+            (Some("250m"), Duration::from_millis(250)),
+            (Some("1n"), Duration::from_nanos(1)),
+            (Some("1H"), Duration::from_secs(2)),
+            (Some("5x"), Duration::from_secs(2)),
+        ] {
+            let (left, elapsed) = after(header);
+            assert!(
+                left >= expected && left <= expected + elapsed,
+                "{header:?}: {left:?} for {expected:?}"
+            );
+        }
+    }
 }
