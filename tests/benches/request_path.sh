@@ -35,11 +35,13 @@ for line in sys.stdin:
 work=$(mktemp -d /tmp/podscore-request-path-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-# Total instructions of a callgrind file, and Runtime::infer's inclusive count in it.
+# Total instructions of a callgrind file, and Runtime::infer's inclusive count in it. awk
+# reads to the end: stopping early would kill callgrind_annotate with SIGPIPE, which
+# pipefail turns into the script's exit.
 total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; }
 inference() {
   callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null |
-    awk '/podscore::runtime::Runtime::infer/ && $1 ~ /^[0-9,]+$/ {gsub(",", "", $1); print $1; exit}'
+    awk '/podscore::runtime::Runtime::infer/ && $1 ~ /^[0-9,]+$/ && !found {gsub(",", "", $1); print $1; found = 1}'
 }
 
 echo '| N | instructions per request | in `Runtime::infer` | the rest of the request |'
