@@ -49,9 +49,10 @@ pub const DEFAULT_BUCKETS: [usize; 42] = [
 
 /// Padded rows from which a call may spread its matrix products over idle cores, when
 /// [`RuntimeConfig::threads`] allows it. Measured interleaved on the 2-core machine
-/// (`tests/bench.sh --candidates 64,100,256,512,1000`, 2026-12-02): a second thread made a
-/// lone call slower at 64 to 512 candidates (N = 100: 480-680 µs against 400-425 µs on
-/// one thread) and 4% faster at 1000; below this the hand-over costs more than it saves.
+/// (`tests/bench.sh --skip-end-to-end --threads 2 --candidates 64,100,256,512,1000`,
+/// 2026-12-02): a second thread made a lone call slower at 64 to 512 candidates (N = 100:
+/// 480-680 µs against 400-425 µs on one thread) and 4% faster at 1000; below this the
+/// hand-over costs more than it saves.
 pub const DEFAULT_THREADED_FROM: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,19 +1,20 @@
 //! Admission: a bounded line in front of the inference slots, entered before a request's
 //! body is read or decoded.
 //!
-//! A request first takes a place in line ([`Admission::enter`], never waiting): the line
-//! holds at most `slots + queue` requests, so the memory spent on bodies being read and
-//! decoded is bounded, and a request is refused at once when the line is full or when
-//! it would wait and could not finish in time: the expected wait (requests ahead of it
-//! times the recent service time, spread over the slots) plus its own service time is
-//! longer than its remaining deadline. A request that finds a slot free and nobody
-//! waiting is admitted whatever the estimate: it starts at once, and only requests that
-//! run can correct an estimate a slow spell left too high. It then waits for a slot ([`Ticket::slot`]) only until the latest
-//! start that can still finish by the deadline (the deadline less one service time), and
-//! holds the slot from decoding to the answer. A request that cannot start in time is
-//! refused as [`Refusal::WaitTooLong`] (the service answers 503, the excess of an
-//! overload), not left to run into its deadline (504). A slot given back records how long
-//! it was held, which is the service time the next estimates use.
+//! A request first takes a place in line ([`Admission::enter`], never waiting): the
+//! line holds at most `slots + queue` requests, so the memory spent on bodies being
+//! read and decoded is bounded, and a request is refused at once when the line is full
+//! or when it would wait and could not finish in time: the expected wait (requests
+//! ahead of it times the recent service time, spread over the slots) plus its own
+//! service time is longer than its remaining deadline. A request that finds a slot free
+//! and nobody waiting is admitted whatever the estimate: it starts at once, and only
+//! requests that run can correct an estimate a slow spell left too high. It then waits
+//! for a slot ([`Ticket::slot`]) only until the latest start that can still finish by
+//! the deadline (the deadline less one service time), and holds the slot from decoding
+//! to the answer. A request that cannot start in time is refused as
+//! [`Refusal::WaitTooLong`] (the service answers 503, the excess of an overload), not
+//! left to run into its deadline (504). A slot given back records how long it was held,
+//! which is the service time the next estimates use.
 //!
 //! This module knows semaphores and clocks; it knows nothing of requests, HTTP or the
 //! model.
@@ -363,8 +364,8 @@ mod tests {
     }
 
     /// A request that would wait is admitted only if the wait ahead of it plus its own
-    /// service time fits its deadline; the old estimate left its own service time out and admitted the
-    /// 19 ms one below, which then finished at 20 ms: a 504.
+    /// service time fits its deadline; the old estimate left its own service time out and
+    /// admitted the 19 ms one below, which then finished at 20 ms: a 504.
     #[test]
     fn admission_counts_the_requests_own_service_time() {
         let admission = virtual_line(1, 8, ms(10.0));
