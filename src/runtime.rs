@@ -117,13 +117,16 @@ impl Threading {
 
     /// Runs `call` for `rows` candidates, on the pool if it is alone and large enough.
     fn run<R>(&self, rows: usize, call: impl FnOnce() -> R) -> R {
+        // Without a pool (one thread, the default) no call is counted: nothing reads it.
+        let Some(pool) = &self.pool else {
+            return call();
+        };
         let others = self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _counted = InFlight(&self.in_flight);
-        match &self.pool {
-            Some(pool) if others == 0 && rows >= self.from => {
-                tract_linalg::multithread::multithread_tract_scope(pool.clone(), call)
-            }
-            _ => call(),
+        if others == 0 && rows >= self.from {
+            tract_linalg::multithread::multithread_tract_scope(pool.clone(), call)
+        } else {
+            call()
         }
     }
 }

@@ -218,9 +218,7 @@ const ONE_PASS_BYTES: usize = 256 * 1024;
 /// a valid object within the candidate limit is taken from it; anything else goes
 /// through both passes, so every error is the one they give.
 pub fn decode_score_request(bytes: &[u8], max_candidates: usize) -> Result<ScoreRequest, ApiError> {
-    if bytes.len() <= ONE_PASS_BYTES
-        && bytes.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{')
-    {
+    if bytes.len() <= ONE_PASS_BYTES && is_object(bytes) {
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
         if let Ok(request) = <ScoreRequest as serde::Deserialize>::deserialize(&mut deserializer)
             .and_then(|request| deserializer.end().map(|()| request))
@@ -392,8 +390,7 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// The typed pass of [`decode_json`], on bytes whose syntax is known to be good.
 fn decode_typed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    // serde would read a struct from an array of its fields; a body is an object.
-    if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+    if !is_object(bytes) {
         return Err(ApiError::Invalid(InvalidField::new(
             InvalidReason::WrongType,
             "",
@@ -418,6 +415,12 @@ fn decode_typed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ..invalid
         })
     })
+}
+
+/// Whether `bytes` start, after whitespace, as a JSON object: serde would also read a
+/// struct from an array of its fields, and a body must be an object.
+fn is_object(bytes: &[u8]) -> bool {
+    bytes.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// serde_json's message without its ` at line L column C` suffix (the field path says

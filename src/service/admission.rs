@@ -217,20 +217,18 @@ impl Ticket {
         let latest_start = shared.latest_start(deadline);
         // A free slot is taken at once, even past the latest start (an idle line's
         // request, admitted whatever the estimate).
-        if let Ok(slot) = Arc::clone(&shared.slots).try_acquire_owned() {
-            return Ok(Permit {
-                _place: Some(place),
-                _slot: slot,
-                since: (shared.clock)(),
-                shared,
-            });
-        }
-        let waiting = Arc::clone(&shared.slots).acquire_owned();
-        let slot = match tokio::time::timeout_at(latest_start.into(), waiting).await {
-            Ok(Ok(slot)) => slot,
-            Err(_) if (shared.clock)() < deadline => return Err(Refusal::WaitTooLong),
-            // The semaphore is never closed; a closed one can only mean shutting down.
-            Ok(Err(_)) | Err(_) => return Err(Refusal::DeadlineExceeded),
+        let slot = match Arc::clone(&shared.slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let waiting = Arc::clone(&shared.slots).acquire_owned();
+                match tokio::time::timeout_at(latest_start.into(), waiting).await {
+                    Ok(Ok(slot)) => slot,
+                    Err(_) if (shared.clock)() < deadline => return Err(Refusal::WaitTooLong),
+                    // The semaphore is never closed; a closed one can only mean shutting
+                    // down.
+                    Ok(Err(_)) | Err(_) => return Err(Refusal::DeadlineExceeded),
+                }
+            }
         };
         Ok(Permit {
             _place: Some(place),

@@ -52,7 +52,7 @@ fn main() {
         ..service::Config::default()
     };
     let service = Service::new(config, store).expect("service");
-    // One thread: tract's threaded products spin while they wait, which would make the
+    // One thread (the default): tract's threaded products spin while they wait, which would make the
     // counts vary from run to run.
     Reloader::with_runtime(&root.join("models"), None, RuntimeConfig::default())
         .reload(&service)
